@@ -1,0 +1,194 @@
+"""The dataset catalog: every TLC service as data.
+
+This is the one place that knows what the files look like. Each service lists its canonical
+columns, one Arrow type per column that is valid for every month the TLC has published, so that
+every month of a service comes out with the SAME Parquet schema (the course's per-file type
+inference is what breaks BigQuery external tables over many months).
+
+How the real files drift, and what the catalog does about it (see docs in README, "Data"):
+- Column names change case between years (fhv `dropOff_datetime`, `PUlocationID`): headers are
+  matched case-insensitively, and the canonical spelling is the one the other services use.
+- Columns appear over time (`congestion_surcharge`, `Affiliated_base_number`, `airport_fee`,
+  `cbd_congestion_fee`, fhvhv's Parquet-era columns): a month that lacks one gets nulls.
+- Integer codes are empty in some rows and written as `1.0` in some files: they are read as
+  float64 and cast to int64 with a check that no value had a fraction (see convert.py).
+- A header column the catalog does not know is an error naming the column and the file, never
+  silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+from typing import Optional
+
+import pyarrow as pa
+
+TIMESTAMP = pa.timestamp("us")  # microseconds: the TLC's year-3019 typos still fit
+INT = pa.int64()
+FLOAT = pa.float64()
+STRING = pa.string()
+
+
+class SchemaMismatch(ValueError):
+    """A source file's header does not fit the catalog."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+
+
+@dataclasses.dataclass(frozen=True)
+class Service:
+    """One TLC dataset: where its files live and what their rows look like."""
+
+    name: str
+    release: str  # the release tag (folder) its files are published under
+    stem: str  # file name without extension, with {month} for monthly services
+    extension: str  # of the published file
+    table: str  # warehouse table/view name
+    columns: tuple[Column, ...]
+    required: tuple[str, ...]  # a header without these is not this service's file
+    pickup_column: Optional[str] = None
+
+    @property
+    def monthly(self) -> bool:
+        return "{month}" in self.stem
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c.name, c.type) for c in self.columns])
+
+    def file_stem(self, month: Optional[datetime.date]) -> str:
+        """'yellow_tripdata_2021-01', or 'taxi_zone_lookup': the name of the file in every form."""
+        return self.stem.format(month=month_str(month)) if self.monthly else self.stem
+
+    def source_file(self, month: Optional[datetime.date]) -> str:
+        return self.file_stem(month) + self.extension
+
+
+def _columns(*spec: tuple[str, pa.DataType]) -> tuple[Column, ...]:
+    return tuple(Column(name, type_) for name, type_ in spec)
+
+
+def _trip_service(name: str, pickup_column: str, *spec: tuple[str, pa.DataType]) -> Service:
+    return Service(
+        name=name, release=name, stem=f"{name}_tripdata_{{month}}", extension=".csv.gz",
+        table=f"{name}_tripdata", columns=_columns(*spec),
+        required=(pickup_column,), pickup_column=pickup_column,
+    )
+
+
+# Money, distances and durations are float64 (as in the TLC's own Parquet files); codes and
+# location ids are int64; base numbers and Y/N flags are strings.
+_FARE = (
+    ("fare_amount", FLOAT), ("extra", FLOAT), ("mta_tax", FLOAT), ("tip_amount", FLOAT),
+    ("tolls_amount", FLOAT),
+)
+
+YELLOW = _trip_service(
+    "yellow", "tpep_pickup_datetime",
+    ("VendorID", INT), ("tpep_pickup_datetime", TIMESTAMP), ("tpep_dropoff_datetime", TIMESTAMP),
+    ("passenger_count", INT), ("trip_distance", FLOAT), ("RatecodeID", INT),
+    ("store_and_fwd_flag", STRING), ("PULocationID", INT), ("DOLocationID", INT),
+    ("payment_type", INT), *_FARE, ("improvement_surcharge", FLOAT), ("total_amount", FLOAT),
+    ("congestion_surcharge", FLOAT),
+    # Only in the TLC's Parquet re-issue (2011+) and 2025+ files; null in the csv.gz months.
+    ("airport_fee", FLOAT), ("cbd_congestion_fee", FLOAT),
+)
+
+GREEN = _trip_service(
+    "green", "lpep_pickup_datetime",
+    ("VendorID", INT), ("lpep_pickup_datetime", TIMESTAMP), ("lpep_dropoff_datetime", TIMESTAMP),
+    ("store_and_fwd_flag", STRING), ("RatecodeID", INT), ("PULocationID", INT),
+    ("DOLocationID", INT), ("passenger_count", INT), ("trip_distance", FLOAT), *_FARE,
+    # Empty in every csv sample, but some TLC Parquet months hold decimals: float, not int.
+    ("ehail_fee", FLOAT), ("improvement_surcharge", FLOAT), ("total_amount", FLOAT),
+    ("payment_type", INT), ("trip_type", INT), ("congestion_surcharge", FLOAT),
+    ("cbd_congestion_fee", FLOAT),
+)
+
+FHV = _trip_service(
+    "fhv", "pickup_datetime",
+    ("dispatching_base_num", STRING), ("pickup_datetime", TIMESTAMP),
+    ("dropoff_datetime", TIMESTAMP), ("PULocationID", INT), ("DOLocationID", INT),
+    ("SR_Flag", INT),  # 1 for a shared ride, otherwise empty (TLC data dictionary)
+    ("Affiliated_base_number", STRING),
+)
+
+FHVHV = _trip_service(
+    "fhvhv", "pickup_datetime",
+    ("hvfhs_license_num", STRING), ("dispatching_base_num", STRING),
+    ("originating_base_num", STRING), ("request_datetime", TIMESTAMP),
+    ("on_scene_datetime", TIMESTAMP), ("pickup_datetime", TIMESTAMP),
+    ("dropoff_datetime", TIMESTAMP), ("PULocationID", INT), ("DOLocationID", INT),
+    # The csv.gz copies carry only the 7 FHV-style columns; their SR_Flag is "N" or empty.
+    ("SR_Flag", STRING), ("Affiliated_base_number", STRING),
+    # The TLC Parquet layout (2019-02 onwards), so csv.gz and Parquet months share one schema.
+    ("trip_miles", FLOAT), ("trip_time", INT), ("base_passenger_fare", FLOAT), ("tolls", FLOAT),
+    ("bcf", FLOAT), ("sales_tax", FLOAT), ("congestion_surcharge", FLOAT),
+    ("airport_fee", FLOAT), ("tips", FLOAT), ("driver_pay", FLOAT),
+    ("shared_request_flag", STRING), ("shared_match_flag", STRING),
+    ("access_a_ride_flag", STRING), ("wav_request_flag", STRING), ("wav_match_flag", STRING),
+    ("cbd_congestion_fee", FLOAT),
+)
+
+# Not monthly. "NA" and "N/A" in it are strings (zone 265 is literally "NA"), never nulls.
+ZONES = Service(
+    name="zones", release="misc", stem="taxi_zone_lookup", extension=".csv", table="taxi_zone_lookup",
+    columns=_columns(
+        ("LocationID", INT), ("Borough", STRING), ("Zone", STRING), ("service_zone", STRING),
+    ),
+    required=("LocationID", "Zone"),
+)
+
+SERVICES: dict[str, Service] = {s.name: s for s in (YELLOW, GREEN, FHV, FHVHV, ZONES)}
+TRIP_SERVICES = tuple(name for name, s in SERVICES.items() if s.monthly)
+
+
+def month_str(month: datetime.date) -> str:
+    return month.strftime("%Y-%m")
+
+
+def service(name: str) -> Service:
+    try:
+        return SERVICES[name]
+    except KeyError:
+        raise ValueError(f"unknown service {name!r}; known: {', '.join(SERVICES)}") from None
+
+
+def resolve_header(svc: Service, header_line: str, where: str) -> list[Column]:
+    """Map a file's header line to catalog columns, in file order.
+
+    Names match case-insensitively; quotes and a trailing CR are ignored. Raises SchemaMismatch
+    naming the file (``where``) for a column the catalog does not know, a column that appears
+    twice, or a header without the service's required columns.
+    """
+    names = next(csv.reader([header_line.strip("\r\n")]), [])
+    by_key = {c.name.lower(): c for c in svc.columns}
+    resolved: list[Column] = []
+    unknown: list[str] = []
+    for raw in names:
+        name = raw.strip()
+        column = by_key.get(name.lower())
+        if column is None:
+            unknown.append(name)
+        elif column in resolved:
+            raise SchemaMismatch(f"{where}: column {name!r} appears twice in the header")
+        else:
+            resolved.append(column)
+    if unknown:
+        raise SchemaMismatch(
+            f"{where}: header has column(s) the {svc.name} catalog does not know: "
+            f"{', '.join(repr(u) for u in unknown)}; known: {', '.join(c.name for c in svc.columns)}"
+        )
+    missing = [r for r in svc.required if r not in {c.name for c in resolved}]
+    if missing:
+        raise SchemaMismatch(
+            f"{where}: header lacks required {svc.name} column(s) {', '.join(missing)}; "
+            f"got {header_line.strip()[:200]!r}"
+        )
+    return resolved

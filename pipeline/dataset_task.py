@@ -1,0 +1,65 @@
+"""What every step has in common: it works on one dataset file of one service (a month of trips,
+or the zone lookup), reports progress to the visualiser, and writes its output atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import luigi
+
+from pipeline import catalog, settings
+
+logger = logging.getLogger("pipeline")
+
+
+class DatasetTask(luigi.Task):
+    service = luigi.ChoiceParameter(choices=list(catalog.SERVICES), description="yellow, green, fhv, fhvhv or zones")
+    month = luigi.MonthParameter(default=None, description="YYYY-MM (every service but zones)")
+
+    _last_report = 0.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.svc.monthly and self.month is None:
+            raise ValueError(f"{self.task_family}: --month YYYY-MM is required for {self.service}")
+        if not self.svc.monthly and self.month is not None:
+            raise ValueError(f"{self.task_family}: {self.service} is not monthly; drop --month")
+
+    @property
+    def svc(self) -> catalog.Service:
+        return catalog.SERVICES[self.service]
+
+    @property
+    def label(self) -> str:
+        """How logs and errors name the dataset: 'yellow 2021-01' or 'zones'."""
+        return f"{self.service} {catalog.month_str(self.month)}" if self.month else self.service
+
+    def staging_path(self, area: str, name: str) -> str:
+        return os.path.join(settings.ingest().staging, area, self.service, name)
+
+    def report(self, done: float, total: float, what: str) -> None:
+        """Progress bar and status line in the visualiser, at most once a second."""
+        now = time.monotonic()
+        if now - self._last_report < 1.0 and done < total:
+            return
+        self._last_report = now
+        if total:
+            self.set_progress_percentage(min(100, round(100 * done / total)))
+        self.set_status_message(f"{self.label}: {what}")
+
+
+@contextlib.contextmanager
+def atomic_path(target: luigi.LocalTarget) -> Iterator[str]:
+    """Luigi's temporary_path (write beside, rename when done), plus removal of the partial file
+    when the step fails, so a failed run leaves neither a complete-looking output nor litter."""
+    with target.temporary_path() as tmp:
+        try:
+            yield tmp
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

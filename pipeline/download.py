@@ -1,0 +1,194 @@
+"""Source -> raw file: fetch one dataset file from the releases (or any mirror of their layout),
+and refuse anything that is not that file, before it is marked complete.
+
+A download is checked while it streams: an HTML page (a wrong URL often answers 200 with one),
+a file that is not gzip, a gzip stream that ends early or fails its CRC, a byte count different
+from Content-Length, or a header the catalog does not accept all fail the step. 404 means the
+month is not published (not retried); connection errors and 5xx answers are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import urllib.parse
+import zlib
+from typing import BinaryIO, Callable, Iterator
+
+import luigi
+import requests
+import urllib3
+
+from pipeline import catalog, settings
+from pipeline.dataset_task import DatasetTask, atomic_path
+
+logger = logging.getLogger("pipeline.download")
+
+CHUNK = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class SourceError(RuntimeError):
+    """The source did not give us the file we asked for."""
+
+
+class MonthNotPublished(SourceError):
+    """The source has no such file (HTTP 404, or missing from a file:// mirror)."""
+
+
+class _Retryable(SourceError):
+    pass
+
+
+def source_url(svc: catalog.Service, month) -> str:
+    base = settings.source().base_url.rstrip("/")
+    return f"{base}/{svc.release}/{svc.source_file(month)}"
+
+
+class _StreamCheck:
+    """Hashes and sizes the bytes as they arrive, inflates gzip on the fly to prove the stream is
+    whole (end-of-stream marker and CRC), and keeps the first line for the header check."""
+
+    def __init__(self, gzipped: bool):
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.gzipped = gzipped
+        self._inflate = zlib.decompressobj(wbits=31) if gzipped else None
+        self._head = b""
+
+    def feed(self, chunk: bytes, where: str) -> None:
+        if self.size == 0:
+            self._check_start(chunk, where)
+        self.sha256.update(chunk)
+        self.size += len(chunk)
+        data = chunk
+        while self._inflate is not None and data:
+            try:
+                out = self._inflate.decompress(data)
+            except zlib.error as e:
+                raise SourceError(f"{where}: corrupt gzip data at byte {self.size}: {e}") from None
+            self._keep_head(out)
+            # A .gz may hold several gzip members back to back; inflate each in turn.
+            data = self._inflate.unused_data if self._inflate.eof else b""
+            if data:
+                self._inflate = zlib.decompressobj(wbits=31)
+        if not self.gzipped:
+            self._keep_head(chunk)
+
+    def _check_start(self, chunk: bytes, where: str) -> None:
+        start = chunk[:512].lstrip().lower()
+        if start.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+            raise SourceError(f"{where}: got an HTML/XML page, not the data file (a wrong URL or an error page); starts {chunk[:80]!r}")
+        if self.gzipped and not chunk.startswith(GZIP_MAGIC):
+            raise SourceError(f"{where}: not a gzip file; starts {chunk[:40]!r}")
+
+    def _keep_head(self, data: bytes) -> None:
+        if b"\n" not in self._head and len(self._head) < 65536:
+            self._head += data[:65536]
+
+    def finish(self, where: str) -> str:
+        """Return the header line once the whole stream checked out."""
+        if self.size == 0:
+            raise SourceError(f"{where}: the file is empty")
+        if self._inflate is not None and not self._inflate.eof:
+            raise SourceError(f"{where}: truncated gzip: the stream ends at byte {self.size} before its end-of-stream marker")
+        if b"\n" not in self._head:
+            raise SourceError(f"{where}: no complete header line in the first 64 KiB")
+        try:
+            return self._head.split(b"\n", 1)[0].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SourceError(f"{where}: header is not UTF-8 text: {e}") from None
+
+
+def _http_chunks(url: str, where: str, cfg: settings.source) -> Iterator[tuple[bytes, int]]:
+    """Yield (chunk, expected total size or 0) for one GET; classify failures."""
+    try:
+        with requests.get(url, stream=True, timeout=cfg.timeout) as resp:
+            if resp.status_code == 404:
+                raise MonthNotPublished(f"{where}: not published (HTTP 404)")
+            if resp.status_code >= 500:
+                raise _Retryable(f"{where}: server error HTTP {resp.status_code}")
+            if resp.status_code != 200:
+                raise SourceError(f"{where}: unexpected HTTP {resp.status_code} {resp.reason}")
+            expected = int(resp.headers.get("Content-Length") or 0)
+            # decode_content=False: store the bytes exactly as published, whatever the server's
+            # Content-Encoding says, so the sha256 is the file's.
+            for chunk in resp.raw.stream(CHUNK, decode_content=False):
+                yield chunk, expected
+    except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError) as e:
+        raise _Retryable(f"{where}: {type(e).__name__}: {e}") from None
+
+
+def _file_chunks(url: str, where: str) -> Iterator[tuple[bytes, int]]:
+    path = urllib.parse.unquote(urllib.parse.urlparse(url).path)
+    try:
+        f: BinaryIO = open(path, "rb")
+    except FileNotFoundError:
+        raise MonthNotPublished(f"{where}: not published (no such file in the mirror)") from None
+    with f:
+        total = os.fstat(f.fileno()).st_size
+        while chunk := f.read(CHUNK):
+            yield chunk, total
+
+
+def fetch(url: str, dest: str, svc: catalog.Service, where: str,
+          progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+    """Download ``url`` to ``dest`` and check it; return what we know about the file."""
+    cfg = settings.source()
+    scheme = urllib.parse.urlparse(url).scheme
+    if scheme not in ("http", "https", "file"):
+        raise SourceError(f"{where}: unsupported URL scheme {scheme!r} (use http(s):// or file://)")
+    for attempt in range(1, cfg.attempts + 1):
+        check = _StreamCheck(gzipped=url.endswith(".gz"))
+        expected = 0
+        try:
+            chunks = _file_chunks(url, where) if scheme == "file" else _http_chunks(url, where, cfg)
+            with open(dest, "wb") as out:
+                for chunk, expected in chunks:
+                    check.feed(chunk, where)
+                    out.write(chunk)
+                    progress(check.size, expected)
+            if expected and check.size != expected:
+                raise _Retryable(f"{where}: got {check.size} bytes of {expected} announced")
+            break
+        except _Retryable as e:
+            if attempt == cfg.attempts:
+                raise SourceError(f"{e} (gave up after {attempt} tries)") from None
+            delay = cfg.backoff * 2 ** (attempt - 1)
+            logger.warning("%s; try %d of %d in %.1f s", e, attempt + 1, cfg.attempts, delay)
+            time.sleep(delay)
+    header = check.finish(where)
+    catalog.resolve_header(svc, header, where)
+    return {"url": url, "size": check.size, "sha256": check.sha256.hexdigest(), "header": header.rstrip("\r")}
+
+
+class Download(DatasetTask):
+    """Fetch one month (or the zone lookup) from the source into the staging area."""
+
+    def output(self):
+        path = self.staging_path("raw", self.svc.source_file(self.month))
+        return {"file": luigi.LocalTarget(path), "meta": luigi.LocalTarget(path + ".json")}
+
+    def run(self):
+        url = source_url(self.svc, self.month)
+        where = f"{self.label} ({url})"
+        logger.info("%s: downloading %s", self.label, url)
+        started = time.monotonic()
+
+        def progress(done: int, total: int) -> None:
+            self.report(done, total, f"downloaded {done / 1e6:.1f} of {total / 1e6:.1f} MB" if total else f"downloaded {done / 1e6:.1f} MB")
+
+        out = self.output()
+        with atomic_path(out["file"]) as tmp:
+            meta = fetch(url, tmp, self.svc, where, progress)
+        # The data file is in place before its metadata: a run cut between the two renames leaves
+        # the task incomplete (both are its outputs) and the next run fetches again.
+        with atomic_path(out["meta"]) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(meta, f, indent=1)
+        logger.info("%s: downloaded %s bytes in %.1f s, sha256 %s", self.label, f"{meta['size']:,}",
+                    time.monotonic() - started, meta["sha256"])
+        self.report(1, 1, "downloaded")

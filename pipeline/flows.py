@@ -1,0 +1,42 @@
+"""The flows users run: wiring only, no logic.
+
+    luigi --module pipeline IngestMonth --service yellow --month 2021-01
+    luigi --module pipeline IngestZones
+
+Each requires the month in the lake plus every warehouse named in `[ingest] sinks`.
+"""
+
+import luigi
+
+from pipeline import catalog, settings
+from pipeline.lake import LakeFile
+from pipeline.warehouses.duckdb_views import ExposeDuckDB
+
+SINKS = {"duckdb": ExposeDuckDB}
+
+
+def sink_tasks(**params) -> list[luigi.Task]:
+    names = settings.ingest().sink_names()
+    unknown = [n for n in names if n not in SINKS]
+    if unknown:
+        raise ValueError(f"[ingest] sinks: unknown sink(s) {', '.join(unknown)}; known: {', '.join(SINKS)}")
+    return [SINKS[name](**params) for name in names]
+
+
+class IngestMonth(luigi.WrapperTask):
+    """Download a month of one service, convert it to Parquet, put it in the lake, expose it in
+    every configured warehouse. Steps already done are skipped."""
+
+    service = luigi.ChoiceParameter(choices=catalog.TRIP_SERVICES, description="yellow, green, fhv or fhvhv")
+    month = luigi.MonthParameter(description="YYYY-MM")
+
+    def requires(self):
+        params = {"service": self.service, "month": self.month}
+        return [LakeFile(**params), *sink_tasks(**params)]
+
+
+class IngestZones(luigi.WrapperTask):
+    """The taxi zone lookup: download, Parquet, lake, warehouses."""
+
+    def requires(self):
+        return [LakeFile(service="zones"), *sink_tasks(service="zones")]

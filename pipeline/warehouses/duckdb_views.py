@@ -1,0 +1,108 @@
+"""Lake -> the embedded warehouse: one DuckDB file with one view per service over the lake's
+Parquet files (the local twin of the BigQuery external table), and a marker per ingested month.
+
+A month counts as exposed only when the view answers for it with exactly the Parquet row count;
+that check and the marker row are one transaction, so a marker never claims what the view does not show.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import time
+from typing import Optional
+
+import duckdb
+import luigi
+
+from pipeline import catalog, settings
+from pipeline.convert import parquet_rows
+from pipeline.dataset_task import DatasetTask
+from pipeline.lake import PARTITION_KEY, LakeFile, lake_glob
+
+logger = logging.getLogger("pipeline.duckdb")
+
+MARKER_TABLE = "_ingested"
+LOCK_WAIT_SECONDS = 30.0
+
+
+def _connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse, waiting while another process holds DuckDB's single-writer lock."""
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            return duckdb.connect(path, read_only=read_only)
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def view_sql(svc: catalog.Service) -> str:
+    source = f"read_parquet({_sql_string(os.path.abspath(lake_glob(svc)))}"
+    if svc.monthly:
+        source += f", hive_partitioning = true, hive_types = {{'{PARTITION_KEY}': VARCHAR}}"
+    return f'CREATE OR REPLACE VIEW "{svc.table}" AS SELECT * FROM {source})'
+
+
+class DuckDBMarker(luigi.Target):
+    """Exists when the warehouse's marker table records this service and month."""
+
+    def __init__(self, path: str, service: str, month: Optional[datetime.date]):
+        self.path, self.service = path, service
+        self.month = catalog.month_str(month) if month else ""
+
+    def exists(self) -> bool:
+        if not os.path.exists(self.path):
+            return False
+        con = _connect(self.path, read_only=True)
+        try:
+            return bool(con.execute(
+                f"SELECT count(*) FROM {MARKER_TABLE} WHERE service = ? AND month = ?",
+                [self.service, self.month]).fetchone()[0])
+        except duckdb.CatalogException:  # no marker table yet: nothing ingested
+            return False
+        finally:
+            con.close()
+
+
+class ExposeDuckDB(DatasetTask):
+    """Make the month queryable in the embedded DuckDB warehouse."""
+
+    # DuckDB allows one writing process per file: the scheduler runs these one at a time.
+    resources = {"duckdb": 1}
+
+    def requires(self):
+        return self.clone(LakeFile)
+
+    def output(self):
+        return DuckDBMarker(settings.duckdb().path, self.service, self.month)
+
+    def run(self):
+        marker = self.output()
+        expected = parquet_rows(self.input().path)
+        os.makedirs(os.path.dirname(os.path.abspath(marker.path)), exist_ok=True)
+        con = _connect(marker.path, read_only=False)
+        try:
+            con.begin()
+            con.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (service VARCHAR, month VARCHAR, "
+                        "rows BIGINT, exposed_at TIMESTAMP, PRIMARY KEY (service, month))")
+            con.execute(view_sql(self.svc))
+            where = f" WHERE {PARTITION_KEY} = ?" if self.svc.monthly else ""
+            params = [marker.month] if self.svc.monthly else []
+            seen = con.execute(f'SELECT count(*) FROM "{self.svc.table}"{where}', params).fetchone()[0]
+            if seen != expected:
+                raise RuntimeError(f"{self.label}: view {self.svc.table} in {marker.path} shows {seen} rows, "
+                                   f"the lake file {self.input().path} holds {expected}")
+            con.execute(f"INSERT OR REPLACE INTO {MARKER_TABLE} VALUES (?, ?, ?, now())",
+                        [self.service, marker.month, expected])
+            con.commit()
+        finally:
+            con.close()
+        logger.info("%s: view %s in %s shows its %s rows", self.label, self.svc.table, marker.path, f"{expected:,}")
+        self.report(1, 1, f"queryable as {self.svc.table} in {marker.path}")
