@@ -1,9 +1,10 @@
 """Source -> raw file: fetch one dataset file from the releases (or any mirror of their layout),
 and refuse anything that is not that file, before it is marked complete.
 
-A download is checked while it streams: an HTML page (a wrong URL often answers 200 with one),
-a file that is not gzip, a gzip stream that ends early or fails its CRC, a byte count different
-from Content-Length, or a header the catalog does not accept all fail the step. 404 means the
+A download is checked as it streams and once more when it is on disk: an HTML page (a wrong URL
+often answers 200 with one), a file that is not gzip, a byte count different from Content-Length,
+a gzip stream that ends early or fails its CRC, or a header the catalog does not accept all fail
+the step. 404 means the
 month is not published (not retried); connection errors and 5xx answers are retried with backoff.
 """
 
@@ -15,10 +16,10 @@ import logging
 import os
 import time
 import urllib.parse
-import zlib
 from typing import BinaryIO, Callable, Iterator
 
 import luigi
+import pyarrow as pa
 import requests
 import urllib3
 
@@ -49,58 +50,46 @@ def source_url(svc: catalog.Service, month) -> str:
 
 
 class _StreamCheck:
-    """Hashes and sizes the bytes as they arrive, inflates gzip on the fly to prove the stream is
-    whole (end-of-stream marker and CRC), and keeps the first line for the header check."""
+    """Sizes and hashes the bytes as they arrive; refuses an HTML page or a non-gzip .gz at once."""
 
     def __init__(self, gzipped: bool):
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.gzipped = gzipped
-        self._inflate = zlib.decompressobj(wbits=31) if gzipped else None
-        self._head = b""
 
     def feed(self, chunk: bytes, where: str) -> None:
         if self.size == 0:
-            self._check_start(chunk, where)
+            start = chunk[:512].lstrip().lower()
+            if start.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+                raise SourceError(f"{where}: got an HTML/XML page, not the data file (a wrong URL or an "
+                                  f"error page); it starts {chunk[:80]!r}")
+            if self.gzipped and not chunk.startswith(GZIP_MAGIC):
+                raise SourceError(f"{where}: not a gzip file; it starts {chunk[:40]!r}")
         self.sha256.update(chunk)
         self.size += len(chunk)
-        data = chunk
-        while self._inflate is not None and data:
-            try:
-                out = self._inflate.decompress(data)
-            except zlib.error as e:
-                raise SourceError(f"{where}: corrupt gzip data at byte {self.size}: {e}") from None
-            self._keep_head(out)
-            # A .gz may hold several gzip members back to back; inflate each in turn.
-            data = self._inflate.unused_data if self._inflate.eof else b""
-            if data:
-                self._inflate = zlib.decompressobj(wbits=31)
-        if not self.gzipped:
-            self._keep_head(chunk)
 
-    def _check_start(self, chunk: bytes, where: str) -> None:
-        start = chunk[:512].lstrip().lower()
-        if start.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
-            raise SourceError(f"{where}: got an HTML/XML page, not the data file (a wrong URL or an error page); starts {chunk[:80]!r}")
-        if self.gzipped and not chunk.startswith(GZIP_MAGIC):
-            raise SourceError(f"{where}: not a gzip file; starts {chunk[:40]!r}")
 
-    def _keep_head(self, data: bytes) -> None:
-        if b"\n" not in self._head and len(self._head) < 65536:
-            self._head += data[:65536]
-
-    def finish(self, where: str) -> str:
-        """Return the header line once the whole stream checked out."""
-        if self.size == 0:
-            raise SourceError(f"{where}: the file is empty")
-        if self._inflate is not None and not self._inflate.eof:
-            raise SourceError(f"{where}: truncated gzip: the stream ends at byte {self.size} before its end-of-stream marker")
-        if b"\n" not in self._head:
-            raise SourceError(f"{where}: no complete header line in the first 64 KiB")
-        try:
-            return self._head.split(b"\n", 1)[0].decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise SourceError(f"{where}: header is not UTF-8 text: {e}") from None
+def _read_through(path: str, gzipped: bool, where: str) -> str:
+    """Read the whole file, through gunzip for a .gz (which proves the stream whole: its
+    end-of-stream marker and CRC), and return its header line."""
+    raw = pa.OSFile(path)
+    stream = pa.CompressedInputStream(raw, "gzip") if gzipped else raw
+    head = b""
+    try:
+        with stream:
+            while chunk := stream.read(CHUNK):
+                if b"\n" not in head and len(head) < 65536:
+                    head += chunk[:65536]
+    except OSError as e:  # Arrow: "Truncated compressed stream", "incorrect data check", ...
+        raise SourceError(f"{where}: truncated or corrupt gzip ({e}); the download is incomplete") from None
+    if not head.strip():
+        raise SourceError(f"{where}: the file is empty")
+    if b"\n" not in head:
+        raise SourceError(f"{where}: no complete header line in the first 64 KiB")
+    try:
+        return head.split(b"\n", 1)[0].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{where}: header is not UTF-8 text: {e}") from None
 
 
 def _http_chunks(url: str, where: str, cfg: settings.source) -> Iterator[tuple[bytes, int]]:
@@ -160,7 +149,7 @@ def fetch(url: str, dest: str, svc: catalog.Service, where: str,
             delay = cfg.backoff * 2 ** (attempt - 1)
             logger.warning("%s; try %d of %d in %.1f s", e, attempt + 1, cfg.attempts, delay)
             time.sleep(delay)
-    header = check.finish(where)
+    header = _read_through(dest, check.gzipped, where)
     catalog.resolve_header(svc, header, where)
     return {"url": url, "size": check.size, "sha256": check.sha256.hexdigest(), "header": header.rstrip("\r")}
 

@@ -1,0 +1,240 @@
+"""Real parts for the tests: a mirror of the releases built from the verbatim TLC samples in
+tests/data/tlc, a real HTTP server on 127.0.0.1 that serves it (with routes that misbehave the
+ways real downloads do), and an isolated lake/staging/warehouse per test."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import shutil
+import socketserver
+import threading
+import time
+from pathlib import Path
+
+import luigi
+import luigi.configuration
+import pytest
+
+DATA = Path(__file__).parent / "data" / "tlc"
+S3 = DATA / "s3_2020-09_first1024B"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def complete_lines(data: bytes) -> bytes:
+    """The 1 KiB captures end mid-row: keep whole lines only."""
+    return data[: data.rfind(b"\n") + 1]
+
+
+def crlf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+# month file in the mirror -> (bytes of the csv, number of data rows); built once per session.
+def _mirror_files() -> dict[str, bytes]:
+    read = lambda name: (DATA / name).read_bytes()  # noqa: E731
+    # fhv as the DTC copies publish 2019 (7 columns, mixed case; see tests/data/tlc/SOURCES.md):
+    # the real TLC rows of 2019-02 with the re-issue's Affiliated_base_number column added.
+    fhv_rows = complete_lines(read("s3_2020-09_first1024B/fhv_tripdata_2019-02.first1024B.csv")).splitlines()[1:]
+    fhv_dtc = b"\r\n".join(
+        [b"dispatching_base_num,pickup_datetime,dropOff_datetime,PUlocationID,DOlocationID,SR_Flag,Affiliated_base_number"]
+        + [row + b"," + row.split(b",")[0] for row in fhv_rows]) + b"\r\n"
+    return {
+        # The stored sample is LF; the published file is CRLF (SOURCES.md): restore it.
+        "yellow/yellow_tripdata_2021-01.csv.gz": crlf(read("yellow_tripdata_2021-01.head.csv")),
+        "yellow/yellow_tripdata_2020-01.csv.gz": read("yellow_tripdata_2020-01.head499_tail500.csv"),
+        "yellow/yellow_tripdata_2020-07.csv.gz": read("yellow_tripdata_2020-07.head.csv"),
+        "yellow/yellow_tripdata_2019-03.csv.gz": complete_lines(read("s3_2020-09_first1024B/yellow_tripdata_2019-03.first1024B.csv")),
+        "green/green_tripdata_2019-01.csv.gz": read("green_tripdata_2019-01.head.csv"),
+        "green/green_tripdata_2019-10.csv.gz": read("green_tripdata_2019-10.head.csv"),
+        "fhv/fhv_tripdata_2019-01.csv.gz": complete_lines(read("s3_2020-09_first1024B/fhv_tripdata_2019-01.first1024B.csv")),
+        "fhv/fhv_tripdata_2019-02.csv.gz": fhv_dtc,
+        "fhvhv/fhvhv_tripdata_2019-02.csv.gz": complete_lines(read("s3_2020-09_first1024B/fhvhv_tripdata_2019-02.first1024B.csv")),
+        "fhvhv/fhvhv_tripdata_2021-06.csv.gz": read("fhvhv_tripdata_2021-06.head.csv"),
+        "misc/taxi_zone_lookup.csv": read("taxi_zone_lookup.csv"),
+    }
+
+
+def data_rows(csv_bytes: bytes) -> int:
+    return len([line for line in csv_bytes.splitlines()[1:] if line.strip()])
+
+
+@pytest.fixture(scope="session")
+def mirror_files() -> dict[str, bytes]:
+    return _mirror_files()
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory, mirror_files) -> Path:
+    """A directory laid out like the releases: {service}/{file}.csv.gz and misc/taxi_zone_lookup.csv."""
+    root = tmp_path_factory.mktemp("mirror")
+    for rel, content in mirror_files.items():
+        path = root / "releases" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(gzip.compress(content) if rel.endswith(".gz") else content)
+    # The broken mirror: what real downloads go wrong with.
+    broken = root / "broken"
+    (broken / "green").mkdir(parents=True)
+    shutil.copy(DATA / "green_tripdata_2019-10.truncated.csv.gz", broken / "green" / "green_tripdata_2019-10.csv.gz")
+    (broken / "yellow").mkdir()
+    yellow = mirror_files["yellow/yellow_tripdata_2021-01.csv.gz"]
+    changed = yellow.replace(b"PULocationID", b"pickup_location_id", 1)
+    (broken / "yellow" / "yellow_tripdata_2021-01.csv.gz").write_bytes(gzip.compress(changed))
+    header, first, *rest = yellow.splitlines(keepends=True)
+    fractional = first.replace(b"00:36:12,1,", b"00:36:12,1.5,", 1)  # passenger_count 1.5
+    assert fractional != first
+    (broken / "yellow" / "yellow_tripdata_2021-02.csv.gz").write_bytes(gzip.compress(header + first + fractional + b"".join(rest)))
+    return root
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves the mirror; a first path segment picks a misbehaviour:
+    /releases/...  the files as they are      /broken/...  bad files
+    /html/...      an HTML error page with 200
+    /flaky/...     503 on the first request for a path, then the file
+    /down/...      always 503
+    /short/...     announces the full length, sends half, closes
+    /slow/...      sends half, then stalls (for killing a download midway)
+    """
+
+    hits: dict[str, int] = {}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        mode, _, rest = self.path.lstrip("/").partition("/")
+        self.hits[self.path] = self.hits.get(self.path, 0) + 1
+        if mode in ("releases", "broken"):
+            return super().do_GET()
+        file = Path(self.directory) / "releases" / rest
+        if mode == "html":
+            return self._send(200, b"<!DOCTYPE html><html><body>Not Found</body></html>", "text/html")
+        if mode == "down" or (mode == "flaky" and self.hits[self.path] == 1):
+            return self._send(503, b"busy", "text/plain")
+        if not file.exists():
+            return self._send(404, b"Not Found", "text/plain")
+        body = file.read_bytes()
+        if mode == "flaky":
+            return self._send(200, body, "application/octet-stream")
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        if mode == "slow":
+            time.sleep(60)
+        self.close_connection = True
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+@pytest.fixture(scope="session")
+def http_server(mirror):
+    """A real HTTP server on 127.0.0.1 serving the mirror; yields its base URL."""
+    handler = lambda *a, **kw: _Handler(*a, directory=str(mirror), **kw)  # noqa: E731
+    server = _Server(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def workspace(tmp_path, http_server):
+    """An isolated lake, staging area and warehouse, and the source set to the test server.
+    The settings go through luigi's own configuration, as luigi.cfg would set them."""
+    config = luigi.configuration.get_config()
+    values = {
+        ("source", "base_url"): f"{http_server}/releases",
+        ("source", "attempts"): "3",
+        ("source", "backoff"): "0.05",
+        ("source", "timeout"): "5",
+        ("lake", "root"): str(tmp_path / "lake"),
+        ("ingest", "staging"): str(tmp_path / "staging"),
+        ("ingest", "sinks"): "duckdb",
+        ("duckdb", "path"): str(tmp_path / "warehouse.duckdb"),
+    }
+    saved = {k: config.get(*k, None) for k in values}
+    for (section, key), value in values.items():
+        if not config.has_section(section):
+            config.add_section(section)
+        config.set(section, key, value)
+    yield tmp_path
+    for (section, key), value in saved.items():
+        if value is None:
+            config.remove_option(section, key)
+        else:
+            config.set(section, key, value)
+
+
+def set_source(base_url: str) -> None:
+    luigi.configuration.get_config().set("source", "base_url", base_url)
+
+
+class RunResult:
+    def __init__(self):
+        self.started: list[str] = []
+        self.failures: dict[str, BaseException] = {}
+
+
+@pytest.fixture
+def run():
+    """Run tasks with luigi's own scheduler and worker, in-process; record what started and
+    the exception of every failed task."""
+
+    def _run(*tasks) -> RunResult:
+        result = RunResult()
+
+        def on_start(task):
+            result.started.append(task.task_id)
+
+        def on_failure(task, exception):
+            result.failures[task.task_family] = exception
+
+        luigi.Task.event_handler(luigi.Event.START)(on_start)
+        luigi.Task.event_handler(luigi.Event.FAILURE)(on_failure)
+        try:
+            luigi.build(list(tasks), local_scheduler=True, log_level="WARNING")
+        finally:
+            luigi.Task._event_callbacks[luigi.Task][luigi.Event.START].discard(on_start)
+            luigi.Task._event_callbacks[luigi.Task][luigi.Event.FAILURE].discard(on_failure)
+        return result
+
+    return _run
+
+
+def cli(*args: str, **kw):
+    """`luigi --module pipeline ...` as a user runs it, from the repo root (so luigi.cfg applies)."""
+    import subprocess
+    import sys
+
+    luigi_bin = Path(sys.executable).with_name("luigi")
+    return subprocess.run([str(luigi_bin), "--module", "pipeline", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, **kw)
+
+
+def cli_popen(*args: str, **kw):
+    import subprocess
+    import sys
+
+    luigi_bin = Path(sys.executable).with_name("luigi")
+    return subprocess.Popen([str(luigi_bin), "--module", "pipeline", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+def workspace_flags(workspace: Path, base_url: str) -> list[str]:
+    return ["--local-scheduler", "--source-base-url", base_url, "--lake-root", str(workspace / "lake"),
+            "--ingest-staging", str(workspace / "staging"), "--duckdb-path", str(workspace / "warehouse.duckdb"),
+            "--source-backoff", "0.05", "--source-attempts", "2"]
+
