@@ -18,8 +18,8 @@ logger = logging.getLogger("pipeline")
 
 
 class DatasetTask(luigi.Task):
-    service = luigi.ChoiceParameter(choices=list(catalog.SERVICES), description="yellow, green, fhv, fhvhv or zones")
-    month = luigi.MonthParameter(default=None, description="YYYY-MM (every service but zones)")
+    service = luigi.ChoiceParameter(choices=list(catalog.SERVICES), description="The TLC service, or zones for the zone lookup.")
+    month = luigi.MonthParameter(default=None, description="YYYY-MM: the month of the published file (not for zones).")
 
     _last_report = 0.0
 

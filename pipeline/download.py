@@ -28,7 +28,8 @@ from pipeline.dataset_task import DatasetTask, atomic_path
 
 logger = logging.getLogger("pipeline.download")
 
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # file reads
+NET_CHUNK = 64 << 10  # network reads: small, so progress moves and bytes reach disk on a slow link
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -105,7 +106,7 @@ def _http_chunks(url: str, where: str, cfg: settings.source) -> Iterator[tuple[b
             expected = int(resp.headers.get("Content-Length") or 0)
             # decode_content=False: store the bytes exactly as published, whatever the server's
             # Content-Encoding says, so the sha256 is the file's.
-            for chunk in resp.raw.stream(CHUNK, decode_content=False):
+            for chunk in resp.raw.stream(NET_CHUNK, decode_content=False):
                 yield chunk, expected
     except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError) as e:
         raise _Retryable(f"{where}: {type(e).__name__}: {e}") from None

@@ -27,8 +27,8 @@ class IngestMonth(luigi.WrapperTask):
     """Download a month of one service, convert it to Parquet, put it in the lake, expose it in
     every configured warehouse. Steps already done are skipped."""
 
-    service = luigi.ChoiceParameter(choices=catalog.TRIP_SERVICES, description="yellow, green, fhv or fhvhv")
-    month = luigi.MonthParameter(description="YYYY-MM")
+    service = luigi.ChoiceParameter(choices=catalog.TRIP_SERVICES, description="The TLC trip service.")
+    month = luigi.MonthParameter(description="YYYY-MM: the month of the published file.")
 
     def requires(self):
         params = {"service": self.service, "month": self.month}
