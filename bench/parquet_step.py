@@ -9,7 +9,9 @@ RSS is its own:
              (what the course's flows do)
   duckdb     DuckDB's COPY (SELECT * FROM read_csv(...)) TO parquet
 
-and prints wall time, rows/s and peak RSS, with each reference's figures as a ratio to ours.
+and prints wall time, rows/s and peak RSS, with each reference's figures as a ratio to ours, and
+the time of each pipeline step (Download also gunzips the whole file once to prove it whole, and
+hashes it: work the references do not do).
 
     python bench/parquet_step.py                 # 1,369,765 rows, like yellow 2021-01
     python bench/parquet_step.py --rows 7667792  # like yellow 2019-01
@@ -53,11 +55,12 @@ def build_month(rows: int) -> Path:
     return path
 
 
-def run_pipeline(src: Path, work: Path) -> int:
+def run_pipeline(src: Path, work: Path) -> tuple[int, dict]:
     import luigi
     import luigi.configuration
 
     from pipeline.convert import ToParquet, parquet_rows
+    from pipeline.download import Download
 
     mirror = work / "mirror" / "yellow"
     mirror.mkdir(parents=True)
@@ -65,28 +68,32 @@ def run_pipeline(src: Path, work: Path) -> int:
     config = luigi.configuration.get_config()
     config.set("source", "base_url", (work / "mirror").as_uri())
     config.set("ingest", "staging", str(work / "staging"))
-    task = ToParquet(service="yellow", month=luigi.date_interval.Month.parse(MONTH).date_a)
-    if not luigi.build([task], local_scheduler=True, log_level="WARNING"):
-        raise SystemExit("pipeline run failed")
-    return parquet_rows(task.output().path)
+    params = {"service": "yellow", "month": luigi.date_interval.Month.parse(MONTH).date_a}
+    steps = {}
+    for step in (Download, ToParquet):  # one at a time, to time each step
+        started = time.perf_counter()
+        if not luigi.build([step(**params)], local_scheduler=True, log_level="WARNING"):
+            raise SystemExit(f"pipeline run failed at {step.__name__}")
+        steps[step.__name__] = time.perf_counter() - started
+    return parquet_rows(ToParquet(**params).output().path), steps
 
 
-def run_reference(src: Path, work: Path) -> int:
+def run_reference(src: Path, work: Path) -> tuple[int, dict]:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     table = pacsv.read_csv(src)
     pq.write_table(table, work / "reference.parquet")
-    return table.num_rows
+    return table.num_rows, {}
 
 
-def run_duckdb(src: Path, work: Path) -> int:
+def run_duckdb(src: Path, work: Path) -> tuple[int, dict]:
     import duckdb
 
     con = duckdb.connect()
     out = work / "duckdb.parquet"
     con.execute(f"COPY (SELECT * FROM read_csv('{src}')) TO '{out}' (FORMAT parquet)")
-    return con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0]
+    return con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0], {}
 
 
 APPROACHES = {"pipeline": run_pipeline, "reference": run_reference, "duckdb": run_duckdb}
@@ -95,10 +102,10 @@ APPROACHES = {"pipeline": run_pipeline, "reference": run_reference, "duckdb": ru
 def child(name: str, src: Path) -> None:
     with tempfile.TemporaryDirectory(dir=CACHE) as work:
         started = time.perf_counter()
-        rows = APPROACHES[name](src, Path(work))
+        rows, steps = APPROACHES[name](src, Path(work))
         seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"rows": rows, "seconds": seconds, "peak_mb": peak_mb}))
+    print(json.dumps({"rows": rows, "seconds": seconds, "peak_mb": peak_mb, "steps": steps}))
 
 
 def main() -> None:
@@ -128,6 +135,8 @@ def main() -> None:
         if ours and name != "pipeline":
             ratio = f"   {r['seconds'] / ours['seconds']:.2f}x time, {r['peak_mb'] / ours['peak_mb']:.2f}x memory"
         print(f"{name:<10} {r['seconds']:>8.2f} {args.rows / r['seconds']:>12,.0f} {r['peak_mb']:>12.0f}{ratio}")
+        for step, seconds in r["steps"].items():
+            print(f"  {step:<8} {seconds:>8.2f} {args.rows / seconds:>12,.0f}")
 
 
 if __name__ == "__main__":
