@@ -132,7 +132,7 @@ def convert(src: str, dst: str, svc: catalog.Service, where: str, metadata: dict
                 arrays.append(batch.column(field.name))
         return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
-    with pq.ParquetWriter(dst, schema, compression="zstd") as writer:
+    with stream, pq.ParquetWriter(dst, schema, compression="zstd") as writer:
         try:
             for batch in _read_ahead(reader):
                 pending.append(conform(batch, rows))

@@ -8,6 +8,8 @@ import gzip
 import http.server
 import shutil
 import socketserver
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -214,23 +216,16 @@ def run():
     return _run
 
 
-def cli(*args: str, **kw):
+LUIGI = [str(Path(sys.executable).with_name("luigi")), "--module", "pipeline"]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
     """`luigi --module pipeline ...` as a user runs it, from the repo root (so luigi.cfg applies)."""
-    import subprocess
-    import sys
-
-    luigi_bin = Path(sys.executable).with_name("luigi")
-    return subprocess.run([str(luigi_bin), "--module", "pipeline", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, **kw)
+    return subprocess.run([*LUIGI, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-def cli_popen(*args: str, **kw):
-    import subprocess
-    import sys
-
-    luigi_bin = Path(sys.executable).with_name("luigi")
-    return subprocess.Popen([str(luigi_bin), "--module", "pipeline", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+def cli_popen(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([*LUIGI, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def workspace_flags(workspace: Path, base_url: str) -> list[str]:

@@ -123,3 +123,15 @@ def test_month_is_required_for_trip_services_and_refused_for_zones():
         Download(service="yellow")
     with pytest.raises(ValueError, match="zones is not monthly"):
         Download(service="zones", month=month("2021-01"))
+
+
+def test_sinks_setting_chooses_the_warehouses(workspace, run):
+    config = luigi.configuration.get_config()
+    config.set("ingest", "sinks", "none")
+    result = run(IngestMonth(service="fhvhv", month=month("2021-06")))
+    assert result.failures == {}
+    assert sorted(t.split("_")[0] for t in result.started) == ["Download", "IngestMonth", "LakeFile", "ToParquet"]
+    assert not (workspace / "warehouse.duckdb").exists()
+    config.set("ingest", "sinks", "duckdb, postgres")
+    with pytest.raises(ValueError, match=r"\[ingest\] sinks: unknown sink\(s\) postgres; known: duckdb"):
+        IngestMonth(service="fhvhv", month=month("2021-06")).requires()
