@@ -153,13 +153,6 @@ def month_str(month: datetime.date) -> str:
     return month.strftime("%Y-%m")
 
 
-def service(name: str) -> Service:
-    try:
-        return SERVICES[name]
-    except KeyError:
-        raise ValueError(f"unknown service {name!r}; known: {', '.join(SERVICES)}") from None
-
-
 def resolve_header(svc: Service, header_line: str, where: str) -> list[Column]:
     """Map a file's header line to catalog columns, in file order.
 
