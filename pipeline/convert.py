@@ -8,7 +8,6 @@ catalog's order, so every month of a service has byte-for-byte the same Parquet 
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -38,12 +37,6 @@ READ_AHEAD = 4  # parsed batches queued between the reading thread and the write
 
 class ConversionError(ValueError):
     """A row of the source file does not fit the catalog."""
-
-
-def _read_header(path: str) -> str:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        return f.readline(65536).decode("utf-8")
 
 
 def _to_int(values: pa.ChunkedArray | pa.Array, name: str, where: str, first_row: int) -> pa.Array:
@@ -100,10 +93,12 @@ def _read_ahead(batches: Iterable, depth: int = READ_AHEAD) -> Iterator:
         thread.join()
 
 
-def convert(src: str, dst: str, svc: catalog.Service, where: str, metadata: dict,
+def convert(src: str, header: str, dst: str, svc: catalog.Service, where: str, metadata: dict,
             progress: Callable[[int, int, int], None] = lambda rows, done, total: None) -> int:
-    """Write ``src`` (csv or csv.gz) to ``dst`` as Parquet with ``svc``'s schema; return the row count."""
-    columns = catalog.resolve_header(svc, _read_header(src), where)
+    """Write ``src`` (csv or csv.gz) to ``dst`` as Parquet with ``svc``'s schema; return the row count.
+
+    ``header`` is the file's header line, as the Download step read and recorded it."""
+    columns = catalog.resolve_header(svc, header, where)
     schema = svc.schema.with_metadata({f"tlc.{k}": str(v) for k, v in metadata.items()})
     raw = pa.OSFile(src)
     total = os.fstat(raw.fileno()).st_size
@@ -176,7 +171,7 @@ class ToParquet(DatasetTask):
         meta = {"service": self.service, "month": catalog.month_str(self.month) if self.month else "",
                 "source_url": source["url"], "source_sha256": source["sha256"], "source_size": source["size"]}
         with atomic_path(self.output()) as tmp:
-            rows = convert(raw, tmp, self.svc, where, meta, progress)
+            rows = convert(raw, source["header"], tmp, self.svc, where, meta, progress)
         seconds = time.monotonic() - started
         logger.info("%s: wrote %s rows to %s in %.1f s (%.0f rows/s)", self.label, f"{rows:,}",
                     self.output().path, seconds, rows / max(seconds, 1e-9))
