@@ -4,8 +4,8 @@ and refuse anything that is not that file, before it is marked complete.
 A download is checked as it streams and once more when it is on disk: an HTML page (a wrong URL
 often answers 200 with one), a file that is not gzip, a byte count different from Content-Length,
 a gzip stream that ends early or fails its CRC, or a header the catalog does not accept all fail
-the step. 404 means the
-month is not published (not retried); connection errors and 5xx answers are retried with backoff.
+the step. 404 means the month is not published (not retried); connection errors and 5xx answers
+are retried with backoff.
 """
 
 from __future__ import annotations

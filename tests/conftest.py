@@ -32,7 +32,7 @@ def crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-# month file in the mirror -> (bytes of the csv, number of data rows); built once per session.
+# path in the mirror -> the csv bytes it serves (gzipped for .csv.gz); built once per session.
 def _mirror_files() -> dict[str, bytes]:
     read = lambda name: (DATA / name).read_bytes()  # noqa: E731
     # fhv as the DTC copies publish 2019 (7 columns, mixed case; see tests/data/tlc/SOURCES.md):
