@@ -20,39 +20,12 @@ hashes it: work the references do not do).
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
-import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "tests" / "data" / "tlc" / "yellow_tripdata_2021-01.head.csv"
-CACHE = ROOT / "bench" / ".cache"
-MONTH = "2021-01"
-
-
-def build_month(rows: int) -> Path:
-    path = CACHE / f"yellow_tripdata_{rows}.csv.gz"
-    if path.exists():
-        return path
-    CACHE.mkdir(parents=True, exist_ok=True)
-    # The sample was stored with LF; the published file is CRLF (see tests/data/tlc/SOURCES.md).
-    header, *lines = (line + b"\r\n" for line in SAMPLE.read_bytes().splitlines())
-    tmp = path.with_suffix(".tmp")
-    with gzip.open(tmp, "wb", compresslevel=6) as out:
-        out.write(header)
-        full, rest = divmod(rows, len(lines))
-        block = b"".join(lines)
-        for _ in range(full):
-            out.write(block)
-        out.write(b"".join(lines[:rest]))
-    tmp.rename(path)
-    return path
+from common import CACHE, DEFAULT_ROWS, MONTH, build_month, measure, report, run_child
 
 
 def run_pipeline(src: Path, work: Path) -> tuple[int, dict]:
@@ -99,45 +72,22 @@ def run_duckdb(src: Path, work: Path) -> tuple[int, dict]:
 APPROACHES = {"pipeline": run_pipeline, "reference": run_reference, "duckdb": run_duckdb}
 
 
-def child(name: str, src: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=CACHE) as work:
-        started = time.perf_counter()
-        rows, steps = APPROACHES[name](src, Path(work))
-        seconds = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"rows": rows, "seconds": seconds, "peak_mb": peak_mb, "steps": steps}))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_369_765)
+    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS)
     parser.add_argument("--only", choices=list(APPROACHES), action="append", help="run only these (repeatable)")
     parser.add_argument("--child", choices=list(APPROACHES), help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.src)
+        with tempfile.TemporaryDirectory(dir=CACHE) as work:
+            return measure(lambda: APPROACHES[args.child](args.src, Path(work)))
 
     src = build_month(args.rows)
     print(f"month: {src.name}, {args.rows:,} rows, {src.stat().st_size / 1e6:.1f} MB gzip")
-    results = {}
-    for name in args.only or list(APPROACHES):
-        out = subprocess.run([sys.executable, __file__, "--child", name, "--src", str(src)],
-                             cwd=ROOT, check=True, capture_output=True, text=True,
-                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-        if results[name]["rows"] != args.rows:
-            raise SystemExit(f"{name} produced {results[name]['rows']} rows, expected {args.rows}")
-    ours = results.get("pipeline")
-    print(f"{'approach':<10} {'wall s':>8} {'rows/s':>12} {'peak RSS MB':>12}   vs pipeline (time, memory)")
-    for name, r in results.items():
-        ratio = ""
-        if ours and name != "pipeline":
-            ratio = f"   {r['seconds'] / ours['seconds']:.2f}x time, {r['peak_mb'] / ours['peak_mb']:.2f}x memory"
-        print(f"{name:<10} {r['seconds']:>8.2f} {args.rows / r['seconds']:>12,.0f} {r['peak_mb']:>12.0f}{ratio}")
-        for step, seconds in r["steps"].items():
-            print(f"  {step:<8} {seconds:>8.2f} {args.rows / seconds:>12,.0f}")
+    results = {name: run_child(__file__, name, ["--src", str(src)]) for name in args.only or list(APPROACHES)}
+    report(results, args.rows)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

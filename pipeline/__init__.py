@@ -10,5 +10,6 @@ from pipeline.download import Download
 from pipeline.flows import IngestMonth, IngestZones
 from pipeline.lake import LakeFile
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
+from pipeline.warehouses.postgres import LoadPostgres
 
-__all__ = ["Download", "ToParquet", "LakeFile", "ExposeDuckDB", "IngestMonth", "IngestZones"]
+__all__ = ["Download", "ToParquet", "LakeFile", "ExposeDuckDB", "LoadPostgres", "IngestMonth", "IngestZones"]

@@ -11,8 +11,9 @@ import luigi
 from pipeline import catalog, settings
 from pipeline.lake import LakeFile
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
+from pipeline.warehouses.postgres import LoadPostgres
 
-SINKS = {"duckdb": ExposeDuckDB}
+SINKS = {"duckdb": ExposeDuckDB, "postgres": LoadPostgres}
 
 
 def sink_tasks(**params) -> list[luigi.Task]:

@@ -32,11 +32,29 @@ class duckdb(luigi.Config):
     )
 
 
+class postgres(luigi.Config):
+    """Where the Postgres warehouse is. An empty value falls back to libpq's own environment
+    variables (PGHOST, PGPORT, PGDATABASE, PGUSER, PGSSLMODE, ...) and defaults.
+
+    There is deliberately no password setting: libpq reads PGPASSWORD or the password file
+    (~/.pgpass, PGPASSFILE), so the password is never a task parameter, in a config file
+    checked into a repo, in a log line or in the visualiser."""
+
+    host = luigi.Parameter(default="", description="Server host name or socket directory (empty: PGHOST, else libpq's default)")
+    port = luigi.Parameter(default="", description="Server port (empty: PGPORT, else 5432)")
+    database = luigi.Parameter(default="", description="Database name (empty: PGDATABASE, else the user name)")
+    user = luigi.Parameter(default="", description="User name (empty: PGUSER, else the OS user)")
+    schema = luigi.Parameter(default="public", description="Schema for the trip tables and the _ingested marker table")
+    connect_timeout = luigi.IntParameter(default=10, description="Seconds to wait for a connection")
+    attempts = luigi.IntParameter(default=5, description="Tries to connect before giving up (a server starting up or restarting)")
+    backoff = luigi.FloatParameter(default=2.0, description="Seconds before the 2nd try to connect; doubles for each further try")
+
+
 class ingest(luigi.Config):
     sinks = luigi.Parameter(
         default="duckdb",
-        description="Comma-separated warehouses IngestMonth feeds besides the lake: duckdb, or "
-        "none for the lake only",
+        description="Comma-separated warehouses IngestMonth feeds besides the lake: duckdb, "
+        "postgres; none for the lake only",
     )
     staging = luigi.Parameter(
         default="data/staging",

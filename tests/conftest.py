@@ -4,8 +4,10 @@ ways real downloads do), and an isolated lake/staging/warehouse per test."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.server
+import re
 import shutil
 import socketserver
 import subprocess
@@ -13,10 +15,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import luigi
 import luigi.configuration
+import psycopg2
 import pytest
+
+import servers
 
 DATA = Path(__file__).parent / "data" / "tlc"
 S3 = DATA / "s3_2020-09_first1024B"
@@ -152,12 +158,29 @@ def http_server(mirror):
     server.server_close()
 
 
+@contextlib.contextmanager
+def configured(values: dict[tuple[str, str], str]):
+    """Set luigi configuration values (as luigi.cfg would) for the block, then restore them."""
+    config = luigi.configuration.get_config()
+    saved = {k: config.get(*k, None) for k in values}
+    for (section, key), value in values.items():
+        if not config.has_section(section):
+            config.add_section(section)
+        config.set(section, key, value)
+    try:
+        yield
+    finally:
+        for (section, key), value in saved.items():
+            if value is None:
+                config.remove_option(section, key)
+            else:
+                config.set(section, key, value)
+
+
 @pytest.fixture
 def workspace(tmp_path, http_server):
-    """An isolated lake, staging area and warehouse, and the source set to the test server.
-    The settings go through luigi's own configuration, as luigi.cfg would set them."""
-    config = luigi.configuration.get_config()
-    values = {
+    """An isolated lake, staging area and warehouse, and the source set to the test server."""
+    with configured({
         ("source", "base_url"): f"{http_server}/releases",
         ("source", "attempts"): "3",
         ("source", "backoff"): "0.05",
@@ -166,18 +189,72 @@ def workspace(tmp_path, http_server):
         ("ingest", "staging"): str(tmp_path / "staging"),
         ("ingest", "sinks"): "duckdb",
         ("duckdb", "path"): str(tmp_path / "warehouse.duckdb"),
-    }
-    saved = {k: config.get(*k, None) for k in values}
-    for (section, key), value in values.items():
-        if not config.has_section(section):
-            config.add_section(section)
-        config.set(section, key, value)
-    yield tmp_path
-    for (section, key), value in saved.items():
-        if value is None:
-            config.remove_option(section, key)
-        else:
-            config.set(section, key, value)
+    }):
+        yield tmp_path
+
+
+# The test server's password: it must reach libpq through PGPASSWORD only, and never show
+# anywhere else (the tests look for it in logs and messages).
+PG_PASSWORD = "pg-secret-7f3a9c"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real Postgres server for the session (password authentication on 127.0.0.1)."""
+    with servers.postgres_server(PG_PASSWORD) as server:
+        yield server
+
+
+class Postgres:
+    """The test's view of the Postgres warehouse: its own schema on the session's server, and
+    an independent client (psycopg2) to check what the pipeline wrote."""
+
+    def __init__(self, server: dict, schema: str):
+        self.server, self.schema = server, schema
+        self.conn = psycopg2.connect(host=server["host"], port=server["port"], user=server["user"],
+                                     dbname=server["database"], password=server["password"])
+        self.conn.autocommit = True
+
+    def settings(self, port: Optional[int] = None) -> dict[tuple[str, str], str]:
+        return {("postgres", "host"): self.server["host"], ("postgres", "port"): str(port or self.server["port"]),
+                ("postgres", "user"): self.server["user"], ("postgres", "database"): self.server["database"],
+                ("postgres", "schema"): self.schema, ("postgres", "attempts"): "2",
+                ("postgres", "backoff"): "0.05", ("postgres", "connect_timeout"): "5"}
+
+    def flags(self, port: Optional[int] = None) -> list[str]:
+        return [arg for (section, key), value in self.settings(port).items()
+                for arg in (f"--{section}-{key.replace('_', '-')}", value)]
+
+    def query(self, sql: str, *params) -> list[tuple]:
+        with self.conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+
+    def count(self, table: str, month: Optional[str] = None) -> int:
+        where = " WHERE source_month = %s" if month else ""
+        return self.query(f'SELECT count(*) FROM "{self.schema}"."{table}"{where}',
+                          *([month + "-01"] if month else []))[0][0]
+
+    def tables(self) -> list[str]:
+        return [r[0] for r in self.query("SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", self.schema)]
+
+    def markers(self) -> dict[tuple[str, str], int]:
+        if "_ingested" not in self.tables():
+            return {}
+        return {(s, m): n for s, m, n in self.query(f'SELECT service, month, rows FROM "{self.schema}"._ingested')}
+
+
+@pytest.fixture
+def pg(workspace, postgres_server, request, monkeypatch):
+    """The Postgres sink on, in a schema of this test's own on the session's server; the
+    password in PGPASSWORD, as a user would give it."""
+    schema = "t_" + re.sub(r"\W", "_", request.node.name.lower())[:50]
+    monkeypatch.setenv("PGPASSWORD", PG_PASSWORD)
+    db = Postgres(postgres_server, schema)
+    db.query(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE; SELECT 1')
+    with configured({**db.settings(), ("ingest", "sinks"): "postgres"}):
+        yield db
+    db.conn.close()
 
 
 def set_source(base_url: str) -> None:

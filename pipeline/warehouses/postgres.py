@@ -1,0 +1,309 @@
+"""Lake -> Postgres: one table per service with the catalog's column types, loaded by COPY,
+exactly once.
+
+What makes a month exactly-once:
+- A trip table (`yellow_tripdata`, ...) is partitioned by LIST (`source_month`): one partition per
+  file of the lake. Rows whose pickup time lies outside their file's month (normal in the real
+  data) still belong to their source month.
+- A month is COPYed into a fresh table, swapped in as its month's partition (dropping an earlier
+  load of the same month), counted against the Parquet row count, and recorded in the marker table
+  `_ingested`, all in ONE transaction. A crash or a cut connection anywhere rolls back all of it:
+  the month is either fully there with its marker, or not there at all, and loading a month again
+  replaces exactly its rows.
+- The zone lookup is a plain table, emptied and refilled in one transaction the same way.
+
+Only COPY moves rows, in its binary format, straight from Arrow: the ADBC PostgreSQL driver
+(an Apache Arrow project) encodes the Parquet row groups as they are read, so no value is
+formatted as text and parsed back, and memory stays flat whatever the month's size.
+
+The connection comes from `[postgres]` plus libpq's environment (PGHOST, PGPASSWORD, ...). The
+password is never a setting here: messages name user@host:port/database only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import re
+import time
+from typing import Callable, Iterator, Optional
+
+import adbc_driver_manager
+import adbc_driver_postgresql.dbapi as adbc
+import luigi
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import catalog, settings
+from pipeline.dataset_task import DatasetTask
+from pipeline.lake import LakeFile
+
+logger = logging.getLogger("pipeline.postgres")
+
+MARKER_TABLE = "_ingested"
+MONTH_COLUMN = "source_month"
+BATCH_ROWS = 64 * 1024  # Parquet rows per batch handed to COPY
+
+# Each catalog type as Postgres spells it (and as format_type() reports it back).
+PG_TYPES = {
+    catalog.TIMESTAMP: "timestamp without time zone",
+    catalog.INT: "bigint",
+    catalog.FLOAT: "double precision",
+    catalog.STRING: "text",
+}
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+
+Error = adbc_driver_manager.Error  # what the driver raises, connection loss included
+
+
+class PostgresError(RuntimeError):
+    """The Postgres warehouse cannot take the data; the message says what and where."""
+
+
+def identifier(name: str, what: str) -> str:
+    """A validated, double-quoted identifier. Validation leaves no quote or space to escape,
+    so a setting can never reach the SQL as anything but a name."""
+    if not _IDENTIFIER.match(name):
+        raise PostgresError(f"{what} {name!r} is not a valid Postgres identifier "
+                            "(a letter or _, then letters, digits or _; at most 63)")
+    return f'"{name}"'
+
+
+def server() -> str:
+    """user@host:port/database, resolved the way libpq resolves it, for messages (no password)."""
+    cfg, env = settings.postgres(), os.environ.get
+    user = cfg.user or env("PGUSER") or "(OS user)"
+    host = cfg.host or env("PGHOST") or "localhost"
+    port = cfg.port or env("PGPORT") or "5432"
+    return f"{user}@{host}:{port}/{cfg.database or env('PGDATABASE') or user}"
+
+
+def _reason(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _conninfo() -> str:
+    """A libpq connection string of the `[postgres]` settings that are set; libpq takes the rest
+    (the password included) from its environment variables and password file."""
+    cfg = settings.postgres()
+    pairs = {"host": cfg.host, "port": cfg.port, "dbname": cfg.database, "user": cfg.user,
+             "connect_timeout": str(cfg.connect_timeout), "application_name": "nyc-tlc-luigi"}
+    return " ".join(f"{key}={_libpq_quote(value)}" for key, value in pairs.items() if value)
+
+
+def _libpq_quote(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+def connect() -> adbc.Connection:
+    """Connect, retrying with backoff while the server is unreachable (e.g. still starting)."""
+    cfg = settings.postgres()
+    delay = cfg.backoff
+    for attempt in range(1, cfg.attempts + 1):
+        try:
+            return adbc.connect(_conninfo())
+        except Error as e:
+            if attempt >= cfg.attempts:
+                raise PostgresError(f"cannot connect to Postgres at {server()}: {_reason(e)} "
+                                    f"(gave up after {attempt} tries)") from None
+            logger.warning("Postgres at %s: %s; try %d of %d, next in %.1f s",
+                           server(), _reason(e), attempt, cfg.attempts, delay)
+            time.sleep(delay)
+            delay *= 2
+    raise PostgresError(f"[postgres] attempts = {cfg.attempts}: must be at least 1")
+
+
+@contextlib.contextmanager
+def transaction(conn: adbc.Connection) -> Iterator[adbc.Cursor]:
+    """A cursor whose statements commit together when the block ends, or not at all."""
+    try:
+        with conn.cursor() as cur:
+            yield cur
+        conn.commit()
+    except BaseException:
+        with contextlib.suppress(Error):  # a lost connection has nothing left to roll back
+            conn.rollback()
+        raise
+
+
+def table_columns(svc: catalog.Service) -> list[tuple[str, str]]:
+    columns = [(c.name, PG_TYPES[c.type]) for c in svc.columns]
+    return columns + [(MONTH_COLUMN, "date")] if svc.monthly else columns
+
+
+class Warehouse:
+    """The service's table in the configured schema, and the SQL that loads it."""
+
+    def __init__(self, svc: catalog.Service):
+        self.svc = svc
+        self.schema_name = settings.postgres().schema
+        self.schema = identifier(self.schema_name, "[postgres] schema")
+        self.table = self.qualified(svc.table)
+        self.marker = self.qualified(MARKER_TABLE)
+        self.name = f"{self.schema_name}.{svc.table}"
+
+    def qualified(self, name: str) -> str:
+        return f"{self.schema}.{identifier(name, 'table')}"
+
+    def ensure(self, conn: adbc.Connection) -> None:
+        """Create the schema, the service's table and the marker table where missing, in a
+        transaction of its own; refuse an existing table that does not fit the catalog."""
+        with transaction(conn) as cur:
+            # Two first loads at once (two workers) must not race to create the same table.
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext($1))", [self.name])
+            cur.execute("SELECT count(*) FROM pg_namespace WHERE nspname = $1", [self.schema_name])
+            if not cur.fetchone()[0]:
+                cur.execute(f"CREATE SCHEMA {self.schema}")
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {self.marker} (service text NOT NULL, month text NOT NULL, "
+                        "rows bigint NOT NULL, source_sha256 text, source_url text, "
+                        "loaded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (service, month))")
+            cur.execute("SELECT attname, format_type(atttypid, atttypmod), pg_get_partkeydef(attrelid) "
+                        "FROM pg_attribute WHERE attrelid = to_regclass(format('%I.%I', $1::text, $2::text)) "
+                        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", [self.schema_name, self.svc.table])
+            found = cur.fetchall()
+            if not found:
+                return self._create(cur)
+            self._check({name: type_ for name, type_, _ in found}, found[0][2])
+
+    def _create(self, cur: adbc.Cursor) -> None:
+        columns = ", ".join(f'{identifier(name, "column")} {type_}' + (" NOT NULL" if name == MONTH_COLUMN else "")
+                            for name, type_ in table_columns(self.svc))
+        partitioning = f" PARTITION BY LIST ({MONTH_COLUMN})" if self.svc.monthly else ""
+        cur.execute(f"CREATE TABLE {self.table} ({columns}){partitioning}")
+        logger.info("created table %s at %s", self.name, server())
+
+    def _check(self, have: dict[str, str], partition_key: Optional[str]) -> None:
+        want = dict(table_columns(self.svc))
+        problems = [f"column {name} ({type_}) is missing" for name, type_ in want.items() if name not in have]
+        problems += [f"column {name} is {have[name]}, the catalog says {type_}"
+                     for name, type_ in want.items() if name in have and have[name] != type_]
+        problems += [f"column {name} is not in the catalog" for name in have if name not in want]
+        wanted_key = f"LIST ({MONTH_COLUMN})" if self.svc.monthly else None
+        if partition_key != wanted_key:
+            problems.append(f"it is partitioned by {partition_key or 'nothing'}, the pipeline needs "
+                            f"{wanted_key or 'a plain table'}")
+        if problems:
+            raise PostgresError(
+                f"table {self.name} at {server()} exists but does not fit the {self.svc.name} catalog: "
+                + "; ".join(problems) + ". Drop or rename it, or set [postgres] schema to another schema.")
+
+    def load(self, conn: adbc.Connection, month: Optional[datetime.date], parquet: str, source: dict,
+             progress: Callable[[int, int], None]) -> int:
+        """Replace the month's rows (or the whole zone table) with the Parquet file's, and write the
+        marker, in one transaction. Returns the row count Postgres holds for it afterwards."""
+        expected = pq.ParquetFile(parquet).metadata.num_rows
+        month_str = catalog.month_str(month) if month else ""
+        with transaction(conn) as cur:
+            if self.svc.monthly:
+                partition = f"{self.svc.table}_{month:%Y_%m}"
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext($1))", [f"{self.schema_name}.{partition}"])
+                loading = partition + "_loading"
+                # A plain table shaped like the parent: the COPY locks nothing that readers use.
+                # Its CHECK proves the partition bound, so ATTACH below need not scan the rows.
+                cur.execute(f"CREATE TABLE {self.qualified(loading)} (LIKE {self.table})")
+                cur.execute(f"ALTER TABLE {self.qualified(loading)} "
+                            f"ADD CHECK ({MONTH_COLUMN} = DATE '{month.isoformat()}')")
+            else:
+                loading = self.svc.table
+                cur.execute(f"TRUNCATE {self.table}")
+            copied = self._copy(cur, loading, parquet, month, lambda rows: progress(rows, expected))
+            if self.svc.monthly:
+                loading = self._swap_in(cur, loading, partition, month)
+            cur.execute(f"SELECT count(*) FROM {self.qualified(loading)}")
+            held = cur.fetchone()[0]
+            if not held == copied == expected:
+                raise PostgresError(f"{self.name} holds {held} rows for {month_str or 'the zones'} after COPY "
+                                    f"reported {copied}; the Parquet file {parquet} has {expected}")
+            cur.execute(f"INSERT INTO {self.marker} (service, month, rows, source_sha256, source_url) "
+                        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (service, month) DO UPDATE SET rows = EXCLUDED.rows, "
+                        "source_sha256 = EXCLUDED.source_sha256, source_url = EXCLUDED.source_url, loaded_at = now()",
+                        [self.svc.name, month_str, held, source.get("source_sha256"), source.get("source_url")])
+        return held
+
+    def _copy(self, cur: adbc.Cursor, table: str, parquet: str, month: Optional[datetime.date],
+              progress: Callable[[int], None]) -> int:
+        """COPY the Parquet file's rows (and the source month) into ``table``; returns the row count."""
+        file = pq.ParquetFile(parquet)
+        schema = self.svc.schema
+        if self.svc.monthly:
+            schema = schema.append(pa.field(MONTH_COLUMN, pa.date32()))
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            rows = 0
+            for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=self.svc.schema.names):
+                arrays = batch.columns
+                if self.svc.monthly:
+                    arrays = arrays + [pa.repeat(pa.scalar(month, pa.date32()), batch.num_rows)]
+                rows += batch.num_rows
+                progress(rows)
+                yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+        return cur.adbc_ingest(table, pa.RecordBatchReader.from_batches(schema, batches()),
+                               mode="append", db_schema_name=self.schema_name)
+
+    def _swap_in(self, cur: adbc.Cursor, loading: str, partition: str, month: datetime.date) -> str:
+        """Make the loaded table the month's partition, in place of an earlier load of the month."""
+        cur.execute("SELECT count(*) FROM pg_inherits WHERE inhrelid = to_regclass(format('%I.%I', $1::text, $2::text)) "
+                    "AND inhparent = to_regclass(format('%I.%I', $1::text, $3::text))",
+                    [self.schema_name, partition, self.svc.table])
+        if cur.fetchone()[0]:
+            cur.execute(f"DROP TABLE {self.qualified(partition)}")
+        cur.execute(f"ALTER TABLE {self.qualified(loading)} RENAME TO {identifier(partition, 'table')}")
+        cur.execute(f"ALTER TABLE {self.table} ATTACH PARTITION {self.qualified(partition)} "
+                    f"FOR VALUES IN (DATE '{month.isoformat()}')")
+        return partition
+
+
+class PostgresMarker(luigi.Target):
+    """Exists when the marker table records this service and month: written in the same
+    transaction as the month's rows, so it never claims a month that is not fully there."""
+
+    def __init__(self, service: str, month: Optional[datetime.date]):
+        self.service = service
+        self.month = catalog.month_str(month) if month else ""
+
+    def exists(self) -> bool:
+        schema = settings.postgres().schema
+        marker = f"{identifier(schema, '[postgres] schema')}.{identifier(MARKER_TABLE, 'table')}"
+        with contextlib.closing(connect()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", [schema, MARKER_TABLE])
+            if not cur.fetchone()[0]:
+                return False  # nothing loaded into this schema yet
+            cur.execute(f"SELECT count(*) FROM {marker} WHERE service = $1 AND month = $2", [self.service, self.month])
+            return cur.fetchone()[0] > 0
+
+
+class LoadPostgres(DatasetTask):
+    """Load the month from the lake into its Postgres table (yellow_tripdata, ...), exactly once."""
+
+    def requires(self):
+        return self.clone(LakeFile)
+
+    def output(self):
+        return PostgresMarker(self.service, self.month)
+
+    def run(self):
+        parquet = self.input().path
+        metadata = pq.read_schema(parquet).metadata or {}
+        source = {k.decode().removeprefix("tlc."): v.decode() for k, v in metadata.items()}
+        warehouse = Warehouse(self.svc)
+        logger.info("%s: loading %s into %s at %s", self.label, parquet, warehouse.name, server())
+        started = time.monotonic()
+        conn = connect()
+        try:
+            warehouse.ensure(conn)
+            rows = warehouse.load(conn, self.month, parquet, source,
+                                  lambda done, total: self.report(done, total, f"copied {done:,} of {total:,} rows"))
+        except Error as e:
+            raise PostgresError(f"{self.label}: loading {parquet} into {warehouse.name} at {server()} failed, "
+                                f"and nothing of it was kept (one transaction): {_reason(e)}") from e
+        finally:
+            with contextlib.suppress(Error):
+                conn.close()
+        seconds = time.monotonic() - started
+        logger.info("%s: %s holds its %s rows (%.1f s, %.0f rows/s)", self.label, warehouse.name,
+                    f"{rows:,}", seconds, rows / max(seconds, 1e-9))
+        self.report(1, 1, f"{rows:,} rows in {warehouse.name}")

@@ -1,0 +1,31 @@
+"""The settings profiles in config/ name only settings that exist, so a typo in a profile fails
+here instead of being silently ignored by luigi."""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+import luigi
+import pytest
+
+from pipeline import flows, settings
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = {name: cls for name, cls in vars(settings).items() if isinstance(cls, type) and issubclass(cls, luigi.Config)}
+PROFILES = sorted(p for p in (ROOT / "config").glob("*.cfg") if p.name != "logging.cfg")
+
+
+@pytest.mark.parametrize("path", [ROOT / "luigi.cfg", *PROFILES], ids=lambda p: p.name)
+def test_a_profile_names_only_real_settings_and_sinks(path):
+    parser = configparser.ConfigParser()
+    parser.read(path)
+    ours = [s for s in parser.sections() if s in OURS]
+    assert ours, f"{path.name} sets none of our settings"
+    for section in ours:
+        unknown = set(parser[section]) - set(OURS[section].get_param_names())
+        assert not unknown, f"{path.name} [{section}]: unknown key(s) {sorted(unknown)}"
+    if parser.has_option("ingest", "sinks"):
+        sinks = [s.strip() for s in parser["ingest"]["sinks"].split(",")]
+        assert set(sinks) <= {*flows.SINKS, "none"}, sinks
+    assert not any("password" in key for section in parser.sections() for key in parser[section])
