@@ -233,7 +233,7 @@ class Warehouse:
 
         def batches() -> Iterator[pa.RecordBatch]:
             rows = 0
-            for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=self.svc.schema.names):
+            for batch in parquet_batches(file, self.svc.schema.names):
                 arrays = batch.columns
                 if self.svc.monthly:
                     arrays = arrays + [pa.repeat(pa.scalar(month, pa.date32()), batch.num_rows)]
@@ -255,6 +255,14 @@ class Warehouse:
         cur.execute(f"ALTER TABLE {self.table} ATTACH PARTITION {self.qualified(partition)} "
                     f"FOR VALUES IN (DATE '{month.isoformat()}')")
         return partition
+
+
+def parquet_batches(file: pq.ParquetFile, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The file's rows in batches, one row group at a time. One iter_batches over the whole file
+    holds more memory the more row groups it has read (measured: 44 MB of Arrow memory for a
+    1.4M-row month, 118 MB for 7.7M); per row group it stays at 31 MB for both."""
+    for group in range(file.num_row_groups):
+        yield from file.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=columns)
 
 
 class PostgresMarker(luigi.Target):
