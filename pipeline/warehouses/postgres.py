@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from pipeline import catalog, settings
 from pipeline.dataset_task import DatasetTask
-from pipeline.lake import LakeFile
+from pipeline.lake import LakeFile, local_copy
 
 logger = logging.getLogger("pipeline.postgres")
 
@@ -294,11 +294,15 @@ class LoadPostgres(DatasetTask):
         return PostgresMarker(self.service, self.month)
 
     def run(self):
-        parquet = self.input().path
+        with local_copy(self.input()) as parquet:
+            self._load(parquet)
+
+    def _load(self, parquet: str) -> None:
         metadata = pq.read_schema(parquet).metadata or {}
         source = {k.decode().removeprefix("tlc."): v.decode() for k, v in metadata.items()}
         warehouse = Warehouse(self.svc)
-        logger.info("%s: loading %s into %s at %s", self.label, parquet, warehouse.name, server())
+        lake_file = self.input().path
+        logger.info("%s: loading %s into %s at %s", self.label, lake_file, warehouse.name, server())
         started = time.monotonic()
         conn = connect()
         try:
@@ -306,7 +310,7 @@ class LoadPostgres(DatasetTask):
             rows = warehouse.load(conn, self.month, parquet, source,
                                   lambda done, total: self.report(done, total, f"copied {done:,} of {total:,} rows"))
         except Error as e:
-            raise PostgresError(f"{self.label}: loading {parquet} into {warehouse.name} at {server()} failed, "
+            raise PostgresError(f"{self.label}: loading {lake_file} into {warehouse.name} at {server()} failed, "
                                 f"and nothing of it was kept (one transaction): {_reason(e)}") from e
         finally:
             with contextlib.suppress(Error):

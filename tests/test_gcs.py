@@ -1,0 +1,117 @@
+"""The lake on GCS: the official google-cloud-storage client against fake-gcs-server, started by
+the test suite. Same tasks as the local lake, switched by `[lake] root` alone."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+
+import pytest
+
+from conftest import configured, data_rows
+from pipeline import IngestMonth
+from pipeline.download import Download
+from pipeline.convert import ToParquet
+from pipeline.lake import LakeFile
+from pipeline.targets.gcs import GCSError, GCSFileSystem, GCSTarget, crc32c_of
+
+
+def month(value: str) -> datetime.date:
+    return datetime.date.fromisoformat(value + "-01")
+
+
+MONTHS = [("yellow", "2021-01"), ("yellow", "2020-01"), ("green", "2019-01")]
+
+
+def test_three_months_land_whole_with_checksums_and_metadata_and_a_rerun_runs_nothing(gcs, run, mirror_files):
+    tasks = [IngestMonth(service=s, month=month(m)) for s, m in MONTHS]
+
+    first = run(*tasks)
+
+    assert not first.failures
+    objects = gcs.objects()
+    assert sorted(objects) == sorted(f"lake/{s}/month={m}/{s}_tripdata_{m}.parquet" for s, m in MONTHS)
+    for service, m in MONTHS:
+        blob = objects[f"lake/{service}/month={m}/{service}_tripdata_{m}.parquet"]
+        params = {"service": service, "month": month(m)}
+        staged = ToParquet(**params).output().path
+        with open(Download(**params).output()["meta"].path) as f:
+            source = json.load(f)
+        assert blob.crc32c == crc32c_of(staged)  # the object is byte for byte the local file
+        assert blob.metadata == {"rows": str(data_rows(mirror_files[f"{service}/{service}_tripdata_{m}.csv.gz"])),
+                                 "source_sha256": source["sha256"], "source_url": source["url"]}
+        assert blob.size == os.path.getsize(staged)
+
+    again = run(*tasks)
+
+    assert again.started == [] and not again.failures
+
+
+def test_the_target_reads_lists_checks_in_bulk_and_removes(gcs, run):
+    assert not run(*[IngestMonth(service=s, month=month(m)) for s, m in MONTHS]).failures
+    fs = GCSFileSystem()
+    yellow = [LakeFile(service="yellow", month=month(m)).output().path for m in ("2019-03", "2020-01", "2020-07", "2021-01")]
+
+    assert fs.existing(yellow) == {yellow[1], yellow[3]}  # one listing for all four months
+    assert sorted(fs.listdir(f"{gcs.lake}/yellow")) == sorted([yellow[1], yellow[3]])
+    target = GCSTarget(yellow[3])
+    with target.open("r") as f:
+        assert f.read() == open(ToParquet(service="yellow", month=month("2021-01")).output().path, "rb").read()
+    target.remove()
+    assert not target.exists() and GCSTarget(yellow[1]).exists()
+    with pytest.raises(ValueError, match="read-only through open"):
+        target.open("w")
+
+
+def test_an_upload_cut_midway_leaves_no_object_and_the_rerun_completes(gcs, run):
+    task = IngestMonth(service="yellow", month=month("2021-01"))
+    lake_file = LakeFile(service="yellow", month=month("2021-01"))
+    proxy = gcs.server["proxy"]
+    # Small requests (bucket and object lookups) pass; the upload's data is cut at 64 KiB.
+    cuts = proxy.cuts
+    proxy.reset(cut_after=64 * 1024)
+
+    cut = run(task)
+
+    proxy.reset(cut_after=None)
+    assert proxy.cuts > cuts
+    error = cut.failures["LakeFile"]
+    assert isinstance(error, GCSError)
+    assert str(error).startswith(f"uploading to {lake_file.output().path}: ")
+    assert gcs.objects() == {}  # never a partial object under the final name
+    assert not lake_file.complete()
+
+    rerun = run(task)
+
+    assert not rerun.failures
+    assert [t for t in rerun.started if t.startswith("LakeFile")]
+    blob = gcs.objects()["lake/yellow/month=2021-01/yellow_tripdata_2021-01.parquet"]
+    assert blob.crc32c == crc32c_of(ToParquet(service="yellow", month=month("2021-01")).output().path)
+
+
+def test_a_bucket_that_does_not_exist_is_named_in_the_error(gcs, run):
+    with configured({("lake", "root"): "gs://no-such-bucket-here/lake"}):
+        result = run(IngestMonth(service="green", month=month("2019-01")))
+
+    message = str(result.failures["LakeFile"])
+    assert message.startswith("uploading to gs://no-such-bucket-here/lake/green/month=2019-01/green_tripdata_2019-01.parquet: "
+                              "bucket no-such-bucket-here or the object does not exist (404")
+
+
+def test_the_duckdb_sink_refuses_a_gcs_lake_clearly(gcs, run):
+    with configured({("ingest", "sinks"): "duckdb"}):
+        result = run(IngestMonth(service="green", month=month("2019-01")))
+
+    message = str(result.failures["ExposeDuckDB"])
+    assert "the duckdb sink reads the lake from local disk, and [lake] root is gs://" in message
+    assert LakeFile(service="green", month=month("2019-01")).complete()  # the lake itself is fine
+
+
+def test_postgres_loads_from_the_gcs_lake(gcs, pg, run, mirror_files):
+    with configured({("ingest", "sinks"): "postgres"}):
+        result = run(IngestMonth(service="fhvhv", month=month("2021-06")))
+
+    assert not result.failures
+    assert pg.count("fhvhv_tripdata", "2021-06") == data_rows(mirror_files["fhvhv/fhvhv_tripdata_2021-06.csv.gz"])
+    assert list(gcs.objects()) == ["lake/fhvhv/month=2021-06/fhvhv_tripdata_2021-06.parquet"]
