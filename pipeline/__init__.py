@@ -9,7 +9,8 @@ from pipeline.convert import ToParquet
 from pipeline.download import Download
 from pipeline.flows import IngestMonth, IngestZones
 from pipeline.lake import LakeFile
+from pipeline.warehouses.bigquery import ExposeBigQuery
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
 from pipeline.warehouses.postgres import LoadPostgres
 
-__all__ = ["Download", "ToParquet", "LakeFile", "ExposeDuckDB", "LoadPostgres", "IngestMonth", "IngestZones"]
+__all__ = ["Download", "ToParquet", "LakeFile", "ExposeDuckDB", "LoadPostgres", "ExposeBigQuery", "IngestMonth", "IngestZones"]

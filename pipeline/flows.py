@@ -10,10 +10,11 @@ import luigi
 
 from pipeline import catalog, settings
 from pipeline.lake import LakeFile
+from pipeline.warehouses.bigquery import ExposeBigQuery
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
 from pipeline.warehouses.postgres import LoadPostgres
 
-SINKS = {"duckdb": ExposeDuckDB, "postgres": LoadPostgres}
+SINKS = {"duckdb": ExposeDuckDB, "postgres": LoadPostgres, "bigquery": ExposeBigQuery}
 
 
 def sink_tasks(**params) -> list[luigi.Task]:

@@ -42,6 +42,17 @@ class duckdb(luigi.Config):
     )
 
 
+class bigquery(luigi.Config):
+    """BigQuery, reading a gs:// lake. Credentials are Application Default Credentials, never a
+    setting; BIGQUERY_EMULATOR_HOST (with its http:// scheme) points the client at an emulator."""
+
+    project = luigi.Parameter(default="", description="Project of the dataset and the jobs (empty: the credentials' project)")
+    dataset = luigi.Parameter(default="nyc_tlc", description="Dataset of the external tables and the _ingested marker table")
+    location = luigi.Parameter(default="US", description="Location of the dataset when it is created (must be the bucket's, or a multi-region holding it)")
+    create_dataset = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                         description="Create the dataset when it is missing (false: a missing dataset is an error)")
+
+
 class postgres(luigi.Config):
     """Where the Postgres warehouse is. An empty value falls back to libpq's own environment
     variables (PGHOST, PGPORT, PGDATABASE, PGUSER, PGSSLMODE, ...) and defaults.
@@ -63,8 +74,8 @@ class postgres(luigi.Config):
 class ingest(luigi.Config):
     sinks = luigi.Parameter(
         default="duckdb",
-        description="Comma-separated warehouses IngestMonth feeds besides the lake: duckdb, "
-        "postgres; none for the lake only",
+        description="Comma-separated warehouses IngestMonth feeds besides the lake: duckdb (a local "
+        "lake), bigquery (a gs:// lake), postgres; none for the lake only",
     )
     staging = luigi.Parameter(
         default="data/staging",

@@ -232,6 +232,28 @@ def gcs(workspace, gcs_server, request, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def bq_server(gcs_server, tmp_path_factory):
+    """bqemulator for the session, behind the recording proxy (see servers.BigQueryRecorder)."""
+    with servers.bqemulator(gcs_server["root"], tmp_path_factory.mktemp("bqemu")) as url:
+        recorder = servers.BigQueryRecorder(url)
+        yield recorder
+        recorder.close()
+
+
+@pytest.fixture
+def bigquery(gcs, bq_server, request, monkeypatch):
+    """The bigquery sink on, over the test's GCS lake, in a dataset of the test's own, with the
+    official client pointed at the emulator the way users do it (BIGQUERY_EMULATOR_HOST)."""
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", bq_server.url)
+    dataset = ("t_" + re.sub(r"\W+", "_", request.node.name.lower()))[:60]
+    bq_server.requests.clear()
+    with configured({("bigquery", "project"): "test", ("bigquery", "dataset"): dataset,
+                     ("bigquery", "location"): "US", ("bigquery", "create_dataset"): "true",
+                     ("ingest", "sinks"): "bigquery"}):
+        yield bq_server
+
+
+@pytest.fixture(scope="session")
 def postgres_server():
     """A real Postgres server for the session (password authentication on 127.0.0.1)."""
     with servers.postgres_server(PG_PASSWORD) as server:

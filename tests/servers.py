@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import http.client
+import http.server
+import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Iterator, Optional
@@ -176,3 +182,104 @@ def fake_gcs_server(root: Path) -> Iterator[dict]:
         proxy.close()
         _stop(proc)
         log.close()
+
+
+@contextlib.contextmanager
+def bqemulator(gcs_root: Path, work: Path) -> Iterator[str]:
+    """bqemulator (PyPI) on 127.0.0.1, reading gs:// URIs from fake-gcs-server's directory.
+    It installs DuckDB extensions at start; offline they come from the duckdb-extension wheels."""
+    subprocess.run([sys.executable, "-c", "from duckdb_extensions import import_extension\n"
+                    "import_extension('spatial'); import_extension('avro')"], check=True)
+    port, grpc_port = free_port(), free_port()
+    env = dict(os.environ, BQEMU_GCS_LOCAL_ROOT=str(gcs_root), BQEMU_UPLOAD_STAGING_DIR=str(work / "uploads"))
+    log = open(work / "bqemulator.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "bqemulator", "start", "--rest-port", str(port), "--grpc-port",
+                             str(grpc_port), "--project", "test", "--ephemeral", "--log-level", "warning"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{url}/healthz", proc, 90, "bqemulator")
+        yield url
+    finally:
+        _stop(proc)
+        log.close()
+
+
+class BigQueryRecorder:
+    """An HTTP proxy in front of bqemulator that records every request the real client sends
+    (method, path, JSON body), so tests can assert the exact API contract.
+
+    It also fills the emulator's one known gap, and nothing else: bqemulator accepts an external
+    table but stores a plain empty table. For a table created with an externalDataConfiguration,
+    the proxy answers tables.get the way the BigQuery API documents it: type EXTERNAL, the
+    external configuration as created (with hivePartitioningOptions.fields), and the schema with
+    the hive partition keys appended."""
+
+    def __init__(self, upstream: str):
+        self.upstream = urllib.parse.urlsplit(upstream)
+        self.requests: list[tuple[str, str, Optional[dict]]] = []
+        self.external: dict[str, dict] = {}
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = urllib.parse.urlsplit(self.path).path
+                parsed = json.loads(body) if body and body[:1] == b"{" else None
+                recorder.requests.append((self.command, path, parsed))
+                conn = http.client.HTTPConnection(recorder.upstream.hostname, recorder.upstream.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                answer = conn.getresponse()
+                data = answer.read()
+                if answer.status == 200:
+                    data = recorder._as_bigquery(self.command, path, parsed, data)
+                self.send_response(answer.status)
+                for key, value in answer.getheaders():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def _as_bigquery(self, method: str, path: str, sent: Optional[dict], data: bytes) -> bytes:
+        if method == "POST" and path.endswith("/tables") and sent and "externalDataConfiguration" in sent:
+            ref = sent["tableReference"]
+            self.external[f"{path}/{ref['tableId']}"] = sent
+            key = f"{path}/{ref['tableId']}"
+        elif method == "GET" and path in self.external:
+            key = path
+        else:
+            return data
+        sent, table = self.external[key], json.loads(data)
+        config = json.loads(json.dumps(sent["externalDataConfiguration"]))
+        fields = list(sent.get("schema", {}).get("fields", []))
+        hive = config.get("hivePartitioningOptions")
+        if hive:
+            keys = re.findall(r"\{(\w+):(\w+)\}", hive.get("sourceUriPrefix", ""))
+            hive["fields"] = [name for name, _ in keys]
+            fields += [{"name": name, "type": type_, "mode": "NULLABLE"} for name, type_ in keys]
+        table.update(type="EXTERNAL", externalDataConfiguration=config, schema={"fields": fields})
+        return json.dumps(table).encode()
+
+    def creates(self, table_id: Optional[str] = None) -> list[dict]:
+        """Bodies of the tables.insert requests (for one table id, if given)."""
+        return [body for method, path, body in self.requests if method == "POST" and path.endswith("/tables")
+                and body and (table_id is None or body["tableReference"]["tableId"] == table_id)]
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -132,6 +132,6 @@ def test_sinks_setting_chooses_the_warehouses(workspace, run):
     assert result.failures == {}
     assert sorted(t.split("_")[0] for t in result.started) == ["Download", "IngestMonth", "LakeFile", "ToParquet"]
     assert not (workspace / "warehouse.duckdb").exists()
-    config.set("ingest", "sinks", "duckdb, bigquery")
-    with pytest.raises(ValueError, match=r"\[ingest\] sinks: unknown sink\(s\) bigquery; known: duckdb, postgres"):
+    config.set("ingest", "sinks", "duckdb, snowflake")
+    with pytest.raises(ValueError, match=r"\[ingest\] sinks: unknown sink\(s\) snowflake; known: duckdb, postgres, bigquery"):
         IngestMonth(service="fhvhv", month=month("2021-06")).requires()

@@ -149,6 +149,13 @@ class GCSFileSystem(luigi.target.FileSystem):
                            f"{local_crc} ({local_path}); the upload was corrupted")
         return blob
 
+    def stat(self, url: str) -> storage.Blob:
+        """The object with its size, checksums and metadata."""
+        blob = self._blob(url)
+        with _named(url, "reading the metadata of"):
+            blob.reload(retry=DEFAULT_RETRY)
+        return blob
+
     def download(self, url: str, local_path: str) -> None:
         with _named(url, "downloading"):
             self._blob(url).download_to_filename(local_path, checksum="crc32c", retry=DEFAULT_RETRY,

@@ -87,7 +87,7 @@ class ExposeDuckDB(DatasetTask):
         if is_remote():
             raise ValueError(f"{self.label}: the duckdb sink reads the lake from local disk, and [lake] root is "
                              f"{lake_root()}; set [ingest] sinks to the warehouses that read a gs:// lake "
-                             "(postgres) or none")
+                             "(bigquery, postgres) or none")
         marker = self.output()
         expected = parquet_rows(self.input().path)
         os.makedirs(os.path.dirname(os.path.abspath(marker.path)), exist_ok=True)

@@ -1,0 +1,225 @@
+"""Lake on GCS -> BigQuery: one external table per service over all of its months in the lake,
+and a marker row per exposed month. On the official `google-cloud-bigquery` client.
+
+- `external_yellow_tripdata` (and so on) reads `gs://.../yellow/*` as PARQUET, with the
+  catalog's schema given explicitly (never autodetected: per-file type drift is what breaks
+  external tables over many months) and the lake's `month=` folders as a hive partition key
+  `month` (CUSTOM mode, declared STRING, so nothing is inferred and a filter on it prunes files).
+  Catalog timestamps are DATETIME: the TLC's times are local New York times without a zone, and
+  that is how BigQuery reads Parquet timestamps that are not adjusted to UTC.
+- The table is created once. An existing table of that name is left alone when its definition
+  matches, and refused with what differs when it does not: never replaced behind a user's back.
+- A month is exposed once the table's definition matches and the month's object is in the lake
+  under the table's URIs (LakeFile, upstream). Its marker row goes into `{dataset}._ingested` by
+  MERGE, so there is one row per month however often it runs. Markers are read with one
+  tabledata.list call (no query job, nothing billed), which also answers a whole range at once.
+
+Credentials: Application Default Credentials. BIGQUERY_EMULATOR_HOST points at an emulator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import re
+from typing import Iterator, Optional
+
+import luigi
+from google.api_core import exceptions as gexc
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import bigquery as bq
+
+from pipeline import catalog, settings
+from pipeline.dataset_task import DatasetTask
+from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_glob, lake_root
+
+logger = logging.getLogger("pipeline.bigquery")
+
+MARKER_TABLE = "_ingested"
+BQ_TYPES = {catalog.TIMESTAMP: "DATETIME", catalog.INT: "INTEGER", catalog.FLOAT: "FLOAT", catalog.STRING: "STRING"}
+# The API answers with the legacy names; a definition written with the standard ones is the same.
+_SAME_TYPE = {"INT64": "INTEGER", "FLOAT64": "FLOAT", "BOOL": "BOOLEAN"}
+_DATASET = re.compile(r"[A-Za-z0-9_]{1,1024}\Z")
+_PROJECT = re.compile(r"[a-z0-9][a-z0-9.:-]{0,127}\Z")
+
+
+class BigQueryError(RuntimeError):
+    """BigQuery cannot expose the data; the message says what and where."""
+
+
+def client() -> bq.Client:
+    cfg = settings.bigquery()
+    if cfg.project and not _PROJECT.match(cfg.project):
+        raise BigQueryError(f"[bigquery] project {cfg.project!r} is not a valid project id")
+    emulator = os.environ.get("BIGQUERY_EMULATOR_HOST")
+    if emulator:  # an emulator takes no credentials
+        return bq.Client(project=cfg.project or None, credentials=AnonymousCredentials(),
+                         client_options=ClientOptions(api_endpoint=emulator))
+    return bq.Client(project=cfg.project or None)
+
+
+def dataset_id(client_: bq.Client) -> str:
+    name = settings.bigquery().dataset
+    if not _DATASET.match(name):
+        raise BigQueryError(f"[bigquery] dataset {name!r} is not a valid dataset name (letters, digits, _)")
+    return f"{client_.project}.{name}"
+
+
+@contextlib.contextmanager
+def _named(doing: str) -> Iterator[None]:
+    try:
+        yield
+    except gexc.Forbidden as e:
+        raise BigQueryError(f"{doing}: access denied ({e.message}); check the credentials and their roles") from e
+    except gexc.GoogleAPIError as e:
+        raise BigQueryError(f"{doing}: {e}") from e
+
+
+def external_table_id(client_: bq.Client, svc: catalog.Service) -> str:
+    return f"{dataset_id(client_)}.external_{svc.table}"
+
+
+def wanted_external_table(client_: bq.Client, svc: catalog.Service) -> bq.Table:
+    """The external table over every month of the service in the lake."""
+    table = bq.Table(external_table_id(client_, svc),
+                     schema=[bq.SchemaField(c.name, BQ_TYPES[c.type]) for c in svc.columns])
+    config = bq.ExternalConfig("PARQUET")
+    if svc.monthly:
+        config.source_uris = [f"{lake_root().rstrip('/')}/{svc.name}/*"]
+        hive = bq.HivePartitioningOptions()
+        hive.mode = "CUSTOM"
+        hive.source_uri_prefix = f"{lake_root().rstrip('/')}/{svc.name}/{{{PARTITION_KEY}:STRING}}"
+        config.hive_partitioning = hive
+    else:
+        config.source_uris = [lake_glob(svc)]
+    table.external_data_configuration = config
+    table.description = f"NYC TLC {svc.name}: every month in the lake, read in place (nyc-tlc-luigi)"
+    return table
+
+
+def differences(have: bq.Table, want: bq.Table) -> list[str]:
+    """What makes an existing table not the one the pipeline wants (empty: it is)."""
+    if have.table_type != "EXTERNAL" or have.external_data_configuration is None:
+        return [f"it is a {have.table_type or 'table'} table, not an EXTERNAL one"]
+    problems = []
+    h, w = have.external_data_configuration, want.external_data_configuration
+    if h.source_format != w.source_format:
+        problems.append(f"its format is {h.source_format}, not {w.source_format}")
+    if list(h.source_uris or []) != list(w.source_uris):
+        problems.append(f"it reads {list(h.source_uris or [])}, not {list(w.source_uris)}")
+    hive = lambda c: (c.hive_partitioning.mode, c.hive_partitioning.source_uri_prefix) if c.hive_partitioning else None  # noqa: E731
+    if hive(h) != hive(w):
+        problems.append(f"its hive partitioning is {hive(h)}, not {hive(w)}")
+    # BigQuery lists the hive partition key among the columns; it is checked above.
+    fields = lambda t: [(f.name, _SAME_TYPE.get(f.field_type, f.field_type)) for f in t.schema  # noqa: E731
+                        if not (w.hive_partitioning and f.name == PARTITION_KEY)]
+    if fields(have) != fields(want):
+        extra = sorted(set(fields(have)) - set(fields(want)))
+        missing = sorted(set(fields(want)) - set(fields(have)))
+        problems.append(f"its columns differ from the catalog's (missing or other type: {missing}; "
+                        f"not in the catalog: {extra})" if extra or missing else "its columns are in another order")
+    return problems
+
+
+def ensure_dataset(client_: bq.Client) -> None:
+    cfg, name = settings.bigquery(), dataset_id(client_)
+    with _named(f"dataset {name}"):
+        try:
+            client_.get_dataset(name)
+            return
+        except gexc.NotFound:
+            if not cfg.create_dataset:
+                raise BigQueryError(f"dataset {name} does not exist; create it in {cfg.location}, "
+                                    "or set [bigquery] create_dataset = true") from None
+        dataset = bq.Dataset(name)
+        dataset.location = cfg.location
+        client_.create_dataset(dataset, exists_ok=True)
+        logger.info("created dataset %s in %s", name, cfg.location)
+
+
+def ensure_external_table(client_: bq.Client, svc: catalog.Service) -> None:
+    want = wanted_external_table(client_, svc)
+    with _named(f"external table {want.table_id}"):
+        try:
+            have = client_.get_table(want.reference)
+        except gexc.NotFound:
+            client_.create_table(want)
+            logger.info("created external table %s over %s", want.full_table_id or want.reference,
+                        want.external_data_configuration.source_uris[0])
+            return
+    problems = differences(have, want)
+    if problems:
+        raise BigQueryError(f"table {have.project}.{have.dataset_id}.{have.table_id} exists but is not the "
+                            f"{svc.name} external table the pipeline wants: " + "; ".join(problems)
+                            + ". Drop or rename it, or set [bigquery] dataset to another dataset.")
+
+
+def marker_table_id(client_: bq.Client) -> str:
+    return f"{dataset_id(client_)}.{MARKER_TABLE}"
+
+
+MARKER_SCHEMA = [bq.SchemaField("service", "STRING", mode="REQUIRED"), bq.SchemaField("month", "STRING", mode="REQUIRED"),
+                 bq.SchemaField("rows", "INTEGER"), bq.SchemaField("source_sha256", "STRING"),
+                 bq.SchemaField("exposed_at", "TIMESTAMP")]
+
+
+def exposed(client_: bq.Client) -> set[tuple[str, str]]:
+    """Every (service, month) the marker table records: one tabledata.list, no query job."""
+    with _named(f"marker table {marker_table_id(client_)}"):
+        try:
+            rows = client_.list_rows(marker_table_id(client_), selected_fields=MARKER_SCHEMA[:2])
+            return {(row["service"], row["month"]) for row in rows}
+        except gexc.NotFound:  # no dataset or no marker table yet: nothing exposed
+            return set()
+
+
+def record(client_: bq.Client, service: str, month: str, rows: int, sha256: str) -> None:
+    table = marker_table_id(client_)
+    with _named(f"marker table {table}"):
+        client_.create_table(bq.Table(table, schema=MARKER_SCHEMA), exists_ok=True)
+        params = [bq.ScalarQueryParameter("service", "STRING", service), bq.ScalarQueryParameter("month", "STRING", month),
+                  bq.ScalarQueryParameter("rows", "INT64", rows), bq.ScalarQueryParameter("sha256", "STRING", sha256)]
+        client_.query(
+            f"MERGE `{table}` T USING (SELECT @service AS service, @month AS month) S "
+            "ON T.service = S.service AND T.month = S.month "
+            "WHEN MATCHED THEN UPDATE SET rows = @rows, source_sha256 = @sha256, exposed_at = CURRENT_TIMESTAMP() "
+            "WHEN NOT MATCHED THEN INSERT (service, month, rows, source_sha256, exposed_at) "
+            "VALUES (@service, @month, @rows, @sha256, CURRENT_TIMESTAMP())",
+            job_config=bq.QueryJobConfig(query_parameters=params), location=settings.bigquery().location).result()
+
+
+class BigQueryMarker(luigi.Target):
+    """Exists when `{dataset}._ingested` records this service and month."""
+
+    def __init__(self, service: str, month: Optional[datetime.date]):
+        self.service = service
+        self.month = catalog.month_str(month) if month else ""
+
+    def exists(self) -> bool:
+        return (self.service, self.month) in exposed(client())
+
+
+class ExposeBigQuery(DatasetTask):
+    """Make the month queryable through the service's BigQuery external table."""
+
+    def requires(self):
+        return self.clone(LakeFile)
+
+    def output(self):
+        return BigQueryMarker(self.service, self.month)
+
+    def run(self):
+        if not is_remote():
+            raise BigQueryError(f"{self.label}: the bigquery sink reads the lake from GCS, and [lake] root is "
+                                f"{lake_root()}; set it to gs://bucket/prefix (config/gcp.cfg)")
+        client_ = client()
+        ensure_dataset(client_)
+        ensure_external_table(client_, self.svc)
+        blob = self.input().fs.stat(self.input().path)
+        rows = int(blob.metadata["rows"])
+        record(client_, self.service, self.output().month, rows, blob.metadata.get("source_sha256", ""))
+        logger.info("%s: %s rows queryable through %s", self.label, f"{rows:,}", external_table_id(client_, self.svc))
+        self.report(1, 1, f"{rows:,} rows in {external_table_id(client_, self.svc)}")
