@@ -30,7 +30,7 @@ class gcs(luigi.Config):
     (GOOGLE_APPLICATION_CREDENTIALS, `gcloud auth application-default login`), never a setting."""
 
     project = luigi.Parameter(default="", description="Project of the client (empty: the credentials' project, GOOGLE_CLOUD_PROJECT)")
-    chunk_size_mb = luigi.IntParameter(default=16, description="Upload chunk size in MiB: each chunk is one request with its own timeout, resumed on failure")
+    chunk_size_kib = luigi.IntParameter(default=16384, description="Upload chunk size in KiB, a multiple of 256: each chunk is one request with its own timeout; a failed one is resumed")
     timeout = luigi.FloatParameter(default=120.0, description="Seconds per request (one chunk) before it is retried")
     retry_deadline = luigi.FloatParameter(default=600.0, description="Seconds to keep retrying an operation's transient errors before giving up")
 

@@ -90,6 +90,34 @@ def test_an_upload_cut_midway_leaves_no_object_and_the_rerun_completes(gcs, run)
     assert blob.crc32c == crc32c_of(ToParquet(service="yellow", month=month("2021-01")).output().path)
 
 
+def test_a_big_upload_cut_between_chunks_resumes_where_it_stopped(gcs, tmp_path):
+    # The client sends files up to 8 MiB in one request; bigger ones (every real month) go as a
+    # resumable upload in chunks. 1 MiB chunks of a 9 MiB file, and every connection cut after
+    # 5 MiB: each retry must resume from the server's offset, or it would be cut forever.
+    big = tmp_path / "big.parquet"
+    big.write_bytes(os.urandom(9 * 1024 * 1024 + 1000))
+    proxy = gcs.server["proxy"]
+    cuts = proxy.cuts
+    proxy.reset(cut_after=5 * 1024 * 1024)
+    url = f"{gcs.lake}/yellow/month=2019-01/yellow_tripdata_2019-01.parquet"
+
+    with configured({("gcs", "chunk_size_kib"): "1024", ("gcs", "retry_deadline"): "60"}):
+        GCSTarget(url).upload(str(big), {"rows": "1"})
+
+    proxy.reset(cut_after=None)
+    assert proxy.cuts - cuts == 2
+    blob = gcs.objects()["lake/yellow/month=2019-01/yellow_tripdata_2019-01.parquet"]
+    assert blob.size == big.stat().st_size and blob.crc32c == crc32c_of(str(big))
+    assert blob.metadata == {"rows": "1"}
+
+
+def test_a_chunk_size_gcs_does_not_take_is_refused(gcs, run):
+    with configured({("gcs", "chunk_size_kib"): "1000"}):
+        result = run(IngestMonth(service="green", month=month("2019-01")))
+
+    assert "chunk_size_kib = 1000: GCS takes chunks of a multiple of 256 KiB" in str(result.failures["LakeFile"])
+
+
 def test_a_bucket_that_does_not_exist_is_named_in_the_error(gcs, run):
     with configured({("lake", "root"): "gs://no-such-bucket-here/lake"}):
         result = run(IngestMonth(service="green", month=month("2019-01")))

@@ -2,12 +2,13 @@
 lake when `[lake] root` is gs://bucket/prefix.
 
 What makes an upload safe:
-- An object appears under its name only when its upload is complete: a resumable upload is
-  finalised by its last chunk, so an interrupted one leaves nothing under the final name.
-- Uploads go in chunks of `[gcs] chunk_size_mb`, each with its own timeout and retried on
-  transient errors, resuming where the server says the upload stopped. That is what makes big
-  files work on a slow link (the course's monkeypatch of the private
-  `storage.blob._MAX_MULTIPART_SIZE` is not needed).
+- An object appears under its name only when its upload is complete (a one-request upload, or
+  the last chunk of a resumable one), so an interrupted upload leaves nothing under the name.
+- Files over 8 MiB (every real month) go as a resumable upload in chunks of
+  `[gcs] chunk_size_kib`, each a request with its own timeout, retried on transient errors and
+  resumed where the server says the upload stopped; smaller files go in one request (the
+  client's own rule). That is what makes big files work on a slow link, without the course's
+  monkeypatch of the private `storage.blob._MAX_MULTIPART_SIZE`.
 - The server's crc32c of the finished object is compared with the local file's, and the object
   carries its source's row count and sha256 as metadata.
 
@@ -135,8 +136,10 @@ class GCSFileSystem(luigi.target.FileSystem):
     def upload(self, local_path: str, url: str, metadata: dict[str, str]) -> storage.Blob:
         """Upload a file so that the object appears only whole, then check its crc32c."""
         cfg = settings.gcs()
+        if cfg.chunk_size_kib <= 0 or cfg.chunk_size_kib % 256:
+            raise GCSError(f"[gcs] chunk_size_kib = {cfg.chunk_size_kib}: GCS takes chunks of a multiple of 256 KiB")
         blob = self._blob(url)
-        blob.chunk_size = cfg.chunk_size_mb * 1024 * 1024  # resumable, chunk by chunk
+        blob.chunk_size = cfg.chunk_size_kib * 1024  # resumable, chunk by chunk
         blob.metadata = metadata
         retry: Retry = DEFAULT_RETRY.with_deadline(cfg.retry_deadline)
         local_crc = crc32c_of(local_path)
