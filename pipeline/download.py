@@ -155,6 +155,25 @@ def fetch(url: str, dest: str, svc: catalog.Service, where: str,
     return {"url": url, "size": check.size, "sha256": check.sha256.hexdigest(), "header": header.rstrip("\r")}
 
 
+def is_published(url: str) -> bool:
+    """Whether the source has the file, without downloading it: a 404 (or a file missing from
+    a file:// mirror) is False; any other failure is an error, never a silent False.
+
+    A GET whose body is never read rather than a HEAD: the releases redirect to signed storage
+    URLs, which need not answer HEAD."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        return os.path.exists(urllib.parse.unquote(parsed.path))
+    try:
+        with requests.get(url, stream=True, timeout=settings.source().timeout) as resp:
+            status = resp.status_code
+    except (requests.ConnectionError, requests.Timeout) as e:
+        raise SourceError(f"{url}: asking whether it is published: {type(e).__name__}: {e}") from None
+    if status in (200, 404):
+        return status == 200
+    raise SourceError(f"{url}: asking whether it is published: HTTP {status}")
+
+
 class Download(DatasetTask):
     """Fetch one month (or the zone lookup) from the source into the staging area."""
 

@@ -2,13 +2,14 @@
 
     luigi --module pipeline IngestMonth --service yellow --month 2021-01
     luigi --module pipeline IngestZones
+    luigi --module pipeline IngestRange --services yellow,green,zones --first 2019-01 --last 2021-07
 
 Each requires the month in the lake plus every warehouse named in `[ingest] sinks`.
 """
 
 import luigi
 
-from pipeline import catalog, settings
+from pipeline import catalog, completion, settings
 from pipeline.lake import LakeFile
 from pipeline.warehouses.bigquery import ExposeBigQuery
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
@@ -35,6 +36,13 @@ class IngestMonth(luigi.WrapperTask):
     def requires(self):
         params = {"service": self.service, "month": self.month}
         return [LakeFile(**params), *sink_tasks(**params)]
+
+    @classmethod
+    def bulk_complete(cls, parameter_tuples):
+        """The complete months among ``parameter_tuples``, each kind of output asked once for all
+        of them (RangeMonthly calls this with ``cls`` bound to a service)."""
+        tasks = [cls(month=month) for month in parameter_tuples]
+        return [task.month for task, done in zip(tasks, completion.complete(tasks)) if done]
 
 
 class IngestZones(luigi.WrapperTask):

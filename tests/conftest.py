@@ -63,6 +63,9 @@ def _mirror_files() -> dict[str, bytes]:
     }
 
 
+RANGE_MONTHS = ("2020-01", "2020-02", "2020-03", "2020-04")
+
+
 def data_rows(csv_bytes: bytes) -> int:
     return len([line for line in csv_bytes.splitlines()[1:] if line.strip()])
 
@@ -80,6 +83,15 @@ def mirror(tmp_path_factory, mirror_files) -> Path:
         path = root / "releases" / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(gzip.compress(content) if rel.endswith(".gz") else content)
+    # A run of consecutive months for backfills: yellow and green 2020-01 to 2020-04 (each month
+    # the real rows of one sample month), and the zones; 2020-05 onwards is "not published yet".
+    for service, sample in (("yellow", "yellow/yellow_tripdata_2020-01.csv.gz"), ("green", "green/green_tripdata_2019-01.csv.gz")):
+        for m in RANGE_MONTHS:
+            path = root / "range" / service / f"{service}_tripdata_{m}.csv.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(gzip.compress(mirror_files[sample]))
+    (root / "range" / "misc").mkdir()
+    (root / "range" / "misc" / "taxi_zone_lookup.csv").write_bytes(mirror_files["misc/taxi_zone_lookup.csv"])
     # The broken mirror: what real downloads go wrong with.
     broken = root / "broken"
     (broken / "green").mkdir(parents=True)
@@ -98,6 +110,7 @@ def mirror(tmp_path_factory, mirror_files) -> Path:
 class _Handler(http.server.SimpleHTTPRequestHandler):
     """Serves the mirror; a first path segment picks a misbehaviour:
     /releases/...  the files as they are      /broken/...  bad files
+    /range/...     consecutive months, for backfills
     /html/...      an HTML error page with 200
     /flaky/...     503 on the first request for a path, then the file
     /down/...      always 503
@@ -113,7 +126,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
         mode, _, rest = self.path.lstrip("/").partition("/")
         self.hits[self.path] = self.hits.get(self.path, 0) + 1
-        if mode in ("releases", "broken"):
+        if mode in ("releases", "broken", "range"):
             return super().do_GET()
         file = Path(self.directory) / "releases" / rest
         if mode == "html":
@@ -181,6 +194,8 @@ def configured(values: dict[tuple[str, str], str]):
 def workspace(tmp_path, http_server):
     """An isolated lake, staging area and warehouse, and the source set to the test server."""
     with configured({
+        # Leave Python logging to pytest (luigi's fileConfig would drop pytest's capture handler).
+        ("core", "no_configure_logging"): "true",
         ("source", "base_url"): f"{http_server}/releases",
         ("source", "attempts"): "3",
         ("source", "backoff"): "0.05",
@@ -336,6 +351,9 @@ def run():
         def on_failure(task, exception):
             result.failures[task.task_family] = exception
 
+        # A fresh process's view, as each CLI run has: luigi caches task instances (and a
+        # range's requires()) per process.
+        luigi.task_register.Register.clear_instance_cache()
         luigi.Task.event_handler(luigi.Event.START)(on_start)
         luigi.Task.event_handler(luigi.Event.FAILURE)(on_failure)
         try:

@@ -106,14 +106,17 @@ class GCSFileSystem(luigi.target.FileSystem):
     def existing(self, paths: Iterable[str]) -> set[str]:
         """Which of ``paths`` exist, from one listing of their common prefix (not one request
         per path): what a backfill asking about hundreds of months needs."""
-        paths = list(paths)
-        if not paths:
-            return set()
-        prefix = posixpath.commonprefix(paths)
-        bucket, name = split(prefix)
-        with _named(prefix, "listing"):
-            listed = {f"{SCHEME}{bucket}/{blob.name}" for blob in client().list_blobs(bucket, prefix=name)}
-        return listed.intersection(paths)
+        by_bucket: dict[str, list[str]] = {}
+        for path in paths:
+            bucket, name = split(path)
+            by_bucket.setdefault(bucket, []).append(name)
+        found = set()
+        for bucket, names in by_bucket.items():
+            prefix = posixpath.commonprefix(names)
+            with _named(f"{SCHEME}{bucket}/{prefix}", "listing"):
+                listed = {blob.name for blob in client().list_blobs(bucket, prefix=prefix)}
+            found.update(f"{SCHEME}{bucket}/{name}" for name in listed.intersection(names))
+        return found
 
     def listdir(self, path: str) -> Iterator[str]:
         bucket, name = split(path.rstrip("/") + "/")
@@ -179,6 +182,12 @@ class GCSTarget(luigi.target.FileSystemTarget):
             raise ValueError(f"{self.path}: GCSTarget is read-only through open(); write with upload()")
         with _named(self.path, "reading"):
             return self.fs._blob(self.path).open("rb")
+
+    @classmethod
+    def bulk_exists(cls, targets: list["GCSTarget"]) -> list[bool]:
+        """One listing for all the objects (see pipeline/completion.py)."""
+        found = cls.fs.existing(t.path for t in targets)
+        return [t.path in found for t in targets]
 
     def upload(self, local_path: str, metadata: Optional[dict[str, str]] = None) -> storage.Blob:
         return self.fs.upload(local_path, self.path, metadata or {})

@@ -201,6 +201,12 @@ class BigQueryMarker(luigi.Target):
     def exists(self) -> bool:
         return (self.service, self.month) in exposed(client())
 
+    @classmethod
+    def bulk_exists(cls, markers: list["BigQueryMarker"]) -> list[bool]:
+        """One tabledata.list for all the markers (see pipeline/completion.py)."""
+        done = exposed(client())
+        return [(m.service, m.month) in done for m in markers]
+
 
 class ExposeBigQuery(DatasetTask):
     """Make the month queryable through the service's BigQuery external table."""

@@ -58,17 +58,26 @@ class DuckDBMarker(luigi.Target):
         self.month = catalog.month_str(month) if month else ""
 
     def exists(self) -> bool:
-        if not os.path.exists(self.path):
-            return False
-        con = _connect(self.path, read_only=True)
-        try:
-            return bool(con.execute(
-                f"SELECT count(*) FROM {MARKER_TABLE} WHERE service = ? AND month = ?",
-                [self.service, self.month]).fetchone()[0])
-        except duckdb.CatalogException:  # no marker table yet: nothing ingested
-            return False
-        finally:
-            con.close()
+        return (self.service, self.month) in _exposed(self.path)
+
+    @classmethod
+    def bulk_exists(cls, markers: list["DuckDBMarker"]) -> list[bool]:
+        """One query per warehouse file for all the markers (see pipeline/completion.py)."""
+        exposed = {path: _exposed(path) for path in {m.path for m in markers}}
+        return [(m.service, m.month) in exposed[m.path] for m in markers]
+
+
+def _exposed(path: str) -> set[tuple[str, str]]:
+    """Every (service, month) the warehouse's marker table records."""
+    if not os.path.exists(path):
+        return set()
+    con = _connect(path, read_only=True)
+    try:
+        return {tuple(row) for row in con.execute(f"SELECT service, month FROM {MARKER_TABLE}").fetchall()}
+    except duckdb.CatalogException:  # no marker table yet: nothing ingested
+        return set()
+    finally:
+        con.close()
 
 
 class ExposeDuckDB(DatasetTask):

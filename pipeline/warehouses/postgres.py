@@ -274,14 +274,25 @@ class PostgresMarker(luigi.Target):
         self.month = catalog.month_str(month) if month else ""
 
     def exists(self) -> bool:
-        schema = settings.postgres().schema
-        marker = f"{identifier(schema, '[postgres] schema')}.{identifier(MARKER_TABLE, 'table')}"
-        with contextlib.closing(connect()) as conn, conn.cursor() as cur:
-            cur.execute("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", [schema, MARKER_TABLE])
-            if not cur.fetchone()[0]:
-                return False  # nothing loaded into this schema yet
-            cur.execute(f"SELECT count(*) FROM {marker} WHERE service = $1 AND month = $2", [self.service, self.month])
-            return cur.fetchone()[0] > 0
+        return (self.service, self.month) in loaded()
+
+    @classmethod
+    def bulk_exists(cls, markers: list["PostgresMarker"]) -> list[bool]:
+        """One query for all the markers (see pipeline/completion.py)."""
+        done = loaded()
+        return [(m.service, m.month) in done for m in markers]
+
+
+def loaded() -> set[tuple[str, str]]:
+    """Every (service, month) the marker table records: one connection, one query."""
+    schema = settings.postgres().schema
+    marker = f"{identifier(schema, '[postgres] schema')}.{identifier(MARKER_TABLE, 'table')}"
+    with contextlib.closing(connect()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", [schema, MARKER_TABLE])
+        if not cur.fetchone()[0]:
+            return set()  # nothing loaded into this schema yet
+        cur.execute(f"SELECT service, month FROM {marker}")
+        return {tuple(row) for row in cur.fetchall()}
 
 
 class LoadPostgres(DatasetTask):

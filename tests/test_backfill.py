@@ -1,0 +1,96 @@
+"""Backfills: IngestRange over consecutive months of several services, decided in bulk, ending
+cleanly where the source's months end."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+
+import duckdb
+import pytest
+
+from conftest import RANGE_MONTHS, _Handler, data_rows, set_source
+from pipeline import IngestMonth, IngestRange
+from pipeline.backfill import PublishedMonths
+from pipeline.warehouses import duckdb_views
+
+
+def month(value: str) -> datetime.date:
+    return datetime.date.fromisoformat(value + "-01")
+
+
+@pytest.fixture
+def range_source(workspace, http_server):
+    set_source(f"{http_server}/range")
+    return workspace
+
+
+def counts(path) -> dict[tuple[str, str], int]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return {(s, m): n for s, m, n in con.execute("SELECT service, month, rows FROM _ingested").fetchall()}
+
+
+def test_a_backfill_ingests_every_published_month_and_ends_where_the_source_ends(range_source, run, mirror_files, caplog):
+    caplog.set_level(logging.WARNING, logger="pipeline.backfill")
+
+    result = run(IngestRange(services="yellow,green,zones", first=month("2020-01"), last=month("2020-06")))
+
+    assert not result.failures
+    yellow_rows = data_rows(mirror_files["yellow/yellow_tripdata_2020-01.csv.gz"])
+    green_rows = data_rows(mirror_files["green/green_tripdata_2019-01.csv.gz"])
+    assert counts(range_source / "warehouse.duckdb") == {
+        **{("yellow", m): yellow_rows for m in RANGE_MONTHS}, **{("green", m): green_rows for m in RANGE_MONTHS},
+        ("zones", ""): 265}
+    tail = sorted(r.getMessage() for r in caplog.records)
+    assert tail == [f"{s} 2020-0{m}: not published at the source yet; the range ends before it"
+                    for s in ("green", "yellow") for m in (5, 6)]
+
+
+def test_the_same_backfill_again_decides_in_bulk_and_runs_nothing(range_source, run, monkeypatch):
+    task = IngestRange(services="yellow,green", first=month("2020-01"), last=month("2020-04"))
+    assert not run(task).failures
+    queries = []
+    original = duckdb_views._exposed
+    monkeypatch.setattr(duckdb_views, "_exposed", lambda path: queries.append(path) or original(path))
+    _Handler.hits.clear()
+
+    again = run(IngestRange(services="yellow,green", first=month("2020-01"), last=month("2020-04")))
+
+    assert again.started == [] and not again.failures
+    assert len(queries) == 2  # one marker query per service for its 4 months, not one per month
+    assert _Handler.hits == {}  # nothing missing, so the source is not even asked
+
+
+def test_a_month_missing_in_the_middle_is_an_error_not_the_end(range_source, run, http_server, mirror):
+    gap = mirror / "range" / "green" / "green_tripdata_2020-02.csv.gz"
+    saved = gap.read_bytes()
+    gap.unlink()
+    try:
+        result = run(IngestRange(services="green", first=month("2020-01"), last=month("2020-04")))
+    finally:
+        gap.write_bytes(saved)
+
+    assert "green 2020-02 (" in str(result.failures["Download"]) and "not published (HTTP 404)" in str(result.failures["Download"])
+    assert [IngestMonth(service="green", month=month(m)).complete() for m in RANGE_MONTHS] == [True, False, True, True]
+
+
+def test_the_range_is_exactly_first_to_last_however_far_back(range_source):
+    task = IngestRange(services="yellow,fhv", first=month("2011-01"), last=month("2020-12"))
+
+    ranges = list(task.requires())
+
+    assert [r.of_params["service"] for r in ranges] == ["yellow", "fhv"]
+    for r in ranges:
+        assert isinstance(r, PublishedMonths)
+        now = datetime.datetime.now()
+        covered = r.finite_datetimes(max(r.moving_start(now), datetime.datetime(2011, 1, 1)),
+                                     min(r.moving_stop(now), datetime.datetime(2021, 1, 1)))
+        assert len(covered) == 120 and r.task_limit == 120  # no 13-month or 50-task clamp
+        assert covered[0] == datetime.datetime(2011, 1, 1) and covered[-1] == datetime.datetime(2020, 12, 1)
+
+
+def test_bad_ranges_are_refused_clearly():
+    with pytest.raises(ValueError, match="--first 2020-05 is after --last 2020-01"):
+        list(IngestRange(services="yellow", first=month("2020-05"), last=month("2020-01")).requires())
+    with pytest.raises(ValueError, match="unknown taxis; known: yellow, green, fhv, fhvhv, zones"):
+        list(IngestRange(services="yellow,taxis", first=month("2020-01"), last=month("2020-01")).requires())
