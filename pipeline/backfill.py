@@ -12,18 +12,23 @@ one by one, and a month the source has not published yet fails the whole run. He
 - months at the end of the range that the source does not have yet (404) are left out with a
   warning, so "backfill up to this month" ends cleanly where the data ends. A missing month in
   the middle of the range is still an error: that is a gap, not the future.
+
+Reingest runs months again on purpose (luigi itself has no "force"):
+
+    luigi --module pipeline Reingest --services yellow --first 2021-01 --last 2021-01
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import os
 
 import luigi
 from dateutil.relativedelta import relativedelta
 from luigi.tools.range import RangeMonthly
 
-from pipeline import catalog
+from pipeline import catalog, settings
 from pipeline.download import is_published, source_url
 from pipeline.flows import IngestMonth, IngestZones
 
@@ -51,29 +56,38 @@ def months_between(a: datetime.date, b: datetime.date) -> int:
     return (b.year - a.year) * 12 + b.month - a.month
 
 
-class IngestRange(luigi.WrapperTask):
-    """Ingest every month from --first to --last, both included, of each service in --services
-    (and the zone lookup when `zones` is listed). Months already done cost nothing; months not
-    published yet at the end of the range are left out with a warning."""
+class MonthRange:
+    """The parameters of a command over services and an inclusive range of months (a mixin:
+    luigi finds parameters on every base class)."""
 
     services = luigi.Parameter(default=",".join(catalog.TRIP_SERVICES),
                                description="Comma-separated: yellow, green, fhv, fhvhv, zones")
     first = luigi.MonthParameter(description="YYYY-MM: the first month, included")
     last = luigi.MonthParameter(description="YYYY-MM: the last month, included")
 
+    task_family: str
+
     def service_names(self) -> list[str]:
         names = [s.strip() for s in self.services.split(",") if s.strip()]
         unknown = [s for s in names if s not in catalog.SERVICES]
         if unknown or not names:
-            raise ValueError(f"IngestRange --services: unknown {', '.join(unknown) or '(none given)'}; "
+            raise ValueError(f"{self.task_family} --services: unknown {', '.join(unknown) or '(none given)'}; "
                              f"known: {', '.join(catalog.SERVICES)}")
         if self.first > self.last:
-            raise ValueError(f"IngestRange: --first {self.first:%Y-%m} is after --last {self.last:%Y-%m}")
+            raise ValueError(f"{self.task_family}: --first {self.first:%Y-%m} is after --last {self.last:%Y-%m}")
         return names
+
+    def months(self) -> list[datetime.date]:
+        return [self.first + relativedelta(months=n) for n in range(months_between(self.first, self.last) + 1)]
+
+
+class IngestRange(MonthRange, luigi.WrapperTask):
+    """Ingest every month from --first to --last, both included, of each service in --services
+    (and the zone lookup when `zones` is listed). Months already done cost nothing; months not
+    published yet at the end of the range are left out with a warning."""
 
     def requires(self):
         today = datetime.date.today().replace(day=1)
-        count = months_between(self.first, self.last) + 1
         for name in self.service_names():
             if name == "zones":
                 yield IngestZones()
@@ -84,4 +98,62 @@ class IngestRange(luigi.WrapperTask):
                 # RangeMonthly counts these from today; cover exactly [first, last].
                 months_back=max(0, months_between(self.first, today)),
                 months_forward=max(0, months_between(today, self.last)) + 1,
-                task_limit=count)
+                task_limit=len(self.months()))
+
+
+def chain(tasks: list[luigi.Task]) -> list[luigi.Task]:
+    """The tasks and everything they require, each once."""
+    seen: dict[str, luigi.Task] = {}
+    todo = list(tasks)
+    while todo:
+        task = todo.pop()
+        if task.task_id not in seen:
+            seen[task.task_id] = task
+            todo.extend(luigi.task.flatten(task.requires()))
+    return list(seen.values())
+
+
+class Reingest(MonthRange, luigi.Task):
+    """Ingest months again on purpose: forget every output of every step of those months (the
+    download, the Parquet file, the lake file, each configured sink's marker), then ingest them
+    anew. Each warehouse load replaces its month whole (Postgres swaps the month's partition), so
+    no row is duplicated anywhere. Until the new run finishes, the months are missing from the
+    warehouses; if it fails (the source is down), the same command can simply be run again."""
+
+    requested = luigi.DateSecondParameter(
+        default=datetime.datetime.now().replace(microsecond=0),
+        description="When the re-ingest was asked for (default: now): each request is its own task")
+
+    def ingest_tasks(self) -> list[luigi.Task]:
+        tasks: list[luigi.Task] = []
+        for name in self.service_names():
+            if name == "zones":
+                tasks.append(IngestZones())
+            else:
+                tasks.extend(IngestMonth(service=name, month=m) for m in self.months())
+        return tasks
+
+    def _receipt(self, what: str) -> luigi.LocalTarget:
+        return luigi.LocalTarget(os.path.join(settings.ingest().staging, "reingest", f"{self.task_id}.{what}"))
+
+    def output(self):
+        return self._receipt("done")
+
+    def run(self):
+        tasks = self.ingest_tasks()
+        # run() starts over once the ingest tasks are done (luigi's dynamic dependencies): the
+        # receipt makes sure the outputs are forgotten once, not again after the new run.
+        forgotten = self._receipt("forgotten")
+        if not forgotten.exists():
+            for task in chain(tasks):
+                for target in luigi.task.flatten(task.output()):
+                    if target.exists():
+                        logger.info("%s: forgetting %s", task, getattr(target, "path", target))
+                        target.remove()
+            self.set_status_message(f"forgot the outputs of {len(tasks)} month(s); ingesting them again")
+            with forgotten.open("w") as f:
+                f.write(f"{len(tasks)} tasks\n")
+        yield tasks
+        with self.output().open("w") as f:
+            f.write(f"{len(tasks)} tasks ingested again\n")
+        forgotten.remove()

@@ -4,13 +4,14 @@ cleanly where the source's months end."""
 from __future__ import annotations
 
 import datetime
+import gzip
 import logging
 
 import duckdb
 import pytest
 
-from conftest import RANGE_MONTHS, _Handler, data_rows, set_source
-from pipeline import IngestMonth, IngestRange
+from conftest import RANGE_MONTHS, _Handler, configured, data_rows, set_source
+from pipeline import IngestMonth, IngestRange, Reingest
 from pipeline.backfill import PublishedMonths
 from pipeline.warehouses import duckdb_views
 
@@ -94,3 +95,32 @@ def test_bad_ranges_are_refused_clearly():
         list(IngestRange(services="yellow", first=month("2020-05"), last=month("2020-01")).requires())
     with pytest.raises(ValueError, match="unknown taxis; known: yellow, green, fhv, fhvhv, zones"):
         list(IngestRange(services="yellow,taxis", first=month("2020-01"), last=month("2020-01")).requires())
+
+
+def test_reingest_replaces_exactly_the_months_asked_for_in_every_sink(range_source, pg, run, mirror, mirror_files):
+    with configured({("ingest", "sinks"): "duckdb,postgres"}):
+        assert not run(IngestRange(services="yellow", first=month("2020-01"), last=month("2020-02"))).failures
+        before = dict(pg.query(f'SELECT month, loaded_at FROM "{pg.schema}"._ingested'))
+        # The source re-publishes February with fewer rows (the TLC does re-issue files).
+        republished = mirror / "range" / "yellow" / "yellow_tripdata_2020-02.csv.gz"
+        original = republished.read_bytes()
+        csv = mirror_files["yellow/yellow_tripdata_2020-01.csv.gz"]
+        shorter = b"".join(csv.splitlines(keepends=True)[:101])  # header + 100 rows
+        republished.write_bytes(gzip.compress(shorter))
+        try:
+            result = run(Reingest(services="yellow", first=month("2020-02"), last=month("2020-02")))
+        finally:
+            republished.write_bytes(original)
+
+    assert not result.failures
+    full = data_rows(csv)
+    assert pg.count("yellow_tripdata", "2020-02") == 100 and pg.count("yellow_tripdata", "2020-01") == full
+    assert counts(range_source / "warehouse.duckdb") == {("yellow", "2020-01"): full, ("yellow", "2020-02"): 100}
+    with duckdb.connect(str(range_source / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT month, count(*) FROM yellow_tripdata GROUP BY 1 ORDER BY 1").fetchall() == [
+            ("2020-01", full), ("2020-02", 100)]
+    after = dict(pg.query(f'SELECT month, loaded_at FROM "{pg.schema}"._ingested'))
+    assert after["2020-01"] == before["2020-01"] and after["2020-02"] > before["2020-02"]
+    started = [t.split("_")[0] for t in result.started]
+    assert sorted(set(started)) == ["Download", "ExposeDuckDB", "IngestMonth", "LakeFile", "LoadPostgres", "Reingest", "ToParquet"]
+    assert started.count("Download") == 1  # February only

@@ -201,6 +201,18 @@ class BigQueryMarker(luigi.Target):
     def exists(self) -> bool:
         return (self.service, self.month) in exposed(client())
 
+    def remove(self) -> None:
+        """Forget the month; the external table shows whatever the lake holds."""
+        client_ = client()
+        if (self.service, self.month) not in exposed(client_):
+            return
+        params = [bq.ScalarQueryParameter("service", "STRING", self.service),
+                  bq.ScalarQueryParameter("month", "STRING", self.month)]
+        with _named(f"marker table {marker_table_id(client_)}"):
+            client_.query(f"DELETE FROM `{marker_table_id(client_)}` WHERE service = @service AND month = @month",
+                          job_config=bq.QueryJobConfig(query_parameters=params),
+                          location=settings.bigquery().location).result()
+
     @classmethod
     def bulk_exists(cls, markers: list["BigQueryMarker"]) -> list[bool]:
         """One tabledata.list for all the markers (see pipeline/completion.py)."""

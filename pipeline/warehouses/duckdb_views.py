@@ -60,6 +60,18 @@ class DuckDBMarker(luigi.Target):
     def exists(self) -> bool:
         return (self.service, self.month) in _exposed(self.path)
 
+    def remove(self) -> None:
+        """Forget the month (the view then shows it again when the lake file is back)."""
+        if not os.path.exists(self.path):
+            return
+        con = _connect(self.path, read_only=False)
+        try:
+            con.execute(f"DELETE FROM {MARKER_TABLE} WHERE service = ? AND month = ?", [self.service, self.month])
+        except duckdb.CatalogException:
+            pass  # no marker table: nothing to forget
+        finally:
+            con.close()
+
     @classmethod
     def bulk_exists(cls, markers: list["DuckDBMarker"]) -> list[bool]:
         """One query per warehouse file for all the markers (see pipeline/completion.py)."""

@@ -276,6 +276,15 @@ class PostgresMarker(luigi.Target):
     def exists(self) -> bool:
         return (self.service, self.month) in loaded()
 
+    def remove(self) -> None:
+        """Forget the month; its rows stay until the next load replaces its partition whole."""
+        schema = settings.postgres().schema
+        marker = f"{identifier(schema, '[postgres] schema')}.{identifier(MARKER_TABLE, 'table')}"
+        with contextlib.closing(connect()) as conn, transaction(conn) as cur:
+            cur.execute("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", [schema, MARKER_TABLE])
+            if cur.fetchone()[0]:
+                cur.execute(f"DELETE FROM {marker} WHERE service = $1 AND month = $2", [self.service, self.month])
+
     @classmethod
     def bulk_exists(cls, markers: list["PostgresMarker"]) -> list[bool]:
         """One query for all the markers (see pipeline/completion.py)."""
