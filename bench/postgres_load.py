@@ -11,7 +11,8 @@ fresh table on the same server:
   raw_copy   COPY ... FROM STDIN (FORMAT csv) of the same month as an uncompressed CSV file through
              psycopg2, into a table with the same column types: the physical limit
   pandas     the course's ingest: pandas.read_csv in 100,000-row chunks, DataFrame.to_sql
-             (needs `pip install pandas sqlalchemy`; skipped with a note when missing)
+             (needs `pip install pandas sqlalchemy`; skipped with a note when missing; pandas
+             wants SQLAlchemy 2 and luigid's task history SQLAlchemy < 2, so use another venv)
 
 and prints wall time, rows/s and peak RSS, with our rows/s as a ratio of each.
 

@@ -157,3 +157,19 @@ class Reingest(MonthRange, luigi.Task):
         with self.output().open("w") as f:
             f.write(f"{len(tasks)} tasks ingested again\n")
         forgotten.remove()
+
+
+class IngestRecent(luigi.WrapperTask):
+    """The newest months of each service and the zone lookup: what cron runs once a month. The
+    TLC publishes a month about two months after it ends, so the window looks back `--months`
+    months from `--until` and ingests what is published and not yet done (months already done
+    cost nothing; months not published yet are left out)."""
+
+    services = luigi.Parameter(default=",".join(catalog.SERVICES), description="Comma-separated services, zones included")
+    months = luigi.IntParameter(default=4, description="How many months back from --until to look")
+    until = luigi.MonthParameter(default=datetime.date.today().replace(day=1),
+                                 description="YYYY-MM: the newest month to look for (default: this month)")
+
+    def requires(self):
+        return IngestRange(services=self.services, first=self.until - relativedelta(months=max(1, self.months) - 1),
+                           last=self.until)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import http.server
+import os
 import re
 import shutil
 import socketserver
@@ -268,6 +269,29 @@ def bigquery(gcs, bq_server, request, monkeypatch):
         yield bq_server
 
 
+@pytest.fixture
+def luigid(tmp_path):
+    """A real central scheduler on 127.0.0.1 with the repo's config/luigid.cfg profile (task
+    history, state file), run from a scratch directory where the profile's data/ paths land.
+    One per test: task ids repeat across tests, and a scheduler remembers them."""
+    work = tmp_path / "luigid"
+    (work / "data" / "luigid").mkdir(parents=True)
+    port = servers.free_port()
+    log = open(work / "luigid.out", "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("luigid")), "--address", "127.0.0.1", "--port", str(port),
+         "--logdir", str(work / "data" / "luigid")],
+        cwd=work, env={**os.environ, "LUIGI_CONFIG_PATH": str(ROOT / "config" / "luigid.cfg")},
+        stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        servers._wait_http(f"{url}/api/task_list", proc, 30, "luigid")
+        yield {"port": port, "url": url, "dir": work}
+    finally:
+        servers._stop(proc)
+        log.close()
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
     """A real Postgres server for the session (password authentication on 127.0.0.1)."""
@@ -369,13 +393,15 @@ def run():
 LUIGI = [str(Path(sys.executable).with_name("luigi")), "--module", "pipeline"]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+def cli(*args: str, env: Optional[dict] = None) -> subprocess.CompletedProcess:
     """`luigi --module pipeline ...` as a user runs it, from the repo root (so luigi.cfg applies)."""
-    return subprocess.run([*LUIGI, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run([*LUIGI, *args], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, **(env or {})})
 
 
-def cli_popen(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([*LUIGI, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def cli_popen(*args: str, env: Optional[dict] = None, output=subprocess.DEVNULL) -> subprocess.Popen:
+    return subprocess.Popen([*LUIGI, *args], cwd=ROOT, stdout=output, stderr=output,
+                            env={**os.environ, **(env or {})})
 
 
 def workspace_flags(workspace: Path, base_url: str) -> list[str]:
