@@ -86,12 +86,13 @@ def test_cron_exit_codes_done_failed_and_already_running(workspace, http_server,
     assert failed.returncode == 30, failed.stderr[-3000:]
 
     # A run still going (its download stalls) and the same command started again.
-    slow_flags = [*central(workspace, f"{http_server}/slow", luigid), *lock]
+    slow_lock = workspace / "slow-locks"
+    slow_flags = [*central(workspace, f"{http_server}/slow", luigid), "--lock-pid-dir", str(slow_lock)]
     slow_cmd = ["IngestMonth", "--service", "yellow", "--month", "2021-01", *slow_flags]
     first = cli_popen(*slow_cmd, env=cron)
     try:
         deadline = time.monotonic() + 30
-        while not list((workspace / "locks").glob("*.pid")):
+        while not list(slow_lock.glob("*.pid")):
             assert first.poll() is None and time.monotonic() < deadline, "the first run never took its lock"
             time.sleep(0.05)
         second = cli(*slow_cmd, env=cron)
