@@ -47,3 +47,11 @@ def complete(tasks: Sequence[luigi.Task]) -> list[bool]:
         else:
             answers.append(all(deps_done[dep] for dep in required[task]))
     return answers
+
+
+def bulk_complete(cls, months) -> list:
+    """luigi's Task.bulk_complete for a task with a `month` parameter: the months among
+    ``months`` whose task is complete. ``cls`` may be bound to the other parameters (RangeMonthly
+    passes a partial with the service)."""
+    tasks = [cls(month=month) for month in months]
+    return [task.month for task, done in zip(tasks, complete(tasks)) if done]

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import luigi
 
-from pipeline import catalog, settings
+from pipeline import catalog, completion, settings
 
 logger = logging.getLogger("pipeline")
 
@@ -22,6 +22,10 @@ class DatasetTask(luigi.Task):
     month = luigi.MonthParameter(default=None, description="YYYY-MM: the month of the published file (not for zones).")
 
     _last_report = 0.0
+
+    # Each kind of output asked once for all the months (pipeline/completion.py), so a range
+    # over any step decides in bulk.
+    bulk_complete = classmethod(completion.bulk_complete)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -37,12 +37,8 @@ class IngestMonth(luigi.WrapperTask):
         params = {"service": self.service, "month": self.month}
         return [LakeFile(**params), *sink_tasks(**params)]
 
-    @classmethod
-    def bulk_complete(cls, parameter_tuples):
-        """The complete months among ``parameter_tuples``, each kind of output asked once for all
-        of them (RangeMonthly calls this with ``cls`` bound to a service)."""
-        tasks = [cls(month=month) for month in parameter_tuples]
-        return [task.month for task, done in zip(tasks, completion.complete(tasks)) if done]
+    # Each kind of output asked once for all the months (pipeline/completion.py).
+    bulk_complete = classmethod(completion.bulk_complete)
 
 
 class IngestZones(luigi.WrapperTask):

@@ -13,6 +13,7 @@ import pytest
 from conftest import RANGE_MONTHS, _Handler, configured, data_rows, set_source
 from pipeline import IngestMonth, IngestRange, Reingest
 from pipeline.backfill import PublishedMonths
+from pipeline.lake import LakeFile
 from pipeline.warehouses import duckdb_views
 
 
@@ -124,3 +125,15 @@ def test_reingest_replaces_exactly_the_months_asked_for_in_every_sink(range_sour
     started = [t.split("_")[0] for t in result.started]
     assert sorted(set(started)) == ["Download", "ExposeDuckDB", "IngestMonth", "LakeFile", "LoadPostgres", "Reingest", "ToParquet"]
     assert started.count("Download") == 1  # February only
+
+
+def test_a_range_over_any_single_step_decides_in_bulk_too(range_source, run):
+    assert not run(IngestRange(services="green", first=month("2020-01"), last=month("2020-02"))).failures
+    lake = PublishedMonths(of=LakeFile, of_params={"service": "green"}, param_name="month",
+                           start=month("2020-01"), stop=month("2020-05"), months_back=1000, task_limit=10)
+
+    missing = lake.requires()
+
+    assert [t.month for t in missing] == [month("2020-03"), month("2020-04")]
+    assert LakeFile.bulk_complete.__func__(lambda **kw: LakeFile(service="green", **kw),
+                                           [month(m) for m in RANGE_MONTHS]) == [month("2020-01"), month("2020-02")]
