@@ -46,9 +46,8 @@ class Service:
     """One TLC dataset: where its files live and what their rows look like."""
 
     name: str
-    release: str  # the release tag (folder) its files are published under
+    release: str  # the release tag (folder) its files are published under in the releases
     stem: str  # file name without extension, with {month} for monthly services
-    extension: str  # of the published file
     table: str  # warehouse table/view name
     columns: tuple[Column, ...]
     required: tuple[str, ...]  # a header without these is not this service's file
@@ -66,8 +65,6 @@ class Service:
         """'yellow_tripdata_2021-01', or 'taxi_zone_lookup': the name of the file in every form."""
         return self.stem.format(month=month_str(month)) if self.monthly else self.stem
 
-    def source_file(self, month: Optional[datetime.date]) -> str:
-        return self.file_stem(month) + self.extension
 
 
 def _columns(*spec: tuple[str, pa.DataType]) -> tuple[Column, ...]:
@@ -76,7 +73,7 @@ def _columns(*spec: tuple[str, pa.DataType]) -> tuple[Column, ...]:
 
 def _trip_service(name: str, pickup_column: str, *spec: tuple[str, pa.DataType]) -> Service:
     return Service(
-        name=name, release=name, stem=f"{name}_tripdata_{{month}}", extension=".csv.gz",
+        name=name, release=name, stem=f"{name}_tripdata_{{month}}",
         table=f"{name}_tripdata", columns=_columns(*spec),
         required=(pickup_column,), pickup_column=pickup_column,
     )
@@ -138,7 +135,7 @@ FHVHV = _trip_service(
 
 # Not monthly. "NA" and "N/A" in it are strings (zone 265 is literally "NA"), never nulls.
 ZONES = Service(
-    name="zones", release="misc", stem="taxi_zone_lookup", extension=".csv", table="taxi_zone_lookup",
+    name="zones", release="misc", stem="taxi_zone_lookup", table="taxi_zone_lookup",
     columns=_columns(
         ("LocationID", INT), ("Borough", STRING), ("Zone", STRING), ("service_zone", STRING),
     ),
@@ -149,18 +146,55 @@ SERVICES: dict[str, Service] = {s.name: s for s in (YELLOW, GREEN, FHV, FHVHV, Z
 TRIP_SERVICES = tuple(name for name, s in SERVICES.items() if s.monthly)
 
 
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where one kind of source publishes each service's files ([source] kind)."""
+
+    name: str
+    base_url: str  # the default [source] base_url
+    trip_path: str  # under the base, with {release} and {stem}
+    zones_path: str
+
+    def path(self, svc: Service, month: Optional[datetime.date]) -> str:
+        if svc.monthly:
+            return self.trip_path.format(release=svc.release, stem=svc.file_stem(month))
+        return self.zones_path
+
+
+# The csv.gz copies the course uses (2019-01 to 2021-07 for yellow and green).
+RELEASES = Source("releases", "https://github.com/DataTalksClub/nyc-tlc-data/releases/download",
+                  "{release}/{stem}.csv.gz", "misc/taxi_zone_lookup.csv")
+# The TLC's own files: Parquet, every month it publishes (yellow 2009 onwards; see LEGACY below).
+TLC = Source("tlc", "https://d37ci6vzurychx.cloudfront.net", "trip-data/{stem}.parquet", "misc/taxi+_zone_lookup.csv")
+SOURCES: dict[str, Source] = {s.name: s for s in (RELEASES, TLC)}
+
+# Yellow 2009-2010 in the TLC Parquet files use a legacy layout: other names (vendor_name,
+# Trip_Pickup_DateTime, ...) and coordinates where later files have zone ids. A coordinate is
+# not a zone without a spatial join against the zone shapes, which this pipeline does not do,
+# so those files are refused with this message rather than loaded half-empty.
+LEGACY = {
+    "yellow": ({"vendor_name", "vendor_id", "trip_pickup_datetime", "pickup_datetime", "start_lon", "pickup_longitude"},
+               "the legacy yellow layout of 2009-2010 (vendor_name/vendor_id, coordinates instead of zone ids) "
+               "is not supported; yellow is supported from 2011-01 in the TLC Parquet files"),
+}
+
+
 def month_str(month: datetime.date) -> str:
     return month.strftime("%Y-%m")
 
 
 def resolve_header(svc: Service, header_line: str, where: str) -> list[Column]:
-    """Map a file's header line to catalog columns, in file order.
+    """Map a file's header line (a CSV header, or a Parquet file's column names joined with
+    commas) to catalog columns, in file order.
 
     Names match case-insensitively; quotes and a trailing CR are ignored. Raises SchemaMismatch
-    naming the file (``where``) for a column the catalog does not know, a column that appears
-    twice, or a header without the service's required columns.
+    naming the file (``where``) for a legacy layout, a column the catalog does not know, a column
+    that appears twice, or a header without the service's required columns.
     """
     names = next(csv.reader([header_line.strip("\r\n")]), [])
+    legacy, why = LEGACY.get(svc.name, (set(), ""))
+    if legacy & {n.strip().lower() for n in names}:
+        raise SchemaMismatch(f"{where}: {why}")
     by_key = {c.name.lower(): c for c in svc.columns}
     resolved: list[Column] = []
     unknown: list[str] = []

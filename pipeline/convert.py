@@ -93,13 +93,77 @@ def _read_ahead(batches: Iterable, depth: int = READ_AHEAD) -> Iterator:
         thread.join()
 
 
+def _cast(values: pa.ChunkedArray | pa.Array, target: pa.DataType, name: str, where: str,
+          first_row: int) -> pa.Array:
+    """A source column as the catalog's type, refusing any cast that would lose information
+    (a fraction, an overflow, a sub-microsecond time) with the column and the value."""
+    if values.type == target:
+        return values
+    if target == catalog.INT and pa.types.is_floating(values.type):
+        return _to_int(values, name, where, first_row)
+    try:
+        return pc.cast(values, target, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise ConversionError(f"{where}: column {name}, data rows {first_row + 1}-{first_row + len(values)}: "
+                              f"cannot make {values.type} into {target} without losing information ({e})") from None
+
+
+def _writer(dst: str, schema: pa.Schema) -> pq.ParquetWriter:
+    return pq.ParquetWriter(dst, schema, compression="zstd")
+
+
+def _schema(svc: catalog.Service, metadata: dict) -> pa.Schema:
+    return svc.schema.with_metadata({f"tlc.{k}": str(v) for k, v in metadata.items()})
+
+
+def _conform(batch: pa.RecordBatch, columns: list[catalog.Column], schema: pa.Schema, where: str,
+             first_row: int) -> pa.RecordBatch:
+    """The batch in the catalog's schema: its columns (named ``columns``, in file order) cast,
+    the ones the file lacks as nulls, in the catalog's order."""
+    present = {c.name: i for i, c in enumerate(columns)}
+    arrays = []
+    for field in schema:
+        if field.name in present:
+            arrays.append(_cast(batch.column(present[field.name]), field.type, field.name, where, first_row))
+        else:
+            arrays.append(pa.nulls(batch.num_rows, field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def convert_parquet(src: str, header: str, dst: str, svc: catalog.Service, where: str, metadata: dict,
+                    progress: Callable[[int, int, int], None] = lambda rows, done, total: None) -> int:
+    """Write a source Parquet file (the TLC's) to ``dst`` in ``svc``'s schema, one row group at a
+    time, whatever physical types and name spellings this month's file has; return the row count."""
+    columns = catalog.resolve_header(svc, header, where)
+    schema = _schema(svc, metadata)
+    source = pq.ParquetFile(src)
+    total, rows = source.metadata.num_rows, 0
+    with _writer(dst, schema) as writer:
+        for group in range(source.num_row_groups):
+            batches = [_conform(batch, columns, schema, where, rows + offset)
+                       for batch, offset in _with_offsets(source.iter_batches(batch_size=ROW_GROUP_ROWS, row_groups=[group]))]
+            if batches:
+                writer.write_table(pa.Table.from_batches(batches), row_group_size=2 * ROW_GROUP_ROWS)
+                rows += sum(b.num_rows for b in batches)
+            progress(rows, rows, total)
+        writer.add_key_value_metadata({"tlc.rows": str(rows)})
+    return rows
+
+
+def _with_offsets(batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, int]]:
+    offset = 0
+    for batch in batches:
+        yield batch, offset
+        offset += batch.num_rows
+
+
 def convert(src: str, header: str, dst: str, svc: catalog.Service, where: str, metadata: dict,
             progress: Callable[[int, int, int], None] = lambda rows, done, total: None) -> int:
     """Write ``src`` (csv or csv.gz) to ``dst`` as Parquet with ``svc``'s schema; return the row count.
 
     ``header`` is the file's header line, as the Download step read and recorded it."""
     columns = catalog.resolve_header(svc, header, where)
-    schema = svc.schema.with_metadata({f"tlc.{k}": str(v) for k, v in metadata.items()})
+    schema = _schema(svc, metadata)
     raw = pa.OSFile(src)
     total = os.fstat(raw.fileno()).st_size
     stream = pa.CompressedInputStream(raw, "gzip") if src.endswith(".gz") else raw
@@ -112,25 +176,13 @@ def convert(src: str, header: str, dst: str, svc: catalog.Service, where: str, m
             # Only an empty field is null: "NA" and "N/A" are real zone names.
             null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False),
     )
-    present = {c.name for c in columns}
     rows = 0
     pending: list[pa.RecordBatch] = []
 
-    def conform(batch: pa.RecordBatch, first_row: int) -> pa.RecordBatch:
-        arrays = []
-        for field in schema:
-            if field.name not in present:
-                arrays.append(pa.nulls(batch.num_rows, field.type))
-            elif field.type == catalog.INT:
-                arrays.append(_to_int(batch.column(field.name), field.name, where, first_row))
-            else:
-                arrays.append(batch.column(field.name))
-        return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-    with stream, pq.ParquetWriter(dst, schema, compression="zstd") as writer:
+    with stream, _writer(dst, schema) as writer:
         try:
             for batch in _read_ahead(reader):
-                pending.append(conform(batch, rows))
+                pending.append(_conform(batch, columns, schema, where, rows))
                 rows += batch.num_rows
                 if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
                     writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * ROW_GROUP_ROWS)
@@ -170,8 +222,9 @@ class ToParquet(DatasetTask):
 
         meta = {"service": self.service, "month": catalog.month_str(self.month) if self.month else "",
                 "source_url": source["url"], "source_sha256": source["sha256"], "source_size": source["size"]}
+        step = convert_parquet if raw.endswith(".parquet") else convert
         with atomic_path(self.output()) as tmp:
-            rows = convert(raw, source["header"], tmp, self.svc, where, meta, progress)
+            rows = step(raw, source["header"], tmp, self.svc, where, meta, progress)
         seconds = time.monotonic() - started
         logger.info("%s: wrote %s rows to %s in %.1f s (%.0f rows/s)", self.label, f"{rows:,}",
                     self.output().path, seconds, rows / max(seconds, 1e-9))

@@ -1,10 +1,11 @@
-"""Source -> raw file: fetch one dataset file from the releases (or any mirror of their layout),
-and refuse anything that is not that file, before it is marked complete.
+"""Source -> raw file: fetch one dataset file from the source ([source] kind: the releases'
+csv.gz or the TLC's Parquet, or any mirror of their layout), and refuse anything that is not that
+file, before it is marked complete.
 
 A download is checked as it streams and once more when it is on disk: an HTML page (a wrong URL
-often answers 200 with one), a file that is not gzip, a byte count different from Content-Length,
-a gzip stream that ends early or fails its CRC, or a header the catalog does not accept all fail
-the step. 404 means the month is not published (not retried); connection errors and 5xx answers
+often answers 200 with one), a file that does not start as gzip or Parquet, a byte count different
+from Content-Length, a gzip stream that ends early or fails its CRC, a Parquet file without its
+footer, or columns the catalog does not accept all fail the step. 404 means the month is not published (not retried); connection errors and 5xx answers
 are retried with backoff.
 """
 
@@ -14,12 +15,14 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 import time
 import urllib.parse
 from typing import BinaryIO, Callable, Iterator
 
 import luigi
 import pyarrow as pa
+import pyarrow.parquet as pq
 import requests
 import urllib3
 
@@ -31,6 +34,7 @@ logger = logging.getLogger("pipeline.download")
 CHUNK = 1 << 20  # file reads
 NET_CHUNK = 64 << 10  # network reads: small, so progress moves and bytes reach disk on a slow link
 GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
 
 
 class SourceError(RuntimeError):
@@ -45,18 +49,28 @@ class _Retryable(SourceError):
     pass
 
 
+def source_path(svc: catalog.Service, month) -> str:
+    """The file's path under the source's base, in the configured kind's layout."""
+    return catalog.SOURCES[settings.source().kind].path(svc, month)
+
+
 def source_url(svc: catalog.Service, month) -> str:
-    base = settings.source().base_url.rstrip("/")
-    return f"{base}/{svc.release}/{svc.source_file(month)}"
+    cfg = settings.source()
+    base = (cfg.base_url or catalog.SOURCES[cfg.kind].base_url).rstrip("/")
+    return f"{base}/{source_path(svc, month)}"
+
+
+MAGIC = {".gz": GZIP_MAGIC, ".parquet": PARQUET_MAGIC}
 
 
 class _StreamCheck:
-    """Sizes and hashes the bytes as they arrive; refuses an HTML page or a non-gzip .gz at once."""
+    """Sizes and hashes the bytes as they arrive; refuses an HTML page, or a .gz or .parquet file
+    that does not start like one, at once."""
 
-    def __init__(self, gzipped: bool):
+    def __init__(self, url: str):
         self.sha256 = hashlib.sha256()
         self.size = 0
-        self.gzipped = gzipped
+        self.magic = next((m for ext, m in MAGIC.items() if url.endswith(ext)), b"")
 
     def feed(self, chunk: bytes, where: str) -> None:
         if self.size == 0:
@@ -64,10 +78,21 @@ class _StreamCheck:
             if start.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
                 raise SourceError(f"{where}: got an HTML/XML page, not the data file (a wrong URL or an "
                                   f"error page); it starts {chunk[:80]!r}")
-            if self.gzipped and not chunk.startswith(GZIP_MAGIC):
-                raise SourceError(f"{where}: not a gzip file; it starts {chunk[:40]!r}")
+            if not chunk.startswith(self.magic):
+                raise SourceError(f"{where}: not a {'gzip' if self.magic == GZIP_MAGIC else 'Parquet'} file; "
+                                  f"it starts {chunk[:40]!r}")
         self.sha256.update(chunk)
         self.size += len(chunk)
+
+
+def _parquet_columns(path: str, where: str) -> str:
+    """Open the Parquet file's footer (which proves it whole: a cut file has no footer) and
+    return its column names as a header line."""
+    try:
+        names = pq.ParquetFile(path).schema_arrow.names
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SourceError(f"{where}: truncated or corrupt Parquet ({e}); the download is incomplete") from None
+    return ",".join(names)
 
 
 def _read_through(path: str, gzipped: bool, where: str) -> str:
@@ -132,7 +157,7 @@ def fetch(url: str, dest: str, svc: catalog.Service, where: str,
     if scheme not in ("http", "https", "file"):
         raise SourceError(f"{where}: unsupported URL scheme {scheme!r} (use http(s):// or file://)")
     for attempt in range(1, cfg.attempts + 1):
-        check = _StreamCheck(gzipped=url.endswith(".gz"))
+        check = _StreamCheck(url)
         expected = 0
         try:
             chunks = _file_chunks(url, where) if scheme == "file" else _http_chunks(url, where, cfg)
@@ -150,7 +175,10 @@ def fetch(url: str, dest: str, svc: catalog.Service, where: str,
             delay = cfg.backoff * 2 ** (attempt - 1)
             logger.warning("%s; try %d of %d in %.1f s", e, attempt + 1, cfg.attempts, delay)
             time.sleep(delay)
-    header = _read_through(dest, check.gzipped, where)
+    if url.endswith(".parquet"):
+        header = _parquet_columns(dest, where)
+    else:
+        header = _read_through(dest, url.endswith(".gz"), where)
     catalog.resolve_header(svc, header, where)
     return {"url": url, "size": check.size, "sha256": check.sha256.hexdigest(), "header": header.rstrip("\r")}
 
@@ -178,7 +206,7 @@ class Download(DatasetTask):
     """Fetch one month (or the zone lookup) from the source into the staging area."""
 
     def output(self):
-        path = self.staging_path("raw", self.svc.source_file(self.month))
+        path = self.staging_path("raw", posixpath.basename(source_path(self.svc, self.month)))
         return {"file": luigi.LocalTarget(path), "meta": luigi.LocalTarget(path + ".json")}
 
     def run(self):

@@ -6,16 +6,18 @@ The class names are the luigi.cfg section names, hence lower case.
 
 import luigi
 
-RELEASES_URL = "https://github.com/DataTalksClub/nyc-tlc-data/releases/download"
+from pipeline import catalog
 
 
 class source(luigi.Config):
+    kind = luigi.ChoiceParameter(
+        default="releases", choices=list(catalog.SOURCES),
+        description="Which files: releases (the course's csv.gz copies, 2019-2021) or tlc (the TLC's "
+        "own Parquet files, every month)")
     base_url = luigi.Parameter(
-        default=RELEASES_URL,
-        description="Where the csv.gz files are: http(s):// or file://, laid out like the "
-        "DataTalksClub releases ({base}/{service}/{service}_tripdata_{YYYY-MM}.csv.gz, "
-        "{base}/misc/taxi_zone_lookup.csv)",
-    )
+        default="",
+        description="Where they are, http(s):// or file://, laid out like the source (empty: the "
+        f"kind's own, {catalog.RELEASES.base_url} or {catalog.TLC.base_url}); any mirror works")
     timeout = luigi.FloatParameter(default=60.0, description="Seconds to wait for the server to connect or send data")
     attempts = luigi.IntParameter(default=5, description="Tries per file on connection errors and 5xx answers")
     backoff = luigi.FloatParameter(default=2.0, description="Seconds before the 2nd try; doubles for each further try")

@@ -24,6 +24,7 @@ import psycopg2
 import pytest
 
 import servers
+import tlc_parquet
 
 DATA = Path(__file__).parent / "data" / "tlc"
 S3 = DATA / "s3_2020-09_first1024B"
@@ -93,9 +94,17 @@ def mirror(tmp_path_factory, mirror_files) -> Path:
             path.write_bytes(gzip.compress(mirror_files[sample]))
     (root / "range" / "misc").mkdir()
     (root / "range" / "misc" / "taxi_zone_lookup.csv").write_bytes(mirror_files["misc/taxi_zone_lookup.csv"])
+    # The TLC's own layout: Parquet files with each month's physical types (tests/tlc_parquet.py).
+    for rel, content in tlc_parquet.build(mirror_files).items():
+        path = root / "tlc" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
     # The broken mirror: what real downloads go wrong with.
     broken = root / "broken"
-    (broken / "green").mkdir(parents=True)
+    (broken / "trip-data").mkdir(parents=True)
+    whole = (root / "tlc" / "trip-data" / "yellow_tripdata_2021-02.parquet").read_bytes()
+    (broken / "trip-data" / "yellow_tripdata_2021-02.parquet").write_bytes(whole[: len(whole) * 6 // 10])
+    (broken / "green").mkdir()
     shutil.copy(DATA / "green_tripdata_2019-10.truncated.csv.gz", broken / "green" / "green_tripdata_2019-10.csv.gz")
     (broken / "yellow").mkdir()
     yellow = mirror_files["yellow/yellow_tripdata_2021-01.csv.gz"]
@@ -112,6 +121,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     """Serves the mirror; a first path segment picks a misbehaviour:
     /releases/...  the files as they are      /broken/...  bad files
     /range/...     consecutive months, for backfills
+    /tlc/...       the TLC's Parquet layout (trip-data/, misc/)
     /html/...      an HTML error page with 200
     /flaky/...     503 on the first request for a path, then the file
     /down/...      always 503
@@ -127,7 +137,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
         mode, _, rest = self.path.lstrip("/").partition("/")
         self.hits[self.path] = self.hits.get(self.path, 0) + 1
-        if mode in ("releases", "broken", "range"):
+        if mode in ("releases", "broken", "range", "tlc"):
             return super().do_GET()
         file = Path(self.directory) / "releases" / rest
         if mode == "html":

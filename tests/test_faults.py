@@ -50,7 +50,7 @@ def test_unpublished_month_is_a_clear_404_not_retried(workspace, run, http_serve
 ], ids=["html-page", "truncated-gzip", "changed-header", "server-down", "connection-dropped"])
 def test_bad_download_fails_naming_month_and_url_and_leaves_nothing(workspace, run, http_server, route, service, text, message):
     set_source(f"{http_server}/{route}")
-    url = f"{http_server}/{route}/{service}/{catalog.SERVICES[service].source_file(month(text))}"
+    url = f"{http_server}/{route}/{catalog.RELEASES.path(catalog.SERVICES[service], month(text))}"
     task = IngestMonth(service=service, month=month(text))
     error = run(task).failures["Download"]
     assert isinstance(error, (SourceError, catalog.SchemaMismatch))

@@ -33,7 +33,7 @@ def warehouse(workspace):
 @pytest.mark.parametrize("service,text", MONTHS, ids=lambda v: v)
 def test_ingest_month_lands_in_lake_and_warehouse_with_every_row(workspace, run, mirror_files, service, text):
     svc = catalog.SERVICES[service]
-    expected = data_rows(mirror_files[f"{service}/{svc.source_file(month(text))}"])
+    expected = data_rows(mirror_files[catalog.RELEASES.path(svc, month(text))])
 
     result = run(IngestMonth(service=service, month=month(text)))
 
@@ -96,7 +96,7 @@ def test_months_of_a_service_open_as_one_dataset(workspace, run, mirror_files, s
     file_schemas = {pq.read_schema(f).remove_metadata() for f in dataset.files}
     assert file_schemas == {svc.schema}
     table = dataset.to_table()  # would raise on a type conflict between months
-    expected = sum(data_rows(mirror_files[f"{service}/{svc.source_file(month(t))}"]) for t in texts)
+    expected = sum(data_rows(mirror_files[catalog.RELEASES.path(svc, month(t))]) for t in texts)
     assert table.num_rows == expected
     with warehouse(workspace) as con:
         assert con.execute(f"SELECT count(DISTINCT month), count(*) FROM {svc.table}").fetchone() == (len(texts), expected)
