@@ -41,6 +41,35 @@ def build_month(rows: int) -> Path:
     return path
 
 
+def build_tlc_month(rows: int, row_group_rows: int = 1 << 20) -> Path:
+    """A yellow month of ``rows`` rows as the TLC publishes it: Parquet, with the physical types
+    of 2019-2022 (passenger_count and RatecodeID DOUBLE, ids INT64, airport_fee DOUBLE), in
+    pyarrow's default row groups of 1Mi rows. The rows are the real 2021-01 sample, repeated."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    path = CACHE / f"yellow_tripdata_{rows}.parquet"
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    f64, i64 = pa.float64(), pa.int64()
+    sample = pacsv.read_csv(SAMPLE, convert_options=pacsv.ConvertOptions(column_types={
+        "VendorID": i64, "passenger_count": f64, "RatecodeID": f64, "PULocationID": i64, "DOLocationID": i64,
+        "payment_type": i64, "tpep_pickup_datetime": pa.timestamp("us"), "tpep_dropoff_datetime": pa.timestamp("us")}))
+    sample = sample.append_column("airport_fee", pa.array([0.0] * sample.num_rows, f64))
+    group = pa.concat_tables([sample] * (row_group_rows // sample.num_rows + 1)).slice(0, row_group_rows)
+    tmp = path.with_suffix(".tmp")
+    with pq.ParquetWriter(tmp, group.schema) as writer:
+        left = rows
+        while left > 0:
+            part = group.slice(0, min(left, row_group_rows))
+            writer.write_table(part, row_group_size=row_group_rows)
+            left -= part.num_rows
+    tmp.rename(path)
+    return path
+
+
 def measure(approach: Callable[[], tuple[int, dict]]) -> None:
     """In a child process: run the approach, print rows, seconds, peak RSS and step times as JSON."""
     started = time.perf_counter()

@@ -15,6 +15,12 @@ hashes it: work the references do not do).
 
     python bench/parquet_step.py                 # 1,369,765 rows, like yellow 2021-01
     python bench/parquet_step.py --rows 7667792  # like yellow 2019-01
+
+With --source tlc the month is a Parquet file as the TLC publishes it (DOUBLE passenger_count and
+so on, 1Mi-row row groups), and the references are pyarrow.parquet.read_table + cast to the
+catalog schema + write_table, and DuckDB's COPY of read_parquet:
+
+    python bench/parquet_step.py --source tlc --rows 7667792
 """
 
 from __future__ import annotations
@@ -25,23 +31,27 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CACHE, DEFAULT_ROWS, MONTH, build_month, measure, report, run_child
+from common import CACHE, DEFAULT_ROWS, MONTH, build_month, build_tlc_month, measure, report, run_child
 
 
 def run_pipeline(src: Path, work: Path) -> tuple[int, dict]:
     import luigi
     import luigi.configuration
 
+    from pipeline import catalog
     from pipeline.convert import ToParquet, parquet_rows
     from pipeline.download import Download
 
-    mirror = work / "mirror" / "yellow"
-    mirror.mkdir(parents=True)
-    (mirror / f"yellow_tripdata_{MONTH}.csv.gz").symlink_to(src)
+    kind = "tlc" if src.suffix == ".parquet" else "releases"
+    month = luigi.date_interval.Month.parse(MONTH).date_a
+    published = work / "mirror" / catalog.SOURCES[kind].path(catalog.YELLOW, month)
+    published.parent.mkdir(parents=True)
+    published.symlink_to(src)
     config = luigi.configuration.get_config()
+    config.set("source", "kind", kind)
     config.set("source", "base_url", (work / "mirror").as_uri())
     config.set("ingest", "staging", str(work / "staging"))
-    params = {"service": "yellow", "month": luigi.date_interval.Month.parse(MONTH).date_a}
+    params = {"service": "yellow", "month": month}
     steps = {}
     for step in (Download, ToParquet):  # one at a time, to time each step
         started = time.perf_counter()
@@ -55,7 +65,13 @@ def run_reference(src: Path, work: Path) -> tuple[int, dict]:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    table = pacsv.read_csv(src)
+    from pipeline import catalog
+
+    if src.suffix == ".parquet":  # read it all, make it the catalog's schema, write it
+        table = pq.read_table(src)
+        table = table.select(catalog.YELLOW.schema.names[:-1]).cast(catalog.YELLOW.schema.remove(len(catalog.YELLOW.schema) - 1))
+    else:
+        table = pacsv.read_csv(src)
     pq.write_table(table, work / "reference.parquet")
     return table.num_rows, {}
 
@@ -65,7 +81,8 @@ def run_duckdb(src: Path, work: Path) -> tuple[int, dict]:
 
     con = duckdb.connect()
     out = work / "duckdb.parquet"
-    con.execute(f"COPY (SELECT * FROM read_csv('{src}')) TO '{out}' (FORMAT parquet)")
+    reader = "read_parquet" if src.suffix == ".parquet" else "read_csv"
+    con.execute(f"COPY (SELECT * FROM {reader}('{src}')) TO '{out}' (FORMAT parquet)")
     return con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0], {}
 
 
@@ -75,6 +92,8 @@ APPROACHES = {"pipeline": run_pipeline, "reference": run_reference, "duckdb": ru
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS)
+    parser.add_argument("--source", choices=["releases", "tlc"], default="releases",
+                        help="the month as the releases' csv.gz (default) or as the TLC's Parquet")
     parser.add_argument("--only", choices=list(APPROACHES), action="append", help="run only these (repeatable)")
     parser.add_argument("--child", choices=list(APPROACHES), help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
@@ -83,8 +102,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=CACHE) as work:
             return measure(lambda: APPROACHES[args.child](args.src, Path(work)))
 
-    src = build_month(args.rows)
-    print(f"month: {src.name}, {args.rows:,} rows, {src.stat().st_size / 1e6:.1f} MB gzip")
+    src = build_tlc_month(args.rows) if args.source == "tlc" else build_month(args.rows)
+    print(f"month: {src.name}, {args.rows:,} rows, {src.stat().st_size / 1e6:.1f} MB")
     results = {name: run_child(__file__, name, ["--src", str(src)]) for name in args.only or list(APPROACHES)}
     report(results, args.rows)
 

@@ -33,6 +33,7 @@ logger = logging.getLogger("pipeline.convert")
 BLOCK_SIZE = 1 << 20  # bytes of CSV text per parsed batch
 ROW_GROUP_ROWS = 256 * 1024
 READ_AHEAD = 4  # parsed batches queued between the reading thread and the writer
+PARQUET_BATCH_ROWS = 64 * 1024  # rows per batch read from a source Parquet file
 
 
 class ConversionError(ValueError):
@@ -136,25 +137,27 @@ def convert_parquet(src: str, header: str, dst: str, svc: catalog.Service, where
     time, whatever physical types and name spellings this month's file has; return the row count."""
     columns = catalog.resolve_header(svc, header, where)
     schema = _schema(svc, metadata)
-    source = pq.ParquetFile(src)
+    # buffer_size: column chunks are read through a buffer, not whole, so a month written as
+    # one huge row group still streams.
+    source = pq.ParquetFile(src, buffer_size=BLOCK_SIZE)
     total, rows = source.metadata.num_rows, 0
+    pending: list[pa.RecordBatch] = []
     with _writer(dst, schema) as writer:
+        # One source row group at a time (one iter_batches over the whole file holds on to more
+        # memory the more groups it has read), in small batches (the reader's memory grows with
+        # the batch size), gathered into row groups of a useful size for scans.
         for group in range(source.num_row_groups):
-            batches = [_conform(batch, columns, schema, where, rows + offset)
-                       for batch, offset in _with_offsets(source.iter_batches(batch_size=ROW_GROUP_ROWS, row_groups=[group]))]
-            if batches:
-                writer.write_table(pa.Table.from_batches(batches), row_group_size=2 * ROW_GROUP_ROWS)
-                rows += sum(b.num_rows for b in batches)
-            progress(rows, rows, total)
+            for batch in source.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
+                pending.append(_conform(batch, columns, schema, where, rows))
+                rows += batch.num_rows
+                if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
+                    writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * ROW_GROUP_ROWS)
+                    pending.clear()
+                    progress(rows, rows, total)
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * ROW_GROUP_ROWS)
         writer.add_key_value_metadata({"tlc.rows": str(rows)})
     return rows
-
-
-def _with_offsets(batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, int]]:
-    offset = 0
-    for batch in batches:
-        yield batch, offset
-        offset += batch.num_rows
 
 
 def convert(src: str, header: str, dst: str, svc: catalog.Service, where: str, metadata: dict,

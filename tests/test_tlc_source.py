@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -13,7 +14,7 @@ import tlc_parquet
 from conftest import configured, data_rows
 from pipeline import IngestMonth, IngestZones
 from pipeline.catalog import SERVICES, SchemaMismatch
-from pipeline.convert import ConversionError
+from pipeline.convert import ConversionError, convert_parquet
 from pipeline.lake import lake_path
 
 
@@ -111,7 +112,8 @@ def test_the_legacy_2009_2010_yellow_layout_is_refused_clearly(tlc, run):
 
     error = result.failures["Download"]
     assert isinstance(error, SchemaMismatch)
-    assert str(error).startswith("yellow 2010-01 (") and "the legacy yellow layout of 2009-2010" in str(error) and "supported from 2011-01" in str(error)
+    assert str(error).startswith("yellow 2010-01 (")
+    assert "the legacy yellow layout of 2009-2010" in str(error) and "supported from 2011-01" in str(error)
 
 
 def test_a_truncated_parquet_file_is_not_taken(tlc, http_server, run):
@@ -122,3 +124,19 @@ def test_a_truncated_parquet_file_is_not_taken(tlc, http_server, run):
     message = str(cut.failures["Download"])
     assert message.startswith("yellow 2021-02 (") and "yellow_tripdata_2021-02.parquet): truncated or corrupt Parquet" in message
     assert not IngestMonth(service="yellow", month=month("2021-02")).complete()
+
+
+@pytest.mark.parametrize("column,values,type_,says", [
+    ("tpep_pickup_datetime", [1_609_459_200_000_000_500], pa.timestamp("ns"), "timestamp[ns] into timestamp[us]"),
+    ("VendorID", [2**63 + 5], pa.uint64(), "uint64 into int64"),
+])
+def test_a_cast_that_would_lose_information_is_refused(tmp_path, column, values, type_, says):
+    src, dst = tmp_path / "month.parquet", tmp_path / "out.parquet"
+    pq.write_table(pa.table({column: pa.array(values, type_),
+                             **({"tpep_pickup_datetime": pa.array([0], pa.timestamp("us"))} if column == "VendorID" else {})}), src)
+    header = ",".join(pq.read_schema(src).names)
+
+    with pytest.raises(ConversionError) as error:
+        convert_parquet(str(src), header, str(dst), SERVICES["yellow"], "yellow 2021-01 (month.parquet)", {})
+
+    assert str(error.value).startswith(f"yellow 2021-01 (month.parquet): column {column}, data rows 1-1: cannot make {says}")
