@@ -75,7 +75,8 @@ def test_two_workers_share_one_range_and_ingest_every_month_once(pg, workspace, 
 
 def test_cron_exit_codes_done_failed_and_already_running(workspace, http_server, luigid):
     cron = {"LUIGI_CONFIG_PATH": str(ROOT / "config" / "cron.cfg")}
-    lock = ["--lock-pid-dir", str(workspace / "locks")]
+    # The profile reads the TLC's Parquet files; the test mirrors here have the releases' layout.
+    lock = ["--lock-pid-dir", str(workspace / "locks"), "--source-kind", "releases"]
     recent = ["IngestRecent", "--services", "green", "--until", "2020-06", "--months", "3"]
 
     fine = cli(*recent, *central(workspace, f"{http_server}/range", luigid), *lock, env=cron)
@@ -87,7 +88,8 @@ def test_cron_exit_codes_done_failed_and_already_running(workspace, http_server,
 
     # A run still going (its download stalls) and the same command started again.
     slow_lock = workspace / "slow-locks"
-    slow_flags = [*central(workspace, f"{http_server}/slow", luigid), "--lock-pid-dir", str(slow_lock)]
+    slow_flags = [*central(workspace, f"{http_server}/slow", luigid), "--lock-pid-dir", str(slow_lock),
+                  "--source-kind", "releases"]
     slow_cmd = ["IngestMonth", "--service", "yellow", "--month", "2021-01", *slow_flags]
     first = cli_popen(*slow_cmd, env=cron)
     try:
