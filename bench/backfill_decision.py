@@ -51,7 +51,6 @@ def months():
 def set_up(work: Path) -> None:
     import gzip
 
-    import adbc_driver_postgresql.dbapi  # noqa: F401  (fail early if missing)
     import duckdb
     import luigi
 

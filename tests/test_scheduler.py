@@ -69,7 +69,7 @@ def test_two_workers_share_one_range_and_ingest_every_month_once(pg, workspace, 
             assert output.count(f"{service} {m}: loading ") == 1
     with duckdb.connect(str(workspace / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM _ingested").fetchone()[0] == 8
-    assert all(f"running   IngestMonth" in log.read_text() or "running   LakeFile" in log.read_text() for log in logs), \
+    assert all("running   IngestMonth" in log.read_text() or "running   LakeFile" in log.read_text() for log in logs), \
         "both workers should have taken part"
 
 
