@@ -57,10 +57,28 @@ class DatasetTask(luigi.Task):
         self.set_status_message(f"{self.label}: {what}")
 
 
+# A temporary file nobody has written to for this long was left by a killed run.
+STALE_SECONDS = 600
+
+
+def sweep_stale(path: str) -> None:
+    """Remove what killed runs left beside ``path`` (luigi's `{path}-luigi-tmp-*` files): a
+    failed run removes its own, but a SIGKILL or a power cut cannot. A file written in the last
+    STALE_SECONDS may be another run's work in progress, so it is left alone."""
+    now = time.time()
+    for stale in Path(path).parent.glob(Path(path).name + "-luigi-tmp-*"):
+        with contextlib.suppress(FileNotFoundError):
+            if now - stale.stat().st_mtime > STALE_SECONDS:
+                stale.unlink()
+                logger.info("removed %s, left by a run that was killed", stale)
+
+
 @contextlib.contextmanager
 def atomic_path(target: luigi.LocalTarget) -> Iterator[str]:
     """Luigi's temporary_path (write beside, rename when done), plus removal of the partial file
-    when the step fails, so a failed run leaves neither a complete-looking output nor litter."""
+    when the step fails, so a failed run leaves neither a complete-looking output nor litter
+    (and what a killed run left is swept first)."""
+    sweep_stale(target.path)
     with target.temporary_path() as tmp:
         try:
             yield tmp

@@ -2,6 +2,7 @@
 and where, no output is left that looks complete, and a re-run against good input finishes."""
 
 import datetime
+import os
 import re
 import signal
 import time
@@ -93,12 +94,19 @@ def test_killed_mid_download_leaves_nothing_complete_and_rerun_finishes(workspac
         proc.kill()
     assert not Download(service="yellow", month=month("2021-01")).complete()
     assert not (raw_dir / "yellow_tripdata_2021-01.csv.gz").exists()
+    (left,) = raw_dir.glob("*-luigi-tmp-*")  # the killed run's partial file
+    an_hour_ago = time.time() - 3600
+    os.utime(left, (an_hour_ago, an_hour_ago))
+    in_progress = raw_dir / "yellow_tripdata_2021-01.csv.gz-luigi-tmp-0000000001"  # another run's, being written
+    in_progress.write_bytes(b"partial")
 
     done = cli("IngestMonth", "--service", "yellow", "--month", "2021-01",
                *workspace_flags(workspace, f"{http_server}/releases"))
     assert done.returncode == 0, done.stderr
     assert Download(service="yellow", month=month("2021-01")).complete()
     assert IngestMonth(service="yellow", month=month("2021-01")).complete()
+    assert not left.exists() and in_progress.exists()  # the stale one swept, the live one left alone
+    assert f"removed {left}, left by a run that was killed" in done.stderr
 
 
 def test_cli_failed_run_exits_non_zero_with_the_message(workspace, http_server):
