@@ -124,12 +124,6 @@ class GCSFileSystem(luigi.target.FileSystem):
             for blob in client().list_blobs(bucket, prefix=name):
                 yield f"{SCHEME}{bucket}/{blob.name}"
 
-    def isdir(self, path: str) -> bool:
-        return any(True for _ in self.listdir(path))
-
-    def mkdir(self, path, parents=True, raise_if_exists=False):
-        pass  # GCS has no directories: a prefix exists once an object is under it
-
     def remove(self, path: str, recursive: bool = True, skip_trash: bool = True) -> None:
         urls = list(self.listdir(path)) if recursive and not self.exists(path) else [path]
         for url in urls:
