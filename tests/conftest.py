@@ -66,6 +66,7 @@ def _mirror_files() -> dict[str, bytes]:
 
 
 RANGE_MONTHS = ("2020-01", "2020-02", "2020-03", "2020-04")
+COURSE_MONTHS = tuple(f"{y}-{m:02d}" for y in (2019, 2020, 2021) for m in range(1, 13) if f"{y}-{m:02d}" <= "2021-07")
 
 
 def data_rows(csv_bytes: bytes) -> int:
@@ -94,6 +95,15 @@ def mirror(tmp_path_factory, mirror_files) -> Path:
             path.write_bytes(gzip.compress(mirror_files[sample]))
     (root / "range" / "misc").mkdir()
     (root / "range" / "misc" / "taxi_zone_lookup.csv").write_bytes(mirror_files["misc/taxi_zone_lookup.csv"])
+    # Every month the course's releases hold for yellow and green (2019-01 to 2021-07), each a
+    # small real sample, for the whole backfill of the course in one command.
+    for service, sample in (("yellow", "yellow/yellow_tripdata_2019-03.csv.gz"), ("green", "green/green_tripdata_2019-01.csv.gz")):
+        for m in COURSE_MONTHS:
+            path = root / "course" / service / f"{service}_tripdata_{m}.csv.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(gzip.compress(mirror_files[sample]))
+    (root / "course" / "misc").mkdir()
+    (root / "course" / "misc" / "taxi_zone_lookup.csv").write_bytes(mirror_files["misc/taxi_zone_lookup.csv"])
     # The TLC's own layout: Parquet files with each month's physical types (tests/tlc_parquet.py).
     for rel, content in tlc_parquet.build(mirror_files).items():
         path = root / "tlc" / rel
@@ -121,6 +131,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     """Serves the mirror; a first path segment picks a misbehaviour:
     /releases/...  the files as they are      /broken/...  bad files
     /range/...     consecutive months, for backfills
+    /course/...    every month of yellow and green the releases hold (small samples)
     /tlc/...       the TLC's Parquet layout (trip-data/, misc/)
     /html/...      an HTML error page with 200
     /flaky/...     503 on the first request for a path, then the file
@@ -137,7 +148,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
         mode, _, rest = self.path.lstrip("/").partition("/")
         self.hits[self.path] = self.hits.get(self.path, 0) + 1
-        if mode in ("releases", "broken", "range", "tlc"):
+        if mode in ("releases", "broken", "range", "course", "tlc"):
             return super().do_GET()
         file = Path(self.directory) / "releases" / rest
         if mode == "html":

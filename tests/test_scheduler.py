@@ -11,7 +11,7 @@ import urllib.request
 
 import duckdb
 
-from conftest import RANGE_MONTHS, ROOT, cli, cli_popen, data_rows, workspace_flags
+from conftest import COURSE_MONTHS, RANGE_MONTHS, ROOT, cli, cli_popen, data_rows, workspace_flags
 
 
 def api(luigid: dict, method: str, **data) -> dict:
@@ -47,6 +47,25 @@ def test_a_month_against_luigid_every_step_done_in_its_graph_and_history(pg, wor
             "SELECT DISTINCT t.name FROM tasks t JOIN task_events e ON e.task_id = t.id "
             "WHERE e.event_name = 'DONE'")}
     assert {"Download", "ToParquet", "LakeFile", "ExposeDuckDB", "LoadPostgres", "IngestMonth"} <= recorded
+
+
+def test_the_course_backfill_in_one_command_against_luigid_and_again_with_nothing_to_do(workspace, http_server, luigid):
+    command = ["IngestRange", "--services", "yellow,green,zones", "--first", "2019-01", "--last", "2021-07",
+               *central(workspace, f"{http_server}/course", luigid), "--workers", "2"]
+
+    first = cli(*command)
+
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert len(COURSE_MONTHS) == 31
+    with duckdb.connect(str(workspace / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM _ingested").fetchone()[0] == 2 * 31 + 1
+        assert con.execute("SELECT count(DISTINCT month) FROM yellow_tripdata").fetchone()[0] == 31
+    done = api(luigid, "task_list", status="DONE")
+    assert sum(task["name"] == "IngestMonth" for task in done.values()) == 62
+
+    again = cli(*command)
+
+    assert again.returncode == 0 and "Did not run any tasks" in again.stderr, again.stderr[-3000:]
 
 
 def test_two_workers_share_one_range_and_ingest_every_month_once(pg, workspace, http_server, luigid, mirror_files):
