@@ -110,18 +110,27 @@ def differences(have: bq.Table, want: bq.Table) -> list[str]:
         problems.append(f"its format is {h.source_format}, not {w.source_format}")
     if list(h.source_uris or []) != list(w.source_uris):
         problems.append(f"it reads {list(h.source_uris or [])}, not {list(w.source_uris)}")
-    hive = lambda c: (c.hive_partitioning.mode, c.hive_partitioning.source_uri_prefix) if c.hive_partitioning else None  # noqa: E731
-    if hive(h) != hive(w):
-        problems.append(f"its hive partitioning is {hive(h)}, not {hive(w)}")
+    if _hive(h) != _hive(w):
+        problems.append(f"its hive partitioning is {_hive(h)}, not {_hive(w)}")
     # BigQuery lists the hive partition key among the columns; it is checked above.
-    fields = lambda t: [(f.name, _SAME_TYPE.get(f.field_type, f.field_type)) for f in t.schema  # noqa: E731
-                        if not (w.hive_partitioning and f.name == PARTITION_KEY)]
-    if fields(have) != fields(want):
-        extra = sorted(set(fields(have)) - set(fields(want)))
-        missing = sorted(set(fields(want)) - set(fields(have)))
+    have_fields, want_fields = _fields(have, skip=w.hive_partitioning is not None), _fields(want, skip=False)
+    if have_fields != want_fields:
+        extra = sorted(set(have_fields) - set(want_fields))
+        missing = sorted(set(want_fields) - set(have_fields))
         problems.append(f"its columns differ from the catalog's (missing or other type: {missing}; "
                         f"not in the catalog: {extra})" if extra or missing else "its columns are in another order")
     return problems
+
+
+def _hive(config: bq.ExternalConfig) -> Optional[tuple[str, str]]:
+    options = config.hive_partitioning
+    return (options.mode, options.source_uri_prefix) if options else None
+
+
+def _fields(table: bq.Table, skip: bool) -> list[tuple[str, str]]:
+    """(name, type) of the columns, types in the API's legacy names, without the hive key if ``skip``."""
+    return [(f.name, _SAME_TYPE.get(f.field_type, f.field_type)) for f in table.schema
+            if not (skip and f.name == PARTITION_KEY)]
 
 
 def ensure_dataset(client_: bq.Client) -> None:
