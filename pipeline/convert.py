@@ -109,10 +109,6 @@ def _cast(values: pa.ChunkedArray | pa.Array, target: pa.DataType, name: str, wh
                               f"cannot make {values.type} into {target} without losing information ({e})") from None
 
 
-def _writer(dst: str, schema: pa.Schema) -> pq.ParquetWriter:
-    return pq.ParquetWriter(dst, schema, compression="zstd")
-
-
 def _schema(svc: catalog.Service, metadata: dict) -> pa.Schema:
     return svc.schema.with_metadata({f"tlc.{k}": str(v) for k, v in metadata.items()})
 
@@ -131,33 +127,57 @@ def _conform(batch: pa.RecordBatch, columns: list[catalog.Column], schema: pa.Sc
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+def _write_row_groups(dst: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch], columns: list[catalog.Column],
+                      where: str, progress: Callable[[int], None]) -> int:
+    """Conform the source batches (in file order, named ``columns``) to ``schema`` and write them
+    to ``dst`` in row groups of at least ROW_GROUP_ROWS, calling ``progress(rows)`` after each;
+    return the row count, which also goes into the footer as `tlc.rows`."""
+    rows = 0
+    pending: list[pa.RecordBatch] = []
+    with pq.ParquetWriter(dst, schema, compression="zstd") as writer:
+        for batch in batches:
+            pending.append(_conform(batch, columns, schema, where, rows))
+            rows += batch.num_rows
+            if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
+                writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * ROW_GROUP_ROWS)
+                pending.clear()
+                progress(rows)
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * ROW_GROUP_ROWS)
+        writer.add_key_value_metadata({"tlc.rows": str(rows)})
+    return rows
+
+
+def _parquet_batches(source: pq.ParquetFile) -> Iterator[pa.RecordBatch]:
+    """One source row group at a time (one iter_batches over the whole file holds on to more
+    memory the more groups it has read), in small batches (the reader's memory grows with the
+    batch size)."""
+    for group in range(source.num_row_groups):
+        yield from source.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group])
+
+
 def convert_parquet(src: str, header: str, dst: str, svc: catalog.Service, where: str, metadata: dict,
                     progress: Callable[[int, int, int], None] = lambda rows, done, total: None) -> int:
     """Write a source Parquet file (the TLC's) to ``dst`` in ``svc``'s schema, one row group at a
     time, whatever physical types and name spellings this month's file has; return the row count."""
     columns = catalog.resolve_header(svc, header, where)
-    schema = _schema(svc, metadata)
     # buffer_size: column chunks are read through a buffer, not whole, so a month written as
     # one huge row group still streams.
     source = pq.ParquetFile(src, buffer_size=BLOCK_SIZE)
-    total, rows = source.metadata.num_rows, 0
-    pending: list[pa.RecordBatch] = []
-    with _writer(dst, schema) as writer:
-        # One source row group at a time (one iter_batches over the whole file holds on to more
-        # memory the more groups it has read), in small batches (the reader's memory grows with
-        # the batch size), gathered into row groups of a useful size for scans.
-        for group in range(source.num_row_groups):
-            for batch in source.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
-                pending.append(_conform(batch, columns, schema, where, rows))
-                rows += batch.num_rows
-                if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
-                    writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * ROW_GROUP_ROWS)
-                    pending.clear()
-                    progress(rows, rows, total)
-        if pending:
-            writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * ROW_GROUP_ROWS)
-        writer.add_key_value_metadata({"tlc.rows": str(rows)})
-    return rows
+    total = source.metadata.num_rows
+    return _write_row_groups(dst, _schema(svc, metadata), _parquet_batches(source), columns, where,
+                             lambda rows: progress(rows, rows, total))
+
+
+def _csv_batches(reader: pacsv.CSVStreamingReader, where: str) -> Iterator[pa.RecordBatch]:
+    """The parsed batches, with a parse error turned into one that says where it happened."""
+    rows = 0
+    try:
+        for batch in _read_ahead(reader):
+            yield batch
+            rows += batch.num_rows
+    except pa.ArrowInvalid as e:
+        raise ConversionError(f"{where}: after data row {rows}: {e}") from None
 
 
 def convert(src: str, header: str, dst: str, svc: catalog.Service, where: str, metadata: dict,
@@ -166,7 +186,6 @@ def convert(src: str, header: str, dst: str, svc: catalog.Service, where: str, m
 
     ``header`` is the file's header line, as the Download step read and recorded it."""
     columns = catalog.resolve_header(svc, header, where)
-    schema = _schema(svc, metadata)
     raw = pa.OSFile(src)
     total = os.fstat(raw.fileno()).st_size
     stream = pa.CompressedInputStream(raw, "gzip") if src.endswith(".gz") else raw
@@ -179,24 +198,9 @@ def convert(src: str, header: str, dst: str, svc: catalog.Service, where: str, m
             # Only an empty field is null: "NA" and "N/A" are real zone names.
             null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False),
     )
-    rows = 0
-    pending: list[pa.RecordBatch] = []
-
-    with stream, _writer(dst, schema) as writer:
-        try:
-            for batch in _read_ahead(reader):
-                pending.append(_conform(batch, columns, schema, where, rows))
-                rows += batch.num_rows
-                if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
-                    writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * ROW_GROUP_ROWS)
-                    pending.clear()
-                    progress(rows, raw.tell(), total)
-        except pa.ArrowInvalid as e:
-            raise ConversionError(f"{where}: after data row {rows}: {e}") from None
-        if pending:
-            writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * ROW_GROUP_ROWS)
-        writer.add_key_value_metadata({"tlc.rows": str(rows)})
-    return rows
+    with stream:
+        return _write_row_groups(dst, _schema(svc, metadata), _csv_batches(reader, where), columns, where,
+                                 lambda rows: progress(rows, raw.tell(), total))
 
 
 def parquet_rows(path: str) -> int:
