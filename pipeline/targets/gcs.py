@@ -25,17 +25,20 @@ import io
 import logging
 import os
 import posixpath
-from typing import Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional
 
 import google_crc32c
 import luigi
 import luigi.target
 from google.api_core import exceptions as gexc
-from google.api_core.retry import Retry
-from google.cloud import storage
-from google.cloud.storage.retry import DEFAULT_RETRY
 
 from pipeline import settings
+
+# google-cloud-storage is imported where it is used: every process imports this module (the lake
+# may be on GCS), but only a gs:// lake needs the client. Calls keep the client's default retry
+# (transient errors, exponential backoff); the upload retries until `[gcs] retry_deadline`.
+if TYPE_CHECKING:
+    from google.cloud import storage
 
 logger = logging.getLogger("pipeline.gcs")
 
@@ -58,6 +61,8 @@ def split(url: str) -> tuple[str, str]:
 
 @functools.lru_cache(maxsize=None)
 def _client(project: str, emulator: Optional[str]) -> storage.Client:
+    from google.cloud import storage
+
     return storage.Client(project=project or None)  # reads STORAGE_EMULATOR_HOST itself
 
 
@@ -101,7 +106,7 @@ class GCSFileSystem(luigi.target.FileSystem):
 
     def exists(self, path: str) -> bool:
         with _named(path, "checking"):
-            return self._blob(path).exists(retry=DEFAULT_RETRY)
+            return self._blob(path).exists()
 
     def existing(self, paths: Iterable[str]) -> set[str]:
         """Which of ``paths`` exist, from one listing of their common prefix (not one request
@@ -128,7 +133,7 @@ class GCSFileSystem(luigi.target.FileSystem):
         urls = list(self.listdir(path)) if recursive and not self.exists(path) else [path]
         for url in urls:
             with _named(url, "removing"):
-                self._blob(url).delete(retry=DEFAULT_RETRY)
+                self._blob(url).delete()
 
     def upload(self, local_path: str, url: str, metadata: dict[str, str]) -> storage.Blob:
         """Upload a file so that the object appears only whole, then check its crc32c."""
@@ -138,12 +143,14 @@ class GCSFileSystem(luigi.target.FileSystem):
         blob = self._blob(url)
         blob.chunk_size = cfg.chunk_size_kib * 1024  # resumable, chunk by chunk
         blob.metadata = metadata
-        retry: Retry = DEFAULT_RETRY.with_deadline(cfg.retry_deadline)
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        retry = DEFAULT_RETRY.with_deadline(cfg.retry_deadline)
         local_crc = crc32c_of(local_path)
         with _named(url, "uploading to"):
             blob.upload_from_filename(local_path, content_type="application/vnd.apache.parquet",
                                       timeout=cfg.timeout, retry=retry, checksum="crc32c")
-            blob.reload(retry=DEFAULT_RETRY)
+            blob.reload()
         if blob.crc32c != local_crc:
             raise GCSError(f"uploading to {url}: the object's crc32c {blob.crc32c} is not the local file's "
                            f"{local_crc} ({local_path}); the upload was corrupted")
@@ -153,13 +160,12 @@ class GCSFileSystem(luigi.target.FileSystem):
         """The object with its size, checksums and metadata."""
         blob = self._blob(url)
         with _named(url, "reading the metadata of"):
-            blob.reload(retry=DEFAULT_RETRY)
+            blob.reload()
         return blob
 
     def download(self, url: str, local_path: str) -> None:
         with _named(url, "downloading"):
-            self._blob(url).download_to_filename(local_path, checksum="crc32c", retry=DEFAULT_RETRY,
-                                                 timeout=settings.gcs().timeout)
+            self._blob(url).download_to_filename(local_path, checksum="crc32c", timeout=settings.gcs().timeout)
 
 
 class GCSTarget(luigi.target.FileSystemTarget):

@@ -26,15 +26,20 @@ import os
 import re
 from typing import Iterator, Optional
 
+from typing import TYPE_CHECKING
+
 import luigi
 from google.api_core import exceptions as gexc
-from google.api_core.client_options import ClientOptions
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import bigquery as bq
 
 from pipeline import catalog, settings
 from pipeline.dataset_task import DatasetTask
 from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_glob, lake_root
+
+# google-cloud-bigquery is imported in the functions that use it, not here: it adds half a
+# second and some 70 MB to every process that imports the pipeline, and only the bigquery sink
+# needs it.
+if TYPE_CHECKING:
+    from google.cloud import bigquery as bq
 
 logger = logging.getLogger("pipeline.bigquery")
 
@@ -51,11 +56,16 @@ class BigQueryError(RuntimeError):
 
 
 def client() -> bq.Client:
+    from google.cloud import bigquery as bq
+
     cfg = settings.bigquery()
     if cfg.project and not _PROJECT.match(cfg.project):
         raise BigQueryError(f"[bigquery] project {cfg.project!r} is not a valid project id")
     emulator = os.environ.get("BIGQUERY_EMULATOR_HOST")
     if emulator:  # an emulator takes no credentials
+        from google.api_core.client_options import ClientOptions
+        from google.auth.credentials import AnonymousCredentials
+
         return bq.Client(project=cfg.project or None, credentials=AnonymousCredentials(),
                          client_options=ClientOptions(api_endpoint=emulator))
     return bq.Client(project=cfg.project or None)
@@ -84,6 +94,8 @@ def external_table_id(client_: bq.Client, svc: catalog.Service) -> str:
 
 def wanted_external_table(client_: bq.Client, svc: catalog.Service) -> bq.Table:
     """The external table over every month of the service in the lake."""
+    from google.cloud import bigquery as bq
+
     table = bq.Table(external_table_id(client_, svc),
                      schema=[bq.SchemaField(c.name, BQ_TYPES[c.type]) for c in svc.columns])
     config = bq.ExternalConfig("PARQUET")
@@ -134,6 +146,8 @@ def _fields(table: bq.Table, skip: bool) -> list[tuple[str, str]]:
 
 
 def ensure_dataset(client_: bq.Client) -> None:
+    from google.cloud import bigquery as bq
+
     cfg, name = settings.bigquery(), dataset_id(client_)
     with _named(f"dataset {name}"):
         try:
@@ -170,25 +184,30 @@ def marker_table_id(client_: bq.Client) -> str:
     return f"{dataset_id(client_)}.{MARKER_TABLE}"
 
 
-MARKER_SCHEMA = [bq.SchemaField("service", "STRING", mode="REQUIRED"), bq.SchemaField("month", "STRING", mode="REQUIRED"),
-                 bq.SchemaField("rows", "INTEGER"), bq.SchemaField("source_sha256", "STRING"),
-                 bq.SchemaField("exposed_at", "TIMESTAMP")]
+def marker_schema() -> list[bq.SchemaField]:
+    from google.cloud import bigquery as bq
+
+    return [bq.SchemaField("service", "STRING", mode="REQUIRED"), bq.SchemaField("month", "STRING", mode="REQUIRED"),
+            bq.SchemaField("rows", "INTEGER"), bq.SchemaField("source_sha256", "STRING"),
+            bq.SchemaField("exposed_at", "TIMESTAMP")]
 
 
 def exposed(client_: bq.Client) -> set[tuple[str, str]]:
     """Every (service, month) the marker table records: one tabledata.list, no query job."""
     with _named(f"marker table {marker_table_id(client_)}"):
         try:
-            rows = client_.list_rows(marker_table_id(client_), selected_fields=MARKER_SCHEMA[:2])
+            rows = client_.list_rows(marker_table_id(client_), selected_fields=marker_schema()[:2])
             return {(row["service"], row["month"]) for row in rows}
         except gexc.NotFound:  # no dataset or no marker table yet: nothing exposed
             return set()
 
 
 def record(client_: bq.Client, service: str, month: str, rows: int, sha256: str) -> None:
+    from google.cloud import bigquery as bq
+
     table = marker_table_id(client_)
     with _named(f"marker table {table}"):
-        client_.create_table(bq.Table(table, schema=MARKER_SCHEMA), exists_ok=True)
+        client_.create_table(bq.Table(table, schema=marker_schema()), exists_ok=True)
         params = [bq.ScalarQueryParameter("service", "STRING", service), bq.ScalarQueryParameter("month", "STRING", month),
                   bq.ScalarQueryParameter("rows", "INT64", rows), bq.ScalarQueryParameter("sha256", "STRING", sha256)]
         client_.query(
@@ -212,6 +231,8 @@ class BigQueryMarker(luigi.Target):
 
     def remove(self) -> None:
         """Forget the month; the external table shows whatever the lake holds."""
+        from google.cloud import bigquery as bq
+
         client_ = client()
         if (self.service, self.month) not in exposed(client_):
             return

@@ -28,10 +28,9 @@ import logging
 import os
 import re
 import time
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import adbc_driver_manager
-import adbc_driver_postgresql.dbapi as adbc
 import luigi
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,6 +38,11 @@ import pyarrow.parquet as pq
 from pipeline import catalog, settings
 from pipeline.dataset_task import DatasetTask
 from pipeline.lake import LakeFile, local_copy
+
+# The driver is imported where a connection is made: it adds about 50 MB to every process
+# that imports the pipeline, and only the postgres sink needs it.
+if TYPE_CHECKING:
+    import adbc_driver_postgresql.dbapi as adbc
 
 logger = logging.getLogger("pipeline.postgres")
 
@@ -100,6 +104,8 @@ def _libpq_quote(value: str) -> str:
 
 def connect() -> adbc.Connection:
     """Connect, retrying with backoff while the server is unreachable (e.g. still starting)."""
+    import adbc_driver_postgresql.dbapi as adbc
+
     cfg = settings.postgres()
     delay = cfg.backoff
     for attempt in range(1, cfg.attempts + 1):
