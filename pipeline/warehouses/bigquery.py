@@ -20,20 +20,17 @@ Credentials: Application Default Credentials. BIGQUERY_EMULATOR_HOST points at a
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
 import os
 import re
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
-from typing import TYPE_CHECKING
-
-import luigi
 from google.api_core import exceptions as gexc
 
 from pipeline import catalog, settings
 from pipeline.dataset_task import DatasetTask
 from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_glob, lake_root
+from pipeline.targets.marker import MonthMarker
 
 # google-cloud-bigquery is imported in the functions that use it, not here: it adds half a
 # second and some 70 MB to every process that imports the pipeline, and only the bigquery sink
@@ -219,15 +216,12 @@ def record(client_: bq.Client, service: str, month: str, rows: int, sha256: str)
             job_config=bq.QueryJobConfig(query_parameters=params), location=settings.bigquery().location).result()
 
 
-class BigQueryMarker(luigi.Target):
+class BigQueryMarker(MonthMarker):
     """Exists when `{dataset}._ingested` records this service and month."""
 
-    def __init__(self, service: str, month: Optional[datetime.date]):
-        self.service = service
-        self.month = catalog.month_str(month) if month else ""
-
-    def exists(self) -> bool:
-        return (self.service, self.month) in exposed(client())
+    @classmethod
+    def recorded(cls, where: None) -> set[tuple[str, str]]:
+        return exposed(client())
 
     def remove(self) -> None:
         """Forget the month; the external table shows whatever the lake holds."""
@@ -242,12 +236,6 @@ class BigQueryMarker(luigi.Target):
             client_.query(f"DELETE FROM `{marker_table_id(client_)}` WHERE service = @service AND month = @month",
                           job_config=bq.QueryJobConfig(query_parameters=params),
                           location=settings.bigquery().location).result()
-
-    @classmethod
-    def bulk_exists(cls, markers: list["BigQueryMarker"]) -> list[bool]:
-        """One tabledata.list for all the markers (see pipeline/completion.py)."""
-        done = exposed(client())
-        return [(m.service, m.month) in done for m in markers]
 
 
 class ExposeBigQuery(DatasetTask):

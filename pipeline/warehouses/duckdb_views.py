@@ -14,12 +14,12 @@ import time
 from typing import Optional
 
 import duckdb
-import luigi
 
 from pipeline import catalog, settings
 from pipeline.convert import parquet_rows
 from pipeline.dataset_task import DatasetTask
 from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_glob, lake_root
+from pipeline.targets.marker import MonthMarker
 
 logger = logging.getLogger("pipeline.duckdb")
 
@@ -50,15 +50,19 @@ def view_sql(svc: catalog.Service) -> str:
     return f'CREATE OR REPLACE VIEW "{svc.table}" AS SELECT * FROM {source})'
 
 
-class DuckDBMarker(luigi.Target):
-    """Exists when the warehouse's marker table records this service and month."""
+class DuckDBMarker(MonthMarker):
+    """Exists when the warehouse file's marker table records this service and month."""
 
     def __init__(self, path: str, service: str, month: Optional[datetime.date]):
-        self.path, self.service = path, service
-        self.month = catalog.month_str(month) if month else ""
+        super().__init__(service, month)
+        self.path = path
 
-    def exists(self) -> bool:
-        return (self.service, self.month) in _exposed(self.path)
+    def where(self) -> str:
+        return self.path
+
+    @classmethod
+    def recorded(cls, where: str) -> set[tuple[str, str]]:
+        return _exposed(where)
 
     def remove(self) -> None:
         """Forget the month (the view then shows it again when the lake file is back)."""
@@ -71,12 +75,6 @@ class DuckDBMarker(luigi.Target):
             pass  # no marker table: nothing to forget
         finally:
             con.close()
-
-    @classmethod
-    def bulk_exists(cls, markers: list["DuckDBMarker"]) -> list[bool]:
-        """One query per warehouse file for all the markers (see pipeline/completion.py)."""
-        exposed = {path: _exposed(path) for path in {m.path for m in markers}}
-        return [(m.service, m.month) in exposed[m.path] for m in markers]
 
 
 def _exposed(path: str) -> set[tuple[str, str]]:

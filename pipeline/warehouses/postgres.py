@@ -31,13 +31,13 @@ import time
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import adbc_driver_manager
-import luigi
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import catalog, settings
 from pipeline.dataset_task import DatasetTask
 from pipeline.lake import LakeFile, local_copy
+from pipeline.targets.marker import MonthMarker
 
 # The driver is imported where a connection is made: it adds about 50 MB to every process
 # that imports the pipeline, and only the postgres sink needs it.
@@ -271,16 +271,13 @@ def parquet_batches(file: pq.ParquetFile, columns: list[str]) -> Iterator[pa.Rec
         yield from file.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=columns)
 
 
-class PostgresMarker(luigi.Target):
+class PostgresMarker(MonthMarker):
     """Exists when the marker table records this service and month: written in the same
     transaction as the month's rows, so it never claims a month that is not fully there."""
 
-    def __init__(self, service: str, month: Optional[datetime.date]):
-        self.service = service
-        self.month = catalog.month_str(month) if month else ""
-
-    def exists(self) -> bool:
-        return (self.service, self.month) in loaded()
+    @classmethod
+    def recorded(cls, where: None) -> set[tuple[str, str]]:
+        return loaded()
 
     def remove(self) -> None:
         """Forget the month; its rows stay until the next load replaces its partition whole."""
@@ -290,12 +287,6 @@ class PostgresMarker(luigi.Target):
             cur.execute("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", [schema, MARKER_TABLE])
             if cur.fetchone()[0]:
                 cur.execute(f"DELETE FROM {marker} WHERE service = $1 AND month = $2", [self.service, self.month])
-
-    @classmethod
-    def bulk_exists(cls, markers: list["PostgresMarker"]) -> list[bool]:
-        """One query for all the markers (see pipeline/completion.py)."""
-        done = loaded()
-        return [(m.service, m.month) in done for m in markers]
 
 
 def loaded() -> set[tuple[str, str]]:
