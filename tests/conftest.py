@@ -78,6 +78,18 @@ def mirror_files() -> dict[str, bytes]:
     return _mirror_files()
 
 
+def _consecutive_months(root: Path, months: tuple[str, ...], yellow_sample: str, mirror_files: dict[str, bytes]) -> None:
+    """A releases-layout mirror at ``root``: yellow (``yellow_sample``'s rows) and green (the
+    green 2019-01 sample's) for each of ``months``, and the zone lookup."""
+    for service, sample in (("yellow", yellow_sample), ("green", "green/green_tripdata_2019-01.csv.gz")):
+        for m in months:
+            path = root / service / f"{service}_tripdata_{m}.csv.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(gzip.compress(mirror_files[sample]))
+    (root / "misc").mkdir()
+    (root / "misc" / "taxi_zone_lookup.csv").write_bytes(mirror_files["misc/taxi_zone_lookup.csv"])
+
+
 @pytest.fixture(scope="session")
 def mirror(tmp_path_factory, mirror_files) -> Path:
     """A directory laid out like the releases: {service}/{file}.csv.gz and misc/taxi_zone_lookup.csv."""
@@ -88,22 +100,10 @@ def mirror(tmp_path_factory, mirror_files) -> Path:
         path.write_bytes(gzip.compress(content) if rel.endswith(".gz") else content)
     # A run of consecutive months for backfills: yellow and green 2020-01 to 2020-04 (each month
     # the real rows of one sample month), and the zones; 2020-05 onwards is "not published yet".
-    for service, sample in (("yellow", "yellow/yellow_tripdata_2020-01.csv.gz"), ("green", "green/green_tripdata_2019-01.csv.gz")):
-        for m in RANGE_MONTHS:
-            path = root / "range" / service / f"{service}_tripdata_{m}.csv.gz"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(gzip.compress(mirror_files[sample]))
-    (root / "range" / "misc").mkdir()
-    (root / "range" / "misc" / "taxi_zone_lookup.csv").write_bytes(mirror_files["misc/taxi_zone_lookup.csv"])
+    _consecutive_months(root / "range", RANGE_MONTHS, "yellow/yellow_tripdata_2020-01.csv.gz", mirror_files)
     # Every month the course's releases hold for yellow and green (2019-01 to 2021-07), each a
     # small real sample, for the whole backfill of the course in one command.
-    for service, sample in (("yellow", "yellow/yellow_tripdata_2019-03.csv.gz"), ("green", "green/green_tripdata_2019-01.csv.gz")):
-        for m in COURSE_MONTHS:
-            path = root / "course" / service / f"{service}_tripdata_{m}.csv.gz"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(gzip.compress(mirror_files[sample]))
-    (root / "course" / "misc").mkdir()
-    (root / "course" / "misc" / "taxi_zone_lookup.csv").write_bytes(mirror_files["misc/taxi_zone_lookup.csv"])
+    _consecutive_months(root / "course", COURSE_MONTHS, "yellow/yellow_tripdata_2019-03.csv.gz", mirror_files)
     # The TLC's own layout: Parquet files with each month's physical types (tests/tlc_parquet.py).
     for rel, content in tlc_parquet.build(mirror_files).items():
         path = root / "tlc" / rel
