@@ -5,8 +5,8 @@ file, before it is marked complete.
 A download is checked as it streams and once more when it is on disk: an HTML page (a wrong URL
 often answers 200 with one), a file that does not start as gzip or Parquet, a byte count different
 from Content-Length, a gzip stream that ends early or fails its CRC, a Parquet file without its
-footer, or columns the catalog does not accept all fail the step. 404 means the month is not published (not retried); connection errors and 5xx answers
-are retried with backoff.
+footer, or columns the catalog does not accept all fail the step. 404 means the month is not
+published (not retried); connection errors and 5xx answers are retried with backoff.
 """
 
 from __future__ import annotations
