@@ -23,7 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline import catalog
-from pipeline.dataset_task import DatasetTask, atomic_path
+from pipeline.dataset_task import DatasetTask
 from pipeline.download import Download
 
 logger = logging.getLogger("pipeline.convert")
@@ -230,7 +230,7 @@ class ToParquet(DatasetTask):
         meta = {"service": self.service, "month": catalog.month_str(self.month) if self.month else "",
                 "source_url": source["url"], "source_sha256": source["sha256"], "source_size": source["size"]}
         step = convert_parquet if raw.endswith(".parquet") else convert
-        with atomic_path(self.output()) as tmp:
+        with self.staged(self.output()) as tmp:
             rows = step(raw, source["header"], tmp, self.svc, where, meta, progress)
         seconds = time.monotonic() - started
         logger.info("%s: wrote %s rows to %s in %.1f s (%.0f rows/s)", self.label, f"{rows:,}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Iterator
@@ -46,6 +47,10 @@ class DatasetTask(luigi.Task):
     def staging_path(self, area: str, name: str) -> str:
         return os.path.join(settings.ingest().staging, area, self.service, name)
 
+    def staged(self, target: luigi.LocalTarget) -> contextlib.AbstractContextManager[str]:
+        """atomic_path for an output in the staging area."""
+        return atomic_path(target, settings.ingest().staging)
+
     def report(self, done: float, total: float, what: str) -> None:
         """Progress bar and status line in the visualiser, at most once a second."""
         now = time.monotonic()
@@ -59,29 +64,42 @@ class DatasetTask(luigi.Task):
 
 # A temporary file nobody has written to for this long was left by a killed run.
 STALE_SECONDS = 600
+# Where a root's temporary files are written: on the same filesystem as the outputs (so the final
+# rename is atomic), and outside every service folder, because lake readers take every file under
+# a service's folder as data (DuckDB's `**` glob reads hidden files and folders too).
+TEMP_AREA = ".tmp"
 
 
-def sweep_stale(path: str) -> None:
-    """Remove what killed runs left beside ``path`` (luigi's `{path}-luigi-tmp-*` files): a
-    failed run removes its own, but a SIGKILL or a power cut cannot. A file written in the last
-    STALE_SECONDS may be another run's work in progress, so it is left alone."""
+def sweep_stale(folder: Path, pattern: str = "*") -> None:
+    """Remove what killed runs left in ``folder``: a failed run removes its own temporary file,
+    a SIGKILL or a power cut cannot. A file written in the last STALE_SECONDS may be another
+    run's work in progress, so it is left alone."""
     now = time.time()
-    for stale in Path(path).parent.glob(Path(path).name + "-luigi-tmp-*"):
+    for stale in folder.glob(pattern):
         with contextlib.suppress(FileNotFoundError):
-            if now - stale.stat().st_mtime > STALE_SECONDS:
+            if stale.is_file() and now - stale.stat().st_mtime > STALE_SECONDS:
                 stale.unlink()
                 logger.info("removed %s, left by a run that was killed", stale)
 
 
 @contextlib.contextmanager
-def atomic_path(target: luigi.LocalTarget) -> Iterator[str]:
-    """Luigi's temporary_path (write beside, rename when done), plus removal of the partial file
-    when the step fails, so a failed run leaves neither a complete-looking output nor litter
-    (and what a killed run left is swept first)."""
-    sweep_stale(target.path)
-    with target.temporary_path() as tmp:
-        try:
-            yield tmp
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+def atomic_path(target: luigi.LocalTarget, root: str) -> Iterator[str]:
+    """A temporary path in ``root``'s temp area, renamed over the target when the block ends
+    (luigi's temporary_path, but the rename replaces: a step whose output is partly there from
+    a cut run, or that lost a race to an identical run, still finishes); removed when the block
+    fails, so a failed run leaves neither a complete-looking output nor litter. What killed runs
+    left in the temp area is swept first (and the `-luigi-tmp-` files older versions left beside
+    their outputs)."""
+    temp_area = Path(root) / TEMP_AREA
+    temp_area.mkdir(parents=True, exist_ok=True)
+    sweep_stale(temp_area)
+    sweep_stale(Path(target.path).parent, "*-luigi-tmp-*")
+    # Not created here: the writer creates it, with the usual permissions (mkstemp's are 0600).
+    tmp = str(temp_area / f"{Path(target.path).name}.{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        yield tmp
+        Path(target.path).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target.path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -27,7 +27,7 @@ import requests
 import urllib3
 
 from pipeline import catalog, settings
-from pipeline.dataset_task import DatasetTask, atomic_path
+from pipeline.dataset_task import DatasetTask
 
 logger = logging.getLogger("pipeline.download")
 
@@ -219,11 +219,11 @@ class Download(DatasetTask):
             self.report(done, total, f"downloaded {done / 1e6:.1f} of {total / 1e6:.1f} MB" if total else f"downloaded {done / 1e6:.1f} MB")
 
         out = self.output()
-        with atomic_path(out["file"]) as tmp:
+        with self.staged(out["file"]) as tmp:
             meta = fetch(url, tmp, self.svc, where, progress)
         # The data file is in place before its metadata: a run cut between the two renames leaves
         # the task incomplete (both are its outputs) and the next run fetches again.
-        with atomic_path(out["meta"]) as tmp:
+        with self.staged(out["meta"]) as tmp:
             with open(tmp, "w") as f:
                 json.dump(meta, f, indent=1)
         logger.info("%s: downloaded %s bytes in %.1f s, sha256 %s", self.label, f"{meta['size']:,}",

@@ -99,7 +99,7 @@ class LakeFile(DatasetTask):
                                 "source_sha256": footer.get("tlc.source_sha256", ""),
                                 "source_url": footer.get("tlc.source_url", "")})
         else:
-            with atomic_path(target) as tmp:
+            with atomic_path(target, lake_root()) as tmp:
                 shutil.copyfile(src, tmp)
                 if os.path.getsize(tmp) != os.path.getsize(src):
                     raise OSError(f"{self.label}: copy to {tmp} is incomplete")

@@ -82,10 +82,11 @@ def test_fractional_integer_code_fails_conversion_naming_column_row_and_file(wor
 def test_killed_mid_download_leaves_nothing_complete_and_rerun_finishes(workspace, http_server):
     flags = workspace_flags(workspace, f"{http_server}/slow")
     raw_dir = workspace / "staging" / "raw" / "yellow"
+    temp_area = workspace / "staging" / ".tmp"
     proc = cli_popen("Download", "--service", "yellow", "--month", "2021-01", *flags)
     try:
         deadline = time.monotonic() + 20
-        while not any(p.stat().st_size > 0 for p in raw_dir.glob("*-luigi-tmp-*")):
+        while not any(p.stat().st_size > 0 for p in temp_area.glob("yellow_tripdata_2021-01.csv.gz.*")):
             assert proc.poll() is None and time.monotonic() < deadline, "the download never started"
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
@@ -93,20 +94,88 @@ def test_killed_mid_download_leaves_nothing_complete_and_rerun_finishes(workspac
     finally:
         proc.kill()
     assert not Download(service="yellow", month=month("2021-01")).complete()
-    assert not (raw_dir / "yellow_tripdata_2021-01.csv.gz").exists()
-    (left,) = raw_dir.glob("*-luigi-tmp-*")  # the killed run's partial file
+    assert files_under(raw_dir) == []
+    (left,) = temp_area.glob("yellow_tripdata_2021-01.csv.gz.*")  # the killed run's partial file
     an_hour_ago = time.time() - 3600
     os.utime(left, (an_hour_ago, an_hour_ago))
-    in_progress = raw_dir / "yellow_tripdata_2021-01.csv.gz-luigi-tmp-0000000001"  # another run's, being written
+    in_progress = temp_area / "green_tripdata_2019-01.csv.gz.1-0a0b0c0d"  # another run's, being written
     in_progress.write_bytes(b"partial")
+    # What an earlier version left beside its output (luigi's own temporary names).
+    legacy = raw_dir / "yellow_tripdata_2021-01.csv.gz-luigi-tmp-0000000001"
+    raw_dir.mkdir(parents=True)
+    legacy.write_bytes(b"partial")
+    os.utime(legacy, (an_hour_ago, an_hour_ago))
 
     done = cli("IngestMonth", "--service", "yellow", "--month", "2021-01",
                *workspace_flags(workspace, f"{http_server}/releases"))
     assert done.returncode == 0, done.stderr
     assert Download(service="yellow", month=month("2021-01")).complete()
     assert IngestMonth(service="yellow", month=month("2021-01")).complete()
-    assert not left.exists() and in_progress.exists()  # the stale one swept, the live one left alone
+    assert not left.exists() and not legacy.exists() and in_progress.exists()  # stale ones swept, the live one left
     assert f"removed {left}, left by a run that was killed" in done.stderr
+    assert files_under(raw_dir) == ["yellow_tripdata_2021-01.csv.gz", "yellow_tripdata_2021-01.csv.gz.json"]
+
+
+def test_a_run_cut_between_the_data_file_and_its_record_finishes_on_the_next_run(workspace, run):
+    task = Download(service="green", month=month("2019-01"))
+    assert not run(task).failures
+    data, record = task.output()["file"], task.output()["meta"]
+    os.remove(record.path)  # the state a kill between Download's two renames leaves
+    assert not task.complete()
+
+    again = run(Download(service="green", month=month("2019-01")))
+
+    assert not again.failures and task.complete()
+    assert files_under(workspace / "staging") == ["raw/green/green_tripdata_2019-01.csv.gz",
+                                                  "raw/green/green_tripdata_2019-01.csv.gz.json"]
+
+
+def lake_readers_rows(lake: Path, service: str) -> tuple[int, int]:
+    """The rows a service's lake folder holds, as pyarrow's dataset and DuckDB's glob read it."""
+    import duckdb
+    import pyarrow.dataset as ds
+
+    pyarrow_rows = ds.dataset(lake / service, partitioning="hive").count_rows()
+    with duckdb.connect() as con:
+        duck_rows = con.execute("SELECT count(*) FROM read_parquet(?, hive_partitioning = true)",
+                                [str(lake / service / "**")]).fetchone()[0]
+    return pyarrow_rows, duck_rows
+
+
+def test_the_loser_of_a_race_to_the_same_lake_file_succeeds_and_readers_count_the_month_once(workspace, run):
+    from pipeline import LakeFile
+
+    assert not run(LakeFile(service="green", month=month("2019-01"))).failures
+    rows = lake_readers_rows(workspace / "lake", "green")
+
+    class LakeFileCheckedBeforeTheWinnerFinished(LakeFile):
+        """Two overlapping commands both found the lake file missing; this one writes it when
+        the other has already finished."""
+
+        def complete(self):
+            return False
+
+    assert not run(LakeFileCheckedBeforeTheWinnerFinished(service="green", month=month("2019-01"))).failures
+
+    assert lake_readers_rows(workspace / "lake", "green") == rows
+    assert files_under(workspace / "lake" / "green") == ["month=2019-01/green_tripdata_2019-01.parquet"]
+
+
+def test_what_a_killed_lake_copy_left_is_never_read_and_is_swept_by_the_next_run_in_that_lake(workspace, run):
+    from pipeline import LakeFile
+
+    assert not run(LakeFile(service="green", month=month("2019-01"))).failures
+    rows = lake_readers_rows(workspace / "lake", "green")
+    temp_area = workspace / "lake" / ".tmp"
+    killed = temp_area / "green_tripdata_2019-10.parquet.4242-deadbeef"  # a copy cut midway
+    killed.write_bytes((workspace / "lake" / "green" / "month=2019-01" / "green_tripdata_2019-01.parquet").read_bytes()[:999])
+    an_hour_ago = time.time() - 3600
+    os.utime(killed, (an_hour_ago, an_hour_ago))
+    assert lake_readers_rows(workspace / "lake", "green") == rows  # not where readers look
+
+    assert not run(LakeFile(service="yellow", month=month("2021-01"))).failures  # another month, another service
+
+    assert not killed.exists()
 
 
 def test_cli_failed_run_exits_non_zero_with_the_message(workspace, http_server):
