@@ -52,6 +52,9 @@ class Service:
     columns: tuple[Column, ...]
     required: tuple[str, ...]  # a header without these is not this service's file
     pickup_column: Optional[str] = None
+    # Fewer data rows than this: the file is cut short or empty (a trip month with no trips is
+    # not a month the TLC publishes).
+    min_rows: int = 1
 
     @property
     def monthly(self) -> bool:
@@ -140,6 +143,9 @@ ZONES = Service(
         ("LocationID", INT), ("Borough", STRING), ("Zone", STRING), ("service_zone", STRING),
     ),
     required=("LocationID", "Zone"),
+    # Every version the TLC has published lists zones 1 to 265; a lookup cut at a line boundary
+    # (no Content-Length to tell) still parses, so its length is the proof it is whole.
+    min_rows=265,
 )
 
 SERVICES: dict[str, Service] = {s.name: s for s in (YELLOW, GREEN, FHV, FHVHV, ZONES)}
@@ -177,6 +183,13 @@ LEGACY = {
                "the legacy yellow layout of 2009-2010 (vendor_name/vendor_id, coordinates instead of zone ids) "
                "is not supported; yellow is supported from 2011-01 in the TLC Parquet files"),
 }
+
+
+def check_rows(svc: Service, rows: int, where: str) -> None:
+    """Refuse a file with fewer data rows than a whole file of the service has."""
+    if rows < svc.min_rows:
+        raise SchemaMismatch(f"{where}: {rows:,} data rows; a whole {svc.name} file has at least {svc.min_rows:,}, "
+                             "so this one is cut short or empty")
 
 
 def month_str(month: datetime.date) -> str:

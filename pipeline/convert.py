@@ -232,6 +232,7 @@ class ToParquet(DatasetTask):
         step = convert_parquet if raw.endswith(".parquet") else convert
         with self.staged(self.output()) as tmp:
             rows = step(raw, source["header"], tmp, self.svc, where, meta, progress)
+            catalog.check_rows(self.svc, rows, where)
         seconds = time.monotonic() - started
         logger.info("%s: wrote %s rows to %s in %.1f s (%.0f rows/s)", self.label, f"{rows:,}",
                     self.output().path, seconds, rows / max(seconds, 1e-9))

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import requests
 import urllib3
 
-from pipeline import catalog, settings
+from pipeline import catalog, retry, settings
 from pipeline.dataset_task import DatasetTask
 
 logger = logging.getLogger("pipeline.download")
@@ -45,7 +45,7 @@ class MonthNotPublished(SourceError):
     """The source has no such file (HTTP 404, or missing from a file:// mirror)."""
 
 
-class _Retryable(SourceError):
+class _Retryable(SourceError, retry.Transient):
     pass
 
 
@@ -61,51 +61,76 @@ def source_url(svc: catalog.Service, month) -> str:
 
 
 MAGIC = {".gz": GZIP_MAGIC, ".parquet": PARQUET_MAGIC}
+# How much of the start is looked at: an HTML page shows itself in it, and every magic fits.
+HEAD_BYTES = 512
 
 
 class _StreamCheck:
     """Sizes and hashes the bytes as they arrive; refuses an HTML page, or a .gz or .parquet file
-    that does not start like one, at once."""
+    that does not start like one, as soon as the first HEAD_BYTES are in (however the network cut
+    them into chunks), and refuses a transfer slower than `[source] min_rate_kib` over any
+    `[source] timeout` seconds, which the socket's own timeout misses when a byte trickles in
+    now and then."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, where: str, cfg: settings.source):
+        self.where = where
         self.sha256 = hashlib.sha256()
         self.size = 0
+        self.head = b""
         self.magic = next((m for ext, m in MAGIC.items() if url.endswith(ext)), b"")
+        self.window, self.min_rate = cfg.timeout, cfg.min_rate_kib
+        self.window_start, self.window_size = time.monotonic(), 0
 
-    def feed(self, chunk: bytes, where: str) -> None:
-        if self.size == 0:
-            start = chunk[:512].lstrip().lower()
-            if start.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
-                raise SourceError(f"{where}: got an HTML/XML page, not the data file (a wrong URL or an "
-                                  f"error page); it starts {chunk[:80]!r}")
-            if not chunk.startswith(self.magic):
-                raise SourceError(f"{where}: not a {'gzip' if self.magic == GZIP_MAGIC else 'Parquet'} file; "
-                                  f"it starts {chunk[:40]!r}")
+    def feed(self, chunk: bytes) -> None:
+        if len(self.head) < HEAD_BYTES:
+            self.head += chunk[:HEAD_BYTES - len(self.head)]
+            if len(self.head) == HEAD_BYTES:
+                self.check_start()
         self.sha256.update(chunk)
         self.size += len(chunk)
+        self.window_size += len(chunk)
+        now = time.monotonic()
+        if now - self.window_start >= self.window:
+            if self.window_size < self.min_rate * 1024 * (now - self.window_start):
+                raise _Retryable(f"{self.where}: too slow: {self.window_size:,} bytes in the last "
+                                 f"{now - self.window_start:.0f} s, below [source] min_rate_kib ({self.min_rate:g} KiB/s)")
+            self.window_start, self.window_size = now, 0
+
+    def check_start(self) -> None:
+        start = self.head.lstrip().lower()
+        if start.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+            raise SourceError(f"{self.where}: got an HTML/XML page, not the data file (a wrong URL or an "
+                              f"error page); it starts {self.head[:80]!r}")
+        if not self.head.startswith(self.magic):
+            raise SourceError(f"{self.where}: not a {'gzip' if self.magic == GZIP_MAGIC else 'Parquet'} file; "
+                              f"it starts {self.head[:40]!r}")
 
 
-def _parquet_columns(path: str, where: str) -> str:
+def _parquet_rows(path: str, where: str) -> tuple[str, int]:
     """Open the Parquet file's footer (which proves it whole: a cut file has no footer) and
-    return its column names as a header line."""
+    return its column names as a header line, and its row count."""
     try:
-        names = pq.ParquetFile(path).schema_arrow.names
+        file = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise SourceError(f"{where}: truncated or corrupt Parquet ({e}); the download is incomplete") from None
-    return ",".join(names)
+    return ",".join(file.schema_arrow.names), file.metadata.num_rows
 
 
-def _read_through(path: str, gzipped: bool, where: str) -> str:
+def _read_through(path: str, gzipped: bool, where: str) -> tuple[str, int]:
     """Read the whole file, through gunzip for a .gz (which proves the stream whole: its
-    end-of-stream marker and CRC), and return its header line."""
+    end-of-stream marker and CRC), and return its header line and its number of lines after it."""
     raw = pa.OSFile(path)
     stream = pa.CompressedInputStream(raw, "gzip") if gzipped else raw
     head = b""
+    lines = 0
+    last = b"\n"
     try:
         with stream:
             while chunk := stream.read(CHUNK):
                 if b"\n" not in head and len(head) < 65536:
                     head += chunk[:65536]
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
     except OSError as e:  # Arrow: "Truncated compressed stream", "incorrect data check", ...
         raise SourceError(f"{where}: truncated or corrupt gzip ({e}); the download is incomplete") from None
     if not head.strip():
@@ -113,15 +138,21 @@ def _read_through(path: str, gzipped: bool, where: str) -> str:
     if b"\n" not in head:
         raise SourceError(f"{where}: no complete header line in the first 64 KiB")
     try:
-        return head.split(b"\n", 1)[0].decode("utf-8")
+        header = head.split(b"\n", 1)[0].decode("utf-8")
     except UnicodeDecodeError as e:
         raise SourceError(f"{where}: header is not UTF-8 text: {e}") from None
+    # Lines after the header, a last one without its newline included (blank ones too: this is
+    # the upper bound that proves a file cut short; ToParquet counts the rows themselves).
+    return header, lines - 1 + (last != b"\n")
 
 
 def _http_chunks(url: str, where: str, cfg: settings.source) -> Iterator[tuple[bytes, int]]:
-    """Yield (chunk, expected total size or 0) for one GET; classify failures."""
+    """Yield (chunk, expected total size or 0) for one GET, each chunk as soon as it arrives;
+    classify failures."""
     try:
-        with requests.get(url, stream=True, timeout=cfg.timeout) as resp:
+        # The file as published: no compression on the fly (requests asks for gzip by default,
+        # and a server that compresses a text file would hand us bytes that are not the file).
+        with requests.get(url, stream=True, timeout=cfg.timeout, headers={"Accept-Encoding": "identity"}) as resp:
             if resp.status_code == 404:
                 raise MonthNotPublished(f"{where}: not published (HTTP 404)")
             if resp.status_code >= 500:
@@ -129,10 +160,12 @@ def _http_chunks(url: str, where: str, cfg: settings.source) -> Iterator[tuple[b
             if resp.status_code != 200:
                 raise SourceError(f"{where}: unexpected HTTP {resp.status_code} {resp.reason}")
             expected = int(resp.headers.get("Content-Length") or 0)
-            # decode_content=False: store the bytes exactly as published, whatever the server's
-            # Content-Encoding says, so the sha256 is the file's.
-            for chunk in resp.raw.stream(NET_CHUNK, decode_content=False):
+            # read1: what has arrived, without waiting for a full chunk (so a trickle is seen);
+            # decode_content=False: the bytes exactly as sent, so the sha256 is the file's.
+            while chunk := resp.raw.read1(NET_CHUNK, decode_content=False):
                 yield chunk, expected
+    except requests.TooManyRedirects as e:
+        raise SourceError(f"{where}: too many redirects ({e})") from None
     except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError) as e:
         raise _Retryable(f"{where}: {type(e).__name__}: {e}") from None
 
@@ -156,30 +189,28 @@ def fetch(url: str, dest: str, svc: catalog.Service, where: str,
     scheme = urllib.parse.urlparse(url).scheme
     if scheme not in ("http", "https", "file"):
         raise SourceError(f"{where}: unsupported URL scheme {scheme!r} (use http(s):// or file://)")
-    for attempt in range(1, cfg.attempts + 1):
-        check = _StreamCheck(url)
+
+    def attempt() -> _StreamCheck:
+        check = _StreamCheck(url, where, cfg)
         expected = 0
-        try:
-            chunks = _file_chunks(url, where) if scheme == "file" else _http_chunks(url, where, cfg)
-            with open(dest, "wb") as out:
-                for chunk, expected in chunks:
-                    check.feed(chunk, where)
-                    out.write(chunk)
-                    progress(check.size, expected)
-            if expected and check.size != expected:
-                raise _Retryable(f"{where}: got {check.size} bytes of {expected} announced")
-            break
-        except _Retryable as e:
-            if attempt == cfg.attempts:
-                raise SourceError(f"{e} (gave up after {attempt} tries)") from None
-            delay = cfg.backoff * 2 ** (attempt - 1)
-            logger.warning("%s; try %d of %d in %.1f s", e, attempt + 1, cfg.attempts, delay)
-            time.sleep(delay)
+        chunks = _file_chunks(url, where) if scheme == "file" else _http_chunks(url, where, cfg)
+        with open(dest, "wb") as out:
+            for chunk, expected in chunks:
+                check.feed(chunk)
+                out.write(chunk)
+                progress(check.size, expected)
+        check.check_start()  # a file shorter than HEAD_BYTES
+        if expected and check.size != expected:
+            raise _Retryable(f"{where}: got {check.size} bytes of {expected} announced")
+        return check
+
+    check = retry.call(attempt, attempts=cfg.attempts, backoff=cfg.backoff, setting="[source]")
     if url.endswith(".parquet"):
-        header = _parquet_columns(dest, where)
+        header, rows = _parquet_rows(dest, where)
     else:
-        header = _read_through(dest, url.endswith(".gz"), where)
+        header, rows = _read_through(dest, url.endswith(".gz"), where)
     catalog.resolve_header(svc, header, where)
+    catalog.check_rows(svc, rows, where)
     return {"url": url, "size": check.size, "sha256": check.sha256.hexdigest(), "header": header.rstrip("\r")}
 
 

@@ -19,7 +19,11 @@ class source(luigi.Config):
         description="Where they are, http(s):// or file://, laid out like the source (empty: the "
         f"kind's own, {catalog.RELEASES.base_url} or {catalog.TLC.base_url}); any mirror works")
     timeout = luigi.FloatParameter(default=60.0, description="Seconds to wait for the server to connect or send data")
-    attempts = luigi.IntParameter(default=5, description="Tries per file on connection errors and 5xx answers")
+    min_rate_kib = luigi.FloatParameter(
+        default=8.0, description="KiB/s a download must average over every `timeout` seconds; slower is a "
+        "stalled server, tried again like a dropped connection")
+    attempts = luigi.IntParameter(default=5, description="Tries per file in all (at least 1) on connection errors, "
+                                  "stalls and 5xx answers")
     backoff = luigi.FloatParameter(default=2.0, description="Seconds before the 2nd try; doubles for each further try")
 
 
@@ -69,8 +73,11 @@ class postgres(luigi.Config):
     user = luigi.Parameter(default="", description="User name (empty: PGUSER, else the OS user)")
     schema = luigi.Parameter(default="public", description="Schema for the trip tables and the _ingested marker table")
     connect_timeout = luigi.IntParameter(default=10, description="Seconds to wait for a connection")
-    attempts = luigi.IntParameter(default=5, description="Tries to connect before giving up (a server starting up or restarting)")
+    attempts = luigi.IntParameter(default=5, description="Tries to connect in all (at least 1) while the server is unreachable "
+                                  "(starting up or restarting); a refusal (password, database) is not retried")
     backoff = luigi.FloatParameter(default=2.0, description="Seconds before the 2nd try to connect; doubles for each further try")
+    lock_timeout = luigi.FloatParameter(default=30.0, description="Seconds a month's reload waits for readers of the table "
+                                        "to finish before it gives up, leaving the earlier load in place")
 
 
 class ingest(luigi.Config):

@@ -138,6 +138,12 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     /down/...      always 503
     /short/...     announces the full length, sends half, closes
     /slow/...      sends half, then stalls (for killing a download midway)
+    /trickle/...   announces the full length, then one byte every 0.2 s (never stalls a read)
+    /dribble/...   chunked transfer: the first byte alone, then the rest (a valid file whose
+                   first chunk is shorter than its magic)
+    /onthefly/...  gzips the body on the fly (Content-Encoding: gzip) when the client accepts it
+    /cut/...       the first 263 lines only, with no Content-Length (a text file cut short)
+    /loop/...      redirects to itself
     """
 
     hits: dict[str, int] = {}
@@ -155,11 +161,50 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             return self._send(200, b"<!DOCTYPE html><html><body>Not Found</body></html>", "text/html")
         if mode == "down" or (mode == "flaky" and self.hits[self.path] == 1):
             return self._send(503, b"busy", "text/plain")
+        if mode == "loop":
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.send_header("Content-Length", "0")
+            return self.end_headers()
         if not file.exists():
             return self._send(404, b"Not Found", "text/plain")
         body = file.read_bytes()
         if mode == "flaky":
             return self._send(200, body, "application/octet-stream")
+        if mode == "onthefly":
+            if "gzip" not in self.headers.get("Accept-Encoding", ""):
+                return self._send(200, body, "text/csv")
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            zipped = gzip.compress(body)
+            self.send_header("Content-Length", str(len(zipped)))
+            self.end_headers()
+            return self.wfile.write(zipped)
+        if mode == "dribble":
+            self.protocol_version = "HTTP/1.1"
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (body[:1], body[1:], b""):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.flush()
+                time.sleep(0.2)
+            self.close_connection = True
+            return
+        if mode in ("trickle", "cut"):
+            self.send_response(200)
+            if mode == "cut":
+                body = b"".join(body.splitlines(keepends=True)[:263])
+            else:
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            pieces = [body] if mode == "cut" else [body[i:i + 1] for i in range(min(len(body), 200))]
+            for piece in pieces:
+                self.wfile.write(piece)
+                self.wfile.flush()
+                time.sleep(0.2)
+            self.close_connection = True
+            return
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

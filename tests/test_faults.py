@@ -13,7 +13,7 @@ import pytest
 from pipeline import Download, IngestMonth, ToParquet, catalog
 from pipeline.convert import ConversionError
 from pipeline.download import MonthNotPublished, SourceError
-from conftest import cli, cli_popen, set_source, workspace_flags
+from conftest import cli, cli_popen, configured, set_source, workspace_flags
 
 
 def month(text):
@@ -58,6 +58,56 @@ def test_bad_download_fails_naming_month_and_url_and_leaves_nothing(workspace, r
     assert str(error).startswith(f"{service} {text} ({url}): ")
     assert message in str(error)
     assert_nothing_complete(workspace, task, Download(service=service, month=month(text)))
+
+
+def test_a_download_that_trickles_fails_clearly_after_its_tries_instead_of_hanging(workspace, run, http_server):
+    set_source(f"{http_server}/trickle")
+    url = f"{http_server}/trickle/green/green_tripdata_2019-01.csv.gz"
+    started = time.monotonic()
+    with configured({("source", "timeout"): "1", ("source", "min_rate_kib"): "1"}):
+        error = run(Download(service="green", month=month("2019-01"))).failures["Download"]
+
+    assert time.monotonic() - started < 15  # the file would take 60 s at this pace, and 3 tries more
+    assert re.fullmatch(rf"green 2019-01 \({re.escape(url)}\): too slow: \d+ bytes in the last 1 s, below "
+                        r"\[source\] min_rate_kib \(1 KiB/s\) \(gave up after 3 tries\)", str(error)), str(error)
+    assert files_under(workspace / "staging") == []
+
+
+def test_a_valid_file_whose_first_chunk_is_shorter_than_its_magic_is_accepted(workspace, run, http_server):
+    set_source(f"{http_server}/dribble")
+    assert not run(IngestMonth(service="green", month=month("2019-01"))).failures
+
+
+def test_zones_from_a_server_that_compresses_on_the_fly_arrive_as_published(workspace, run, http_server, mirror_files):
+    from pipeline import IngestZones
+
+    set_source(f"{http_server}/onthefly")
+    assert not run(IngestZones()).failures
+    raw = workspace / "staging" / "raw" / "zones" / "taxi_zone_lookup.csv"
+    assert raw.read_bytes() == mirror_files["misc/taxi_zone_lookup.csv"]
+
+
+def test_a_zone_lookup_cut_short_without_a_length_is_refused(workspace, run, http_server):
+    from pipeline import IngestZones
+
+    set_source(f"{http_server}/cut")
+    error = run(IngestZones()).failures["Download"]
+    assert str(error) == (f"zones ({http_server}/cut/misc/taxi_zone_lookup.csv): 262 data rows; a whole zones "
+                          "file has at least 265, so this one is cut short or empty")
+    assert not IngestZones().complete()
+    assert files_under(workspace / "staging") == []
+
+
+def test_a_redirect_loop_names_the_url(workspace, run, http_server):
+    set_source(f"{http_server}/loop")
+    error = run(Download(service="green", month=month("2019-01"))).failures["Download"]
+    assert str(error).startswith(f"green 2019-01 ({http_server}/loop/green/green_tripdata_2019-01.csv.gz): too many redirects")
+
+
+def test_no_tries_at_all_is_refused_as_a_setting(workspace, run):
+    with configured({("source", "attempts"): "0"}):
+        error = run(Download(service="green", month=month("2019-01"))).failures["Download"]
+    assert str(error) == "[source] attempts = 0: must be at least 1 (the tries in all)"
 
 
 def test_server_errors_are_retried_then_succeed(workspace, run, http_server):

@@ -34,7 +34,7 @@ import adbc_driver_manager
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import catalog, settings
+from pipeline import catalog, retry, settings
 from pipeline.dataset_task import DatasetTask
 from pipeline.lake import LakeFile, local_copy
 from pipeline.targets.marker import MonthMarker
@@ -102,24 +102,33 @@ def _libpq_quote(value: str) -> str:
     return f"'{escaped}'"
 
 
+# The server answered and refused: no retry can heal these. libpq reports a failed connection
+# as text only (no SQLSTATE), so they are told apart by its words.
+_REFUSALS = ("password authentication failed", "no password supplied", "does not exist",
+             "permission denied", "no pg_hba.conf entry", "authentication failed")
+
+
+class _Unreachable(PostgresError, retry.Transient):
+    """No answer yet (the server down, starting up, or too busy): worth another try."""
+
+
 def connect() -> adbc.Connection:
-    """Connect, retrying with backoff while the server is unreachable (e.g. still starting)."""
+    """Connect, retrying with backoff while the server is unreachable (e.g. still starting),
+    and failing at once when it refuses us (a wrong password, an unknown database)."""
     import adbc_driver_postgresql.dbapi as adbc
 
-    cfg = settings.postgres()
-    delay = cfg.backoff
-    for attempt in range(1, cfg.attempts + 1):
+    def attempt() -> adbc.Connection:
         try:
             return adbc.connect(_conninfo())
         except Error as e:
-            if attempt >= cfg.attempts:
-                raise PostgresError(f"cannot connect to Postgres at {server()}: {_reason(e)} "
-                                    f"(gave up after {attempt} tries)") from None
-            logger.warning("Postgres at %s: %s; try %d of %d, next in %.1f s",
-                           server(), _reason(e), attempt, cfg.attempts, delay)
-            time.sleep(delay)
-            delay *= 2
-    raise PostgresError(f"[postgres] attempts = {cfg.attempts}: must be at least 1")
+            reason = _reason(e)
+            if any(words in reason for words in _REFUSALS):
+                raise PostgresError(f"cannot connect to Postgres at {server()}: {reason} (not retried: check "
+                                    "[postgres] user and database, and PGPASSWORD or ~/.pgpass)") from None
+            raise _Unreachable(f"cannot connect to Postgres at {server()}: {reason}") from None
+
+    cfg = settings.postgres()
+    return retry.call(attempt, attempts=cfg.attempts, backoff=cfg.backoff, setting="[postgres]")
 
 
 @contextlib.contextmanager
@@ -158,8 +167,9 @@ class Warehouse:
         """Create the schema, the service's table and the marker table where missing, in a
         transaction of its own; refuse an existing table that does not fit the catalog."""
         with transaction(conn) as cur:
-            # Two first loads at once (two workers) must not race to create the same table.
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext($1))", [self.name])
+            # Two first loads at once (two workers, two services) must not race to create the
+            # same schema or table: the schema's DDL is done one transaction at a time.
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext($1))", [f"schema {self.schema_name}"])
             cur.execute("SELECT count(*) FROM pg_namespace WHERE nspname = $1", [self.schema_name])
             if not cur.fetchone()[0]:
                 cur.execute(f"CREATE SCHEMA {self.schema}")
@@ -217,6 +227,9 @@ class Warehouse:
                 cur.execute(f"TRUNCATE {self.table}")
             copied = self._copy(cur, loading, parquet, month, lambda rows: progress(rows, expected))
             if self.svc.monthly:
+                # The swap needs the parent table to itself for a moment: wait for its readers
+                # at most lock_timeout (a waiting DROP would hold up every new reader meanwhile).
+                cur.execute(f"SET LOCAL lock_timeout = '{int(settings.postgres().lock_timeout * 1000)}ms'")
                 loading = self._swap_in(cur, loading, partition, month)
             cur.execute(f"SELECT count(*) FROM {self.qualified(loading)}")
             held = cur.fetchone()[0]
@@ -327,8 +340,13 @@ class LoadPostgres(DatasetTask):
             rows = warehouse.load(conn, self.month, parquet, source,
                                   lambda done, total: self.report(done, total, f"copied {done:,} of {total:,} rows"))
         except Error as e:
+            reason = _reason(e)
+            if "lock timeout" in reason:
+                reason = (f"other sessions were using {warehouse.name} for more than [postgres] lock_timeout "
+                          f"({settings.postgres().lock_timeout:g} s), so the month could not be swapped in; the "
+                          f"earlier load of the month is still there. Run again when they are done ({reason})")
             raise PostgresError(f"{self.label}: loading {lake_file} into {warehouse.name} at {server()} failed, "
-                                f"and nothing of it was kept (one transaction): {_reason(e)}") from e
+                                f"and nothing of it was kept (one transaction): {reason}") from e
         finally:
             with contextlib.suppress(Error):
                 conn.close()
