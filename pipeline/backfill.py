@@ -20,6 +20,7 @@ Reingest runs months again on purpose (luigi itself has no "force"):
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import logging
 import os
@@ -44,12 +45,43 @@ class PublishedMonths(RangeMonthly):
         months = [self.datetime_to_parameter(d) for d in finite_datetimes]
         done = set(of.bulk_complete.__func__(lambda **kw: of(**self.of_params, **kw), months))
         missing = [d for d, m in zip(finite_datetimes, months) if m not in done]
+        # Only months after the last one done can be "not published yet"; a missing month before
+        # it is a gap, and stays in, so that its download fails naming it.
+        tail = [d for d in missing if not done or self.datetime_to_parameter(d) > max(done)]
         svc = catalog.SERVICES[self.of_params["service"]]
-        while missing and not is_published(source_url(svc, self.datetime_to_parameter(missing[-1]))):
-            logger.warning("%s %s: not published at the source yet; the range ends before it",
-                           svc.name, missing[-1].strftime("%Y-%m"))
-            missing.pop()
-        return missing
+        published = published_prefix(svc, [self.datetime_to_parameter(d) for d in tail])
+        if published < len(tail):
+            first, last = tail[published].strftime("%Y-%m"), tail[-1].strftime("%Y-%m")
+            logger.warning("%s %s: not published at the source yet (%d month(s)); the range ends before it",
+                           svc.name, first if first == last else f"{first}..{last}", len(tail) - published)
+        return missing[:len(missing) - len(tail) + published]
+
+
+def published_prefix(svc: catalog.Service, months: list[datetime.date]) -> int:
+    """How many of ``months`` (consecutive, oldest first) are published, counted from the first:
+    the source publishes in order, so the unpublished ones are a tail.
+
+    The current month and later cost no request (a month is published after it ends). Before
+    them, months are asked from the end backwards at distances 1, 2, 4, ... until one is
+    published, then the boundary is bisected: a handful of requests for any range, however far
+    into the future it reaches."""
+    this_month = datetime.date.today().replace(day=1)
+    end = bisect.bisect_left(months, this_month)  # months[end:] are not over yet
+    published = lambda i: is_published(source_url(svc, months[i]))  # noqa: E731
+    unpublished, distance = end, 1  # months[unpublished:] are known unpublished
+    while unpublished > 0:
+        probe = max(0, end - distance)
+        if published(probe):
+            low = probe  # published; everything between low and unpublished is unknown
+            while unpublished - low > 1:
+                middle = (low + unpublished) // 2
+                if published(middle):
+                    low = middle
+                else:
+                    unpublished = middle
+            return unpublished
+        unpublished, distance = probe, distance * 2
+    return 0
 
 
 def months_between(a: datetime.date, b: datetime.date) -> int:

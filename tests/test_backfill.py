@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import gzip
 import logging
+import re
 
 import duckdb
 import pytest
@@ -44,8 +45,8 @@ def test_a_backfill_ingests_every_published_month_and_ends_where_the_source_ends
         **{("yellow", m): yellow_rows for m in RANGE_MONTHS}, **{("green", m): green_rows for m in RANGE_MONTHS},
         ("zones", ""): 265}
     tail = sorted(r.getMessage() for r in caplog.records)
-    assert tail == [f"{s} 2020-0{m}: not published at the source yet; the range ends before it"
-                    for s in ("green", "yellow") for m in (5, 6)]
+    assert tail == [f"{s} 2020-05..2020-06: not published at the source yet (2 month(s)); the range ends before it"
+                    for s in ("green", "yellow")]
 
 
 def test_the_same_backfill_again_decides_in_bulk_and_runs_nothing(range_source, run, monkeypatch):
@@ -74,6 +75,37 @@ def test_a_month_missing_in_the_middle_is_an_error_not_the_end(range_source, run
 
     assert "green 2020-02 (" in str(result.failures["Download"]) and "not published (HTTP 404)" in str(result.failures["Download"])
     assert [IngestMonth(service="green", month=month(m)).complete() for m in RANGE_MONTHS] == [True, False, True, True]
+
+
+def test_months_missing_before_a_month_already_done_are_a_gap_not_the_end(range_source, run, mirror):
+    assert not run(IngestMonth(service="yellow", month=month("2020-04"))).failures
+    gap = [mirror / "range" / "yellow" / f"yellow_tripdata_2020-0{m}.csv.gz" for m in (2, 3)]
+    saved = [path.read_bytes() for path in gap]
+    for path in gap:
+        path.unlink()
+    try:
+        result = run(IngestRange(services="yellow", first=month("2020-01"), last=month("2020-04")))
+    finally:
+        for path, content in zip(gap, saved):
+            path.write_bytes(content)
+
+    assert "not published (HTTP 404)" in str(result.failures["Download"])
+    assert [IngestMonth(service="yellow", month=month(m)).complete() for m in RANGE_MONTHS] == [True, False, False, True]
+
+
+def test_a_range_far_into_the_future_costs_a_handful_of_requests_and_one_warning(range_source, run, caplog):
+    caplog.set_level(logging.WARNING, logger="pipeline.backfill")
+    _Handler.hits.clear()
+
+    result = run(IngestRange(services="yellow", first=month("2020-01"), last=month("2099-12")))
+
+    assert not result.failures
+    assert [IngestMonth(service="yellow", month=month(m)).complete() for m in RANGE_MONTHS] == [True] * 4
+    asked = sum(n for path, n in _Handler.hits.items()
+                if (m := re.fullmatch(r"/range/yellow/yellow_tripdata_(\d{4}-\d{2})\.csv\.gz", path)) and m[1] > "2020-04")
+    assert 0 < asked <= 12
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("yellow 2020-05..2099-12: not published at the source yet (956 month(s))")
 
 
 def test_the_range_is_exactly_first_to_last_however_far_back(range_source):

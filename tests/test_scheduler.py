@@ -100,7 +100,7 @@ def test_cron_exit_codes_done_failed_and_already_running(workspace, http_server,
 
     fine = cli(*recent, *central(workspace, f"{http_server}/range", luigid), *lock, env=cron)
     assert fine.returncode == 0, fine.stderr[-3000:]
-    assert "green 2020-06: not published at the source yet" in fine.stderr  # the newest published month is 2020-04
+    assert "green 2020-05..2020-06: not published at the source yet (2 month(s))" in fine.stderr  # the newest published month is 2020-04
 
     failed = cli(*recent, *central(workspace, f"{http_server}/html", luigid), *lock, env=cron)
     assert failed.returncode == 30, failed.stderr[-3000:]
