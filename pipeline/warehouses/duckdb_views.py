@@ -27,6 +27,10 @@ MARKER_TABLE = "_ingested"
 LOCK_WAIT_SECONDS = 30.0
 
 
+class WarehouseBusy(RuntimeError):
+    """Another process holds the DuckDB file for longer than we wait."""
+
+
 def _connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
     """Open the warehouse, waiting while another process holds DuckDB's single-writer lock."""
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
@@ -34,8 +38,12 @@ def _connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
         try:
             return duckdb.connect(path, read_only=read_only)
         except duckdb.IOException as e:
-            if "lock" not in str(e).lower() or time.monotonic() > deadline:
+            if "lock" not in str(e).lower():
                 raise
+            if time.monotonic() > deadline:
+                raise WarehouseBusy(
+                    f"the DuckDB warehouse {path} has been held by another process for {LOCK_WAIT_SECONDS:g} s ({e}); "
+                    "close that session, and query while ingesting with duckdb.connect(path, read_only=True)") from None
             time.sleep(0.2)
 
 
@@ -43,8 +51,21 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+GLOB_CHARACTERS = set("*?[]{}")
+
+
+def lake_literal(svc: catalog.Service) -> str:
+    """The configured lake's files of the service as the view's SQL names them: an absolute
+    path, so the view answers from any working directory."""
+    return _sql_string(os.path.abspath(lake_glob(svc)))
+
+
 def view_sql(svc: catalog.Service) -> str:
-    source = f"read_parquet({_sql_string(os.path.abspath(lake_glob(svc)))}"
+    root = os.path.abspath(lake_root())
+    if GLOB_CHARACTERS & set(root):
+        raise ValueError(f"[lake] root {root} holds a glob character ({' '.join(sorted(GLOB_CHARACTERS & set(root)))}), "
+                         "which DuckDB's read_parquet would take as a pattern; move the lake to a path without one")
+    source = f"read_parquet({lake_literal(svc)}"
     if svc.monthly:
         source += f", hive_partitioning = true, hive_types = {{'{PARTITION_KEY}': VARCHAR}}"
     return f'CREATE OR REPLACE VIEW "{svc.table}" AS SELECT * FROM {source})'
@@ -78,16 +99,28 @@ class DuckDBMarker(MonthMarker):
 
 
 def _exposed(path: str) -> set[tuple[str, str]]:
-    """Every (service, month) the warehouse's marker table records."""
+    """Every (service, month) the warehouse's marker table records, for the services whose view
+    reads the configured lake: after the lake moves (the project folder, or [lake] root), a view
+    still reads the old path, so its months count as not exposed and are exposed again."""
     if not os.path.exists(path):
         return set()
     con = _connect(path, read_only=True)
     try:
-        return {tuple(row) for row in con.execute(f"SELECT service, month FROM {MARKER_TABLE}").fetchall()}
+        recorded = {tuple(row) for row in con.execute(f"SELECT service, month FROM {MARKER_TABLE}").fetchall()}
+        views = dict(con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal").fetchall())
     except duckdb.CatalogException:  # no marker table yet: nothing ingested
         return set()
     finally:
         con.close()
+    current = set()
+    for service in {service for service, _ in recorded}:
+        svc = catalog.SERVICES[service]
+        if lake_literal(svc) in views.get(svc.table, ""):
+            current.add(service)
+        else:
+            logger.warning("view %s in %s does not read the configured lake %s; its months will be exposed again",
+                           svc.table, path, os.path.abspath(lake_root()))
+    return {(service, month) for service, month in recorded if service in current}
 
 
 class ExposeDuckDB(DatasetTask):
