@@ -5,7 +5,7 @@ The way a month travels, one module a step:
 catalog -> download -> convert -> lake -> warehouses/ ; flows wires them together.
 """
 
-from pipeline.backfill import IngestRange, IngestRecent, PublishedMonths, Reingest
+from pipeline.backfill import IngestRange, IngestRecent, PublishedMonths, Reingest, Republished
 from pipeline.convert import ToParquet
 from pipeline.download import Download
 from pipeline.flows import IngestMonth, IngestZones
@@ -14,4 +14,4 @@ from pipeline.warehouses.bigquery import ExposeBigQuery
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
 from pipeline.warehouses.postgres import LoadPostgres
 
-__all__ = ["Download", "ToParquet", "LakeFile", "ExposeDuckDB", "LoadPostgres", "ExposeBigQuery", "IngestMonth", "IngestZones", "IngestRange", "IngestRecent", "PublishedMonths", "Reingest"]
+__all__ = ["Download", "ToParquet", "LakeFile", "ExposeDuckDB", "LoadPostgres", "ExposeBigQuery", "IngestMonth", "IngestZones", "IngestRange", "IngestRecent", "PublishedMonths", "Reingest", "Republished"]

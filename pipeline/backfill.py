@@ -22,16 +22,20 @@ from __future__ import annotations
 
 import bisect
 import datetime
+import json
 import logging
 import os
+from typing import Optional
 
 import luigi
 from dateutil.relativedelta import relativedelta
 from luigi.tools.range import RangeMonthly
 
 from pipeline import catalog, settings
-from pipeline.download import is_published, source_url
+from pipeline.convert import ToParquet
+from pipeline.download import Download, published, source_url
 from pipeline.flows import IngestMonth, IngestZones
+from pipeline.lake import LakeFile, LakeRecord, lake_record
 
 logger = logging.getLogger("pipeline.backfill")
 
@@ -49,12 +53,12 @@ class PublishedMonths(RangeMonthly):
         # it is a gap, and stays in, so that its download fails naming it.
         tail = [d for d in missing if not done or self.datetime_to_parameter(d) > max(done)]
         svc = catalog.SERVICES[self.of_params["service"]]
-        published = published_prefix(svc, [self.datetime_to_parameter(d) for d in tail])
-        if published < len(tail):
-            first, last = tail[published].strftime("%Y-%m"), tail[-1].strftime("%Y-%m")
+        out = published_prefix(svc, [self.datetime_to_parameter(d) for d in tail])
+        if out < len(tail):
+            first, last = tail[out].strftime("%Y-%m"), tail[-1].strftime("%Y-%m")
             logger.warning("%s %s: not published at the source yet (%d month(s)); the range ends before it",
-                           svc.name, first if first == last else f"{first}..{last}", len(tail) - published)
-        return missing[:len(missing) - len(tail) + published]
+                           svc.name, first if first == last else f"{first}..{last}", len(tail) - out)
+        return missing[:len(missing) - len(tail) + out]
 
 
 def published_prefix(svc: catalog.Service, months: list[datetime.date]) -> int:
@@ -67,15 +71,15 @@ def published_prefix(svc: catalog.Service, months: list[datetime.date]) -> int:
     into the future it reaches."""
     this_month = datetime.date.today().replace(day=1)
     end = bisect.bisect_left(months, this_month)  # months[end:] are not over yet
-    published = lambda i: is_published(source_url(svc, months[i]))  # noqa: E731
+    is_published = lambda i: published(source_url(svc, months[i])) is not None  # noqa: E731
     unpublished, distance = end, 1  # months[unpublished:] are known unpublished
     while unpublished > 0:
         probe = max(0, end - distance)
-        if published(probe):
+        if is_published(probe):
             low = probe  # published; everything between low and unpublished is unknown
             while unpublished - low > 1:
                 middle = (low + unpublished) // 2
-                if published(middle):
+                if is_published(middle):
                     low = middle
                 else:
                     unpublished = middle
@@ -112,6 +116,16 @@ class MonthRange:
     def months(self) -> list[datetime.date]:
         return [self.first + relativedelta(months=n) for n in range(months_between(self.first, self.last) + 1)]
 
+    def datasets(self) -> list[dict]:
+        """The parameters of each dataset file asked for: service and month (none for zones)."""
+        return [{"service": name} if name == "zones" else {"service": name, "month": m}
+                for name in self.service_names() for m in (self.months() if name != "zones" else [None])]
+
+    def _receipt(self, what: str) -> luigi.LocalTarget:
+        """A file of this request's own, for what it must remember across luigi's restarts of
+        run() after dynamic dependencies."""
+        return luigi.LocalTarget(os.path.join(settings.ingest().staging, self.task_family.lower(), f"{self.task_id}.{what}"))
+
 
 class IngestRange(MonthRange, luigi.WrapperTask):
     """Ingest every month from --first to --last, both included, of each service in --services
@@ -133,62 +147,121 @@ class IngestRange(MonthRange, luigi.WrapperTask):
                 task_limit=len(self.months()))
 
 
-def chain(tasks: list[luigi.Task]) -> list[luigi.Task]:
-    """The tasks and everything they require, each once."""
-    seen: dict[str, luigi.Task] = {}
-    todo = list(tasks)
-    while todo:
-        task = todo.pop()
-        if task.task_id not in seen:
-            seen[task.task_id] = task
-            todo.extend(luigi.task.flatten(task.requires()))
-    return list(seen.values())
-
-
 class Reingest(MonthRange, luigi.Task):
-    """Ingest months again on purpose: forget every output of every step of those months (the
-    download, the Parquet file, the lake file, each configured sink's marker), then ingest them
-    anew. Each warehouse load replaces its month whole (Postgres swaps the month's partition), so
-    no row is duplicated anywhere. Until the new run finishes, the months are missing from the
-    warehouses; if it fails (the source is down), the same command can simply be run again."""
+    """Ingest months again on purpose, replacing each output only when its new version is ready:
+    1. the month is downloaded and converted again in the staging area, which no warehouse
+       reads: if the source is down or the file is bad, nothing else has changed;
+    2. then the lake file and every configured warehouse are made from that new file, each
+       replacing its month in one step (the lake file by an atomic rename or object overwrite,
+       Postgres by swapping the month's partition with its marker in one transaction, DuckDB and
+       BigQuery by their marker row; their views read the lake). Each output counts as done only
+       when it records the new file's sha256, so until then every sink keeps the old month, and
+       a failed run can simply be run again."""
 
     requested = luigi.DateSecondParameter(
         default=datetime.datetime.now().replace(microsecond=0),
         description="When the re-ingest was asked for (default: now): each request is its own task")
 
-    def ingest_tasks(self) -> list[luigi.Task]:
-        tasks: list[luigi.Task] = []
-        for name in self.service_names():
-            if name == "zones":
-                tasks.append(IngestZones())
-            else:
-                tasks.extend(IngestMonth(service=name, month=m) for m in self.months())
-        return tasks
-
-    def _receipt(self, what: str) -> luigi.LocalTarget:
-        return luigi.LocalTarget(os.path.join(settings.ingest().staging, "reingest", f"{self.task_id}.{what}"))
-
     def output(self):
         return self._receipt("done")
 
     def run(self):
-        tasks = self.ingest_tasks()
-        # run() starts over once the ingest tasks are done (luigi's dynamic dependencies): the
-        # receipt makes sure the outputs are forgotten once, not again after the new run.
+        datasets = self.datasets()
+        # run() starts over after each batch of dynamic dependencies: the receipt makes sure the
+        # staging files are forgotten once, not again after they have been made anew.
         forgotten = self._receipt("forgotten")
         if not forgotten.exists():
-            for task in chain(tasks):
-                for target in luigi.task.flatten(task.output()):
+            for params in datasets:
+                for target in [*luigi.task.flatten(Download(**params).output()), ToParquet(**params).output()]:
                     if target.exists():
-                        logger.info("%s: forgetting %s", task, getattr(target, "path", target))
+                        logger.info("%s: forgetting the staging file %s", Download(**params).label, target.path)
                         target.remove()
-            self.set_status_message(f"forgot the outputs of {len(tasks)} month(s); ingesting them again")
             with forgotten.open("w") as f:
-                f.write(f"{len(tasks)} tasks\n")
-        yield tasks
+                f.write(f"{len(datasets)} files\n")
+        self.set_status_message(f"downloading and converting {len(datasets)} file(s) again; the lake and the "
+                                "warehouses keep the old ones until the new ones are whole")
+        yield [ToParquet(**params) for params in datasets]
+        self.set_status_message(f"replacing {len(datasets)} file(s) in the lake and the warehouses")
+        yield [ingest_task(params, Download(**params)) for params in datasets]
         with self.output().open("w") as f:
-            f.write(f"{len(tasks)} tasks ingested again\n")
+            f.write(f"{len(datasets)} files ingested again\n")
         forgotten.remove()
+
+
+def ingest_task(params: dict, download: Download) -> luigi.Task:
+    """The flow that puts a downloaded file into the lake and the warehouses, pinned to it."""
+    with download.output()["meta"].open() as f:
+        sha256 = json.load(f)["sha256"]
+    if params["service"] == "zones":
+        return IngestZones(source_sha256=sha256)
+    return IngestMonth(service=params["service"], month=params["month"], source_sha256=sha256)
+
+
+class Republished(MonthRange, luigi.Task):
+    """Report the months in the lake whose file the source has changed since they were ingested:
+    one request per month and no download (the size, ETag and Last-Modified the source states
+    now, against those the lake file recorded at download). With --reingest, ingest exactly
+    those months again."""
+
+    reingest = luigi.BoolParameter(description="Ingest the changed months again (Reingest, month by month)")
+    requested = luigi.DateSecondParameter(
+        default=datetime.datetime.now().replace(microsecond=0),
+        description="When the check was asked for (default: now): each request is its own task")
+
+    def output(self):
+        return self._receipt("report")
+
+    def changes(self) -> list[dict]:
+        """Each month in the lake whose published file differs, with why."""
+        found = []
+        for params in self.datasets():
+            target = LakeFile(**params).output()
+            if not target.exists():
+                continue
+            svc = catalog.SERVICES[params["service"]]
+            label = Download(**params).label
+            why = difference(lake_record(target), published(source_url(svc, params.get("month"))))
+            if why:
+                logger.warning("%s: %s since it was ingested", label, why)
+                found.append({"service": svc.name, "month": catalog.month_str(params["month"]) if svc.monthly else "",
+                              "label": label, "why": why})
+        return found
+
+    def reingest_of(self, change: dict) -> Reingest:
+        # The zones have no month; a Reingest of them takes any.
+        month = datetime.date.fromisoformat(change["month"] + "-01") if change["month"] else self.first
+        return Reingest(services=change["service"], first=month, last=month, requested=self.requested)
+
+    def run(self):
+        # Checked once: after a Reingest the source and the lake agree again, so run()'s restart
+        # after the dynamic dependencies reads what was found before them.
+        found = self._receipt("changes")
+        if not found.exists():
+            changes = self.changes()
+            with found.open("w") as f:
+                json.dump(changes, f)
+        with found.open() as f:
+            changes = json.load(f)
+        changed = [c for c in changes if "no longer published" not in c["why"]]
+        if self.reingest and changed:
+            self.set_status_message(f"{len(changed)} month(s) changed at the source; ingesting them again")
+            yield [self.reingest_of(change) for change in changed]
+        lines = [f"{c['label']}: {c['why']}" for c in changes] or ["no month in the lake has changed at the source"]
+        with self.output().open("w") as f:
+            f.write("\n".join(lines) + "\n")
+        logger.info("%s", "; ".join(lines))
+        found.remove()
+
+
+def difference(record: LakeRecord, now: Optional[dict[str, str]]) -> str:
+    """Why the file published now is not the one a lake file was made from ("" if it is)."""
+    if now is None:
+        return "no longer published (HTTP 404)"
+    then = {"size": record.source_size, "etag": record.source_etag, "last_modified": record.source_last_modified}
+    # Compared where both sides know the value: older lake files recorded only the size.
+    changed = [f"{name} {then[name]} -> {now[name]}" for name in ("size", "etag", "last_modified")
+               if then[name] and now[name] and then[name] != now[name]]
+    return "republished: " + ", ".join(changed) if changed else ""
 
 
 class IngestRecent(luigi.WrapperTask):

@@ -228,7 +228,8 @@ class ToParquet(DatasetTask):
             self.report(done, total, f"converted {rows:,} rows")
 
         meta = {"service": self.service, "month": catalog.month_str(self.month) if self.month else "",
-                "source_url": source["url"], "source_sha256": source["sha256"], "source_size": source["size"]}
+                "source_url": source["url"], "source_sha256": source["sha256"], "source_size": source["size"],
+                "source_etag": source.get("etag", ""), "source_last_modified": source.get("last_modified", "")}
         step = convert_parquet if raw.endswith(".parquet") else convert
         with self.staged(self.output()) as tmp:
             rows = step(raw, source["header"], tmp, self.svc, where, meta, progress)

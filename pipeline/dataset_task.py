@@ -62,6 +62,22 @@ class DatasetTask(luigi.Task):
         self.set_status_message(f"{self.label}: {what}")
 
 
+class SourcePin:
+    """A parameter for the steps whose output a Reingest replaces (the lake file, each warehouse,
+    the flows over them): with it, the output is complete only when it came from that source
+    file, so the old output stays until the new one replaces it."""
+
+    source_sha256 = luigi.Parameter(
+        default="", description="Only complete when made from the source file with this sha256 (set by "
+        "Reingest; empty: any)")
+
+    def __repr__(self) -> str:
+        # Logs name a step as they always have; the pin only when there is one.
+        shown = [f"{name}={param.serialize(getattr(self, name))}" for name, param in self.get_params()
+                 if param.significant and (name != "source_sha256" or self.source_sha256)]
+        return f"{self.get_task_family()}({', '.join(shown)})"
+
+
 # A temporary file nobody has written to for this long was left by a killed run.
 STALE_SECONDS = 600
 # Where a root's temporary files are written: on the same filesystem as the outputs (so the final

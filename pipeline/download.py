@@ -11,6 +11,7 @@ published (not retried); connection errors and 5xx answers are retried with back
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import json
 import logging
@@ -18,7 +19,7 @@ import os
 import posixpath
 import time
 import urllib.parse
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, Mapping, Optional
 
 import luigi
 import pyarrow as pa
@@ -146,9 +147,9 @@ def _read_through(path: str, gzipped: bool, where: str) -> tuple[str, int]:
     return header, lines - 1 + (last != b"\n")
 
 
-def _http_chunks(url: str, where: str, cfg: settings.source) -> Iterator[tuple[bytes, int]]:
-    """Yield (chunk, expected total size or 0) for one GET, each chunk as soon as it arrives;
-    classify failures."""
+def _http_chunks(url: str, where: str, cfg: settings.source, found: dict) -> Iterator[tuple[bytes, int]]:
+    """Yield (chunk, expected total size or 0) for one GET, each chunk as soon as it arrives,
+    after putting the response's validators in ``found``; classify failures."""
     try:
         # The file as published: no compression on the fly (requests asks for gzip by default,
         # and a server that compresses a text file would hand us bytes that are not the file).
@@ -160,6 +161,7 @@ def _http_chunks(url: str, where: str, cfg: settings.source) -> Iterator[tuple[b
             if resp.status_code != 200:
                 raise SourceError(f"{where}: unexpected HTTP {resp.status_code} {resp.reason}")
             expected = int(resp.headers.get("Content-Length") or 0)
+            found.update(validators(resp.headers))
             # read1: what has arrived, without waiting for a full chunk (so a trickle is seen);
             # decode_content=False: the bytes exactly as sent, so the sha256 is the file's.
             while chunk := resp.raw.read1(NET_CHUNK, decode_content=False):
@@ -170,12 +172,13 @@ def _http_chunks(url: str, where: str, cfg: settings.source) -> Iterator[tuple[b
         raise _Retryable(f"{where}: {type(e).__name__}: {e}") from None
 
 
-def _file_chunks(url: str, where: str) -> Iterator[tuple[bytes, int]]:
+def _file_chunks(url: str, where: str, found: dict) -> Iterator[tuple[bytes, int]]:
     path = urllib.parse.unquote(urllib.parse.urlparse(url).path)
     try:
         f: BinaryIO = open(path, "rb")
     except FileNotFoundError:
         raise MonthNotPublished(f"{where}: not published (no such file in the mirror)") from None
+    found.update(_file_validators(path))
     with f:
         total = os.fstat(f.fileno()).st_size
         while chunk := f.read(CHUNK):
@@ -190,10 +193,12 @@ def fetch(url: str, dest: str, svc: catalog.Service, where: str,
     if scheme not in ("http", "https", "file"):
         raise SourceError(f"{where}: unsupported URL scheme {scheme!r} (use http(s):// or file://)")
 
+    found: dict[str, str] = {}
+
     def attempt() -> _StreamCheck:
         check = _StreamCheck(url, where, cfg)
         expected = 0
-        chunks = _file_chunks(url, where) if scheme == "file" else _http_chunks(url, where, cfg)
+        chunks = _file_chunks(url, where, found) if scheme == "file" else _http_chunks(url, where, cfg, found)
         with open(dest, "wb") as out:
             for chunk, expected in chunks:
                 check.feed(chunk)
@@ -211,26 +216,49 @@ def fetch(url: str, dest: str, svc: catalog.Service, where: str,
         header, rows = _read_through(dest, url.endswith(".gz"), where)
     catalog.resolve_header(svc, header, where)
     catalog.check_rows(svc, rows, where)
-    return {"url": url, "size": check.size, "sha256": check.sha256.hexdigest(), "header": header.rstrip("\r")}
+    # What the server said of this version of the file, so a republished one can be noticed.
+    return {"url": url, "size": check.size, "sha256": check.sha256.hexdigest(), "header": header.rstrip("\r"),
+            "etag": found.get("etag", ""), "last_modified": found.get("last_modified", "")}
 
 
-def is_published(url: str) -> bool:
-    """Whether the source has the file, without downloading it: a 404 (or a file missing from
-    a file:// mirror) is False; any other failure is an error, never a silent False.
+def validators(headers: Mapping[str, str]) -> dict[str, str]:
+    """What tells one published version of a file from another, as the server states it."""
+    return {"size": headers.get("Content-Length", ""), "etag": headers.get("ETag", ""),
+            "last_modified": headers.get("Last-Modified", "")}
+
+
+def _file_validators(path: str) -> dict[str, str]:
+    stat = os.stat(path)
+    return {"size": str(stat.st_size), "etag": "", "last_modified": email.utils.formatdate(stat.st_mtime, usegmt=True)}
+
+
+def published(url: str) -> Optional[dict[str, str]]:
+    """The validators of the file the source publishes at ``url`` (see `validators`), without
+    downloading it, or None when it is not published (404, or missing from a file:// mirror).
+    Any other failure is an error after the [source] tries, never a silent None.
 
     A GET whose body is never read rather than a HEAD: the releases redirect to signed storage
     URLs, which need not answer HEAD."""
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "file":
-        return os.path.exists(urllib.parse.unquote(parsed.path))
-    try:
-        with requests.get(url, stream=True, timeout=settings.source().timeout) as resp:
-            status = resp.status_code
-    except (requests.ConnectionError, requests.Timeout) as e:
-        raise SourceError(f"{url}: asking whether it is published: {type(e).__name__}: {e}") from None
-    if status in (200, 404):
-        return status == 200
-    raise SourceError(f"{url}: asking whether it is published: HTTP {status}")
+        path = urllib.parse.unquote(parsed.path)
+        return _file_validators(path) if os.path.exists(path) else None
+    cfg = settings.source()
+    where = f"{url}: asking whether it is published"
+
+    def ask() -> Optional[dict[str, str]]:
+        try:
+            with requests.get(url, stream=True, timeout=cfg.timeout, headers={"Accept-Encoding": "identity"}) as resp:
+                status, headers = resp.status_code, resp.headers
+        except (requests.ConnectionError, requests.Timeout) as e:
+            raise _Retryable(f"{where}: {type(e).__name__}: {e}") from None
+        if status >= 500:
+            raise _Retryable(f"{where}: server error HTTP {status}")
+        if status not in (200, 404):
+            raise SourceError(f"{where}: HTTP {status}")
+        return validators(headers) if status == 200 else None
+
+    return retry.call(ask, attempts=cfg.attempts, backoff=cfg.backoff, setting="[source]")
 
 
 class Download(DatasetTask):

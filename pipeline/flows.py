@@ -10,6 +10,7 @@ Each requires the month in the lake plus every warehouse named in `[ingest] sink
 import luigi
 
 from pipeline import catalog, completion, settings
+from pipeline.dataset_task import SourcePin
 from pipeline.lake import LakeFile
 from pipeline.warehouses.bigquery import ExposeBigQuery
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
@@ -26,7 +27,7 @@ def sink_tasks(**params) -> list[luigi.Task]:
     return [SINKS[name](**params) for name in names]
 
 
-class IngestMonth(luigi.WrapperTask):
+class IngestMonth(SourcePin, luigi.WrapperTask):
     """Download a month of one service, convert it to Parquet, put it in the lake, expose it in
     every configured warehouse. Steps already done are skipped."""
 
@@ -34,15 +35,16 @@ class IngestMonth(luigi.WrapperTask):
     month = luigi.MonthParameter(description="YYYY-MM: the month of the published file.")
 
     def requires(self):
-        params = {"service": self.service, "month": self.month}
+        params = {"service": self.service, "month": self.month, "source_sha256": self.source_sha256}
         return [LakeFile(**params), *sink_tasks(**params)]
 
     # Each kind of output asked once for all the months (pipeline/completion.py).
     bulk_complete = classmethod(completion.bulk_complete)
 
 
-class IngestZones(luigi.WrapperTask):
+class IngestZones(SourcePin, luigi.WrapperTask):
     """The taxi zone lookup: download, Parquet, lake, warehouses."""
 
     def requires(self):
-        return [LakeFile(service="zones"), *sink_tasks(service="zones")]
+        params = {"service": "zones", "source_sha256": self.source_sha256}
+        return [LakeFile(**params), *sink_tasks(**params)]

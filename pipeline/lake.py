@@ -12,6 +12,7 @@ BigQuery external table) get the source month as a column and can skip every oth
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import logging
 import os
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 
 from pipeline import catalog, settings
 from pipeline.convert import ToParquet
-from pipeline.dataset_task import DatasetTask, atomic_path
+from pipeline.dataset_task import DatasetTask, SourcePin, atomic_path
 from pipeline.targets.gcs import SCHEME, GCSTarget
 
 logger = logging.getLogger("pipeline.lake")
@@ -79,8 +80,42 @@ def local_copy(target: LakeTarget) -> Iterator[str]:
         yield path
 
 
-class LakeFile(DatasetTask):
-    """Put the month's Parquet file in the data lake."""
+@dataclasses.dataclass(frozen=True)
+class LakeRecord:
+    """What we know about a lake file: the Parquet footer's `tlc.*` keys, which a GCS object
+    also carries as its metadata."""
+
+    rows: int
+    source_sha256: str
+    source_url: str
+    # The source's validators when it was downloaded ("" where the server sent none, or for
+    # files written before they were recorded): what tells a republished file.
+    source_size: str = ""
+    source_etag: str = ""
+    source_last_modified: str = ""
+
+    def metadata(self) -> dict[str, str]:
+        return {field.name: str(getattr(self, field.name)) for field in dataclasses.fields(self)}
+
+    @classmethod
+    def of(cls, values: dict[str, str]) -> LakeRecord:
+        fields = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in values.items() if k in fields}, "rows": int(values.get("rows") or 0)})
+
+
+def lake_record(target: LakeTarget) -> LakeRecord:
+    """The record of a lake file (or of a Parquet file in staging): from the object's metadata
+    on GCS (no download), from the footer's `tlc.*` keys on disk."""
+    if isinstance(target, GCSTarget):
+        return LakeRecord.of(target.fs.stat(target.path).metadata or {})
+    parquet = pq.ParquetFile(target.path)
+    footer = {k.decode().removeprefix("tlc."): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
+    return LakeRecord.of({**footer, "rows": str(parquet.metadata.num_rows)})
+
+
+class LakeFile(SourcePin, DatasetTask):
+    """Put the month's Parquet file in the data lake (in place of an earlier one: readers see
+    the old file or the new one, never a mix)."""
 
     def requires(self):
         return self.clone(ToParquet)
@@ -88,16 +123,17 @@ class LakeFile(DatasetTask):
     def output(self):
         return lake_target(lake_path(self.svc, self.month))
 
+    def complete(self):
+        # Asked one by one when pinned (Reingest's few months); backfills ask unpinned, in bulk.
+        target = self.output()
+        return target.exists() and (not self.source_sha256 or lake_record(target).source_sha256 == self.source_sha256)
+
     def run(self):
         src, target = self.input().path, self.output()
         logger.info("%s: putting %s in the lake at %s", self.label, src, target.path)
         self.report(0, 1, f"to the lake at {target.path}")
         if isinstance(target, GCSTarget):
-            parquet = pq.ParquetFile(src)
-            footer = {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
-            target.upload(src, {"rows": str(parquet.metadata.num_rows),
-                                "source_sha256": footer.get("tlc.source_sha256", ""),
-                                "source_url": footer.get("tlc.source_url", "")})
+            target.upload(src, lake_record(luigi.LocalTarget(src)).metadata())
         else:
             with atomic_path(target, lake_root()) as tmp:
                 shutil.copyfile(src, tmp)

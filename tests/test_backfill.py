@@ -4,8 +4,10 @@ cleanly where the source's months end."""
 from __future__ import annotations
 
 import datetime
+import email.utils
 import gzip
 import logging
+import os
 import re
 
 import duckdb
@@ -157,6 +159,60 @@ def test_reingest_replaces_exactly_the_months_asked_for_in_every_sink(range_sour
     started = [t.split("_")[0] for t in result.started]
     assert sorted(set(started)) == ["Download", "ExposeDuckDB", "IngestMonth", "LakeFile", "LoadPostgres", "Reingest", "ToParquet"]
     assert started.count("Download") == 1  # February only
+
+
+def test_reingest_with_the_source_gone_keeps_the_old_month_in_every_sink(range_source, pg, run, mirror, http_server):
+    with configured({("ingest", "sinks"): "duckdb,postgres"}):
+        assert not run(IngestMonth(service="yellow", month=month("2020-02"))).failures
+        lake_file = LakeFile(service="yellow", month=month("2020-02")).output().path
+        before = (pg.count("yellow_tripdata", "2020-02"), pg.markers(), counts(range_source / "warehouse.duckdb"),
+                  open(lake_file, "rb").read())
+        gone = mirror / "range" / "yellow" / "yellow_tripdata_2020-02.csv.gz"
+        saved = gone.read_bytes()
+        gone.unlink()  # the source answers 404
+        try:
+            result = run(Reingest(services="yellow", first=month("2020-02"), last=month("2020-02")))
+        finally:
+            gone.write_bytes(saved)
+
+        assert str(result.failures["Download"]) == (
+            f"yellow 2020-02 ({http_server}/range/yellow/yellow_tripdata_2020-02.csv.gz): not published (HTTP 404)")
+        assert (pg.count("yellow_tripdata", "2020-02"), pg.markers(), counts(range_source / "warehouse.duckdb"),
+                open(lake_file, "rb").read()) == before
+        with duckdb.connect(str(range_source / "warehouse.duckdb"), read_only=True) as con:
+            assert con.execute("SELECT count(*) FROM yellow_tripdata").fetchone()[0] == before[0]
+        assert IngestMonth(service="yellow", month=month("2020-02")).complete()
+
+
+def test_republished_months_are_reported_without_downloads_and_reingested_on_request(range_source, run, mirror, mirror_files):
+    from pipeline import Republished
+
+    assert not run(IngestRange(services="yellow,zones", first=month("2020-01"), last=month("2020-03"))).failures
+    republished = mirror / "range" / "yellow" / "yellow_tripdata_2020-02.csv.gz"
+    original, then = republished.read_bytes(), email.utils.formatdate(republished.stat().st_mtime, usegmt=True)
+    csv = mirror_files["yellow/yellow_tripdata_2020-01.csv.gz"]
+    republished.write_bytes(gzip.compress(b"".join(csv.splitlines(keepends=True)[:101])))  # header + 100 rows
+    os.utime(republished, (1700000000, 1700000000))
+    try:
+        _Handler.hits.clear()
+        check = Republished(services="yellow,zones", first=month("2020-01"), last=month("2020-04"))
+        result = run(check)
+        assert not result.failures
+        assert [t.split("_")[0] for t in result.started] == ["Republished"]  # no download, no reingest
+        assert open(check.output().path).read() == (
+            f"yellow 2020-02: republished: size {len(original)} -> {republished.stat().st_size}, "
+            f"last_modified {then} -> Tue, 14 Nov 2023 22:13:20 GMT\n")
+        assert sum(_Handler.hits.values()) == 4  # one body-less request per month in the lake, zones included
+
+        fixed = run(Republished(services="yellow,zones", first=month("2020-01"), last=month("2020-04"), reingest=True))
+    finally:
+        republished.write_bytes(original)
+
+    assert not fixed.failures
+    assert [t.split("_")[0] for t in fixed.started].count("Download") == 1  # February only
+    full = data_rows(csv)
+    assert counts(range_source / "warehouse.duckdb") == {("yellow", "2020-01"): full, ("yellow", "2020-02"): 100,
+                                                         ("yellow", "2020-03"): full, ("zones", ""): 265}
 
 
 def test_a_range_over_any_single_step_decides_in_bulk_too(range_source, run):

@@ -8,6 +8,7 @@ catalog's schema). Datasets, the marker table, MERGE and tabledata.list run on t
 from __future__ import annotations
 
 import datetime
+import hashlib
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -28,7 +29,7 @@ def month(value: str) -> datetime.date:
     return datetime.date.fromisoformat(value + "-01")
 
 
-def test_two_services_three_months_tables_created_once_markers_and_a_rerun_does_nothing(bigquery, gcs, run, mirror_files):
+def test_two_services_three_months_tables_created_once_markers_and_a_rerun_does_nothing(bigquery, gcs, run, mirror_files, mirror):
     tasks = [IngestMonth(service=s, month=month(m)) for s, m in MONTHS]
 
     first = run(*tasks)
@@ -48,7 +49,9 @@ def test_two_services_three_months_tables_created_once_markers_and_a_rerun_does_
     }
     assert [(f["name"], f["type"]) for f in yellow["schema"]["fields"]] == [
         (field.name, BQ[field.type]) for field in SERVICES["yellow"].schema]
-    assert exposed(client()) == {(s, m) for s, m in MONTHS}
+    # Each marker names the file as served: its sha256.
+    assert exposed(client()) == {(s, m): hashlib.sha256((mirror / "releases" / s / f"{s}_tripdata_{m}.csv.gz").read_bytes()).hexdigest()
+                                 for s, m in MONTHS}
     markers = {(r["service"], r["month"]): r["rows"] for r in client().list_rows(f"test.{dataset()}._ingested")}
     assert markers == {(s, m): data_rows(mirror_files[f"{s}/{s}_tripdata_{m}.csv.gz"]) for s, m in MONTHS}
 

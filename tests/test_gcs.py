@@ -4,6 +4,8 @@ the test suite. Same tasks as the local lake, switched by `[lake] root` alone.""
 from __future__ import annotations
 
 import datetime
+import email.utils
+import hashlib
 import json
 import os
 
@@ -24,7 +26,7 @@ def month(value: str) -> datetime.date:
 MONTHS = [("yellow", "2021-01"), ("yellow", "2020-01"), ("green", "2019-01")]
 
 
-def test_three_months_land_whole_with_checksums_and_metadata_and_a_rerun_runs_nothing(gcs, run, mirror_files):
+def test_three_months_land_whole_with_checksums_and_metadata_and_a_rerun_runs_nothing(gcs, run, mirror_files, mirror):
     tasks = [IngestMonth(service=s, month=month(m)) for s, m in MONTHS]
 
     first = run(*tasks)
@@ -39,8 +41,12 @@ def test_three_months_land_whole_with_checksums_and_metadata_and_a_rerun_runs_no
         with open(Download(**params).output()["meta"].path) as f:
             source = json.load(f)
         assert blob.crc32c == crc32c_of(staged)  # the object is byte for byte the local file
+        served = mirror / "releases" / service / f"{service}_tripdata_{m}.csv.gz"
         assert blob.metadata == {"rows": str(data_rows(mirror_files[f"{service}/{service}_tripdata_{m}.csv.gz"])),
-                                 "source_sha256": source["sha256"], "source_url": source["url"]}
+                                 "source_sha256": hashlib.sha256(served.read_bytes()).hexdigest(),
+                                 "source_url": source["url"], "source_size": str(served.stat().st_size),
+                                 "source_etag": "",  # the test server sends none
+                                 "source_last_modified": email.utils.formatdate(served.stat().st_mtime, usegmt=True)}
         assert blob.size == os.path.getsize(staged)
 
     again = run(*tasks)

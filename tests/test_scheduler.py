@@ -34,7 +34,7 @@ def test_a_month_against_luigid_every_step_done_in_its_graph_and_history(pg, wor
 
     assert done.returncode == 0, done.stderr[-3000:]
     ingest = next(task_id for task_id, task in api(luigid, "task_list", status="DONE").items()
-                  if task["name"] == "IngestMonth" and task["params"] == {"service": "green", "month": "2019-10"})
+                  if task["name"] == "IngestMonth" and task["params"] == {"service": "green", "month": "2019-10", "source_sha256": ""})
     graph = api(luigid, "dep_graph", task_id=ingest)
     assert sorted((task["name"], task["status"]) for task in graph.values()) == [
         ("Download", "DONE"), ("ExposeDuckDB", "DONE"), ("IngestMonth", "DONE"), ("LakeFile", "DONE"),

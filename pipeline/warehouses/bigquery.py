@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Iterator, Optional
 from google.api_core import exceptions as gexc
 
 from pipeline import catalog, settings
-from pipeline.dataset_task import DatasetTask
-from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_glob, lake_root
+from pipeline.dataset_task import DatasetTask, SourcePin
+from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_glob, lake_record, lake_root
 from pipeline.targets.marker import MonthMarker
 
 # google-cloud-bigquery is imported in the functions that use it, not here: it adds half a
@@ -189,14 +189,15 @@ def marker_schema() -> list[bq.SchemaField]:
             bq.SchemaField("exposed_at", "TIMESTAMP")]
 
 
-def exposed(client_: bq.Client) -> set[tuple[str, str]]:
-    """Every (service, month) the marker table records: one tabledata.list, no query job."""
+def exposed(client_: bq.Client) -> dict[tuple[str, str], str]:
+    """Every (service, month) the marker table records, with its source's sha256: one
+    tabledata.list, no query job."""
     with _named(f"marker table {marker_table_id(client_)}"):
         try:
-            rows = client_.list_rows(marker_table_id(client_), selected_fields=marker_schema()[:2])
-            return {(row["service"], row["month"]) for row in rows}
+            rows = client_.list_rows(marker_table_id(client_), selected_fields=marker_schema()[:4])
+            return {(row["service"], row["month"]): row["source_sha256"] or "" for row in rows}
         except gexc.NotFound:  # no dataset or no marker table yet: nothing exposed
-            return set()
+            return {}
 
 
 def record(client_: bq.Client, service: str, month: str, rows: int, sha256: str) -> None:
@@ -219,33 +220,21 @@ def record(client_: bq.Client, service: str, month: str, rows: int, sha256: str)
 class BigQueryMarker(MonthMarker):
     """Exists when `{dataset}._ingested` records this service and month."""
 
+    sink = "BigQuery"
+
     @classmethod
-    def recorded(cls, where: None) -> set[tuple[str, str]]:
+    def recorded(cls, where: None) -> dict[tuple[str, str], str]:
         return exposed(client())
 
-    def remove(self) -> None:
-        """Forget the month; the external table shows whatever the lake holds."""
-        from google.cloud import bigquery as bq
 
-        client_ = client()
-        if (self.service, self.month) not in exposed(client_):
-            return
-        params = [bq.ScalarQueryParameter("service", "STRING", self.service),
-                  bq.ScalarQueryParameter("month", "STRING", self.month)]
-        with _named(f"marker table {marker_table_id(client_)}"):
-            client_.query(f"DELETE FROM `{marker_table_id(client_)}` WHERE service = @service AND month = @month",
-                          job_config=bq.QueryJobConfig(query_parameters=params),
-                          location=settings.bigquery().location).result()
-
-
-class ExposeBigQuery(DatasetTask):
+class ExposeBigQuery(SourcePin, DatasetTask):
     """Make the month queryable through the service's BigQuery external table."""
 
     def requires(self):
         return self.clone(LakeFile)
 
     def output(self):
-        return BigQueryMarker(self.service, self.month)
+        return BigQueryMarker(self.service, self.month, self.source_sha256)
 
     def run(self):
         if not is_remote():
@@ -254,8 +243,8 @@ class ExposeBigQuery(DatasetTask):
         client_ = client()
         ensure_dataset(client_)
         ensure_external_table(client_, self.svc)
-        blob = self.input().fs.stat(self.input().path)
-        rows = int(blob.metadata["rows"])
-        record(client_, self.service, self.output().month, rows, blob.metadata.get("source_sha256", ""))
+        lake = lake_record(self.input())
+        rows = lake.rows
+        record(client_, self.service, self.output().month, rows, lake.source_sha256)
         logger.info("%s: %s rows queryable through %s", self.label, f"{rows:,}", external_table_id(client_, self.svc))
         self.report(1, 1, f"{rows:,} rows in {external_table_id(client_, self.svc)}")

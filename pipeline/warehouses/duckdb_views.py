@@ -16,9 +16,8 @@ from typing import Optional
 import duckdb
 
 from pipeline import catalog, settings
-from pipeline.convert import parquet_rows
-from pipeline.dataset_task import DatasetTask
-from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_glob, lake_root
+from pipeline.dataset_task import DatasetTask, SourcePin
+from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_glob, lake_record, lake_root
 from pipeline.targets.marker import MonthMarker
 
 logger = logging.getLogger("pipeline.duckdb")
@@ -74,42 +73,40 @@ def view_sql(svc: catalog.Service) -> str:
 class DuckDBMarker(MonthMarker):
     """Exists when the warehouse file's marker table records this service and month."""
 
-    def __init__(self, path: str, service: str, month: Optional[datetime.date]):
-        super().__init__(service, month)
+    sink = "DuckDB"
+
+    def __init__(self, path: str, service: str, month: Optional[datetime.date], source_sha256: str = ""):
+        super().__init__(service, month, source_sha256)
         self.path = path
+
+    def __str__(self) -> str:
+        return f"{super().__str__()} in {self.path}"
 
     def where(self) -> str:
         return self.path
 
     @classmethod
-    def recorded(cls, where: str) -> set[tuple[str, str]]:
+    def recorded(cls, where: str) -> dict[tuple[str, str], str]:
         return _exposed(where)
 
-    def remove(self) -> None:
-        """Forget the month (the view then shows it again when the lake file is back)."""
-        if not os.path.exists(self.path):
-            return
-        con = _connect(self.path, read_only=False)
-        try:
-            con.execute(f"DELETE FROM {MARKER_TABLE} WHERE service = ? AND month = ?", [self.service, self.month])
-        except duckdb.CatalogException:
-            pass  # no marker table: nothing to forget
-        finally:
-            con.close()
 
-
-def _exposed(path: str) -> set[tuple[str, str]]:
-    """Every (service, month) the warehouse's marker table records, for the services whose view
-    reads the configured lake: after the lake moves (the project folder, or [lake] root), a view
-    still reads the old path, so its months count as not exposed and are exposed again."""
+def _exposed(path: str) -> dict[tuple[str, str], str]:
+    """Every (service, month) the warehouse's marker table records, with its source's sha256,
+    for the services whose view reads the configured lake: after the lake moves (the project
+    folder, or [lake] root), a view still reads the old path, so its months count as not
+    exposed and are exposed again."""
     if not os.path.exists(path):
-        return set()
+        return {}
     con = _connect(path, read_only=True)
     try:
-        recorded = {tuple(row) for row in con.execute(f"SELECT service, month FROM {MARKER_TABLE}").fetchall()}
+        # SELECT *: a marker table written before source_sha256 existed lacks the column.
+        cursor = con.execute(f"SELECT * FROM {MARKER_TABLE}")
+        names = [d[0] for d in cursor.description]
+        recorded = {(row["service"], row["month"]): row.get("source_sha256") or ""
+                    for row in (dict(zip(names, values)) for values in cursor.fetchall())}
         views = dict(con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal").fetchall())
     except duckdb.CatalogException:  # no marker table yet: nothing ingested
-        return set()
+        return {}
     finally:
         con.close()
     current = set()
@@ -120,10 +117,10 @@ def _exposed(path: str) -> set[tuple[str, str]]:
         else:
             logger.warning("view %s in %s does not read the configured lake %s; its months will be exposed again",
                            svc.table, path, os.path.abspath(lake_root()))
-    return {(service, month) for service, month in recorded if service in current}
+    return {key: sha for key, sha in recorded.items() if key[0] in current}
 
 
-class ExposeDuckDB(DatasetTask):
+class ExposeDuckDB(SourcePin, DatasetTask):
     """Make the month queryable in the embedded DuckDB warehouse."""
 
     # DuckDB allows one writing process per file: the scheduler runs these one at a time.
@@ -133,7 +130,7 @@ class ExposeDuckDB(DatasetTask):
         return self.clone(LakeFile)
 
     def output(self):
-        return DuckDBMarker(settings.duckdb().path, self.service, self.month)
+        return DuckDBMarker(settings.duckdb().path, self.service, self.month, self.source_sha256)
 
     def run(self):
         if is_remote():
@@ -141,13 +138,15 @@ class ExposeDuckDB(DatasetTask):
                              f"{lake_root()}; set [ingest] sinks to the warehouses that read a gs:// lake "
                              "(bigquery, postgres) or none")
         marker = self.output()
-        expected = parquet_rows(self.input().path)
+        record = lake_record(self.input())
+        expected = record.rows
         os.makedirs(os.path.dirname(os.path.abspath(marker.path)), exist_ok=True)
         con = _connect(marker.path, read_only=False)
         try:
             con.begin()
             con.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (service VARCHAR, month VARCHAR, "
-                        "rows BIGINT, exposed_at TIMESTAMP, PRIMARY KEY (service, month))")
+                        "rows BIGINT, exposed_at TIMESTAMP, source_sha256 VARCHAR, PRIMARY KEY (service, month))")
+            con.execute(f"ALTER TABLE {MARKER_TABLE} ADD COLUMN IF NOT EXISTS source_sha256 VARCHAR")
             con.execute(view_sql(self.svc))
             where = f" WHERE {PARTITION_KEY} = ?" if self.svc.monthly else ""
             params = [marker.month] if self.svc.monthly else []
@@ -155,8 +154,8 @@ class ExposeDuckDB(DatasetTask):
             if seen != expected:
                 raise RuntimeError(f"{self.label}: view {self.svc.table} in {marker.path} shows {seen} rows, "
                                    f"the lake file {self.input().path} holds {expected}")
-            con.execute(f"INSERT OR REPLACE INTO {MARKER_TABLE} VALUES (?, ?, ?, now())",
-                        [self.service, marker.month, expected])
+            con.execute(f"INSERT OR REPLACE INTO {MARKER_TABLE} (service, month, rows, exposed_at, source_sha256) "
+                        "VALUES (?, ?, ?, now(), ?)", [self.service, marker.month, expected, record.source_sha256])
             con.commit()
         finally:
             con.close()

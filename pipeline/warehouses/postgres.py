@@ -31,12 +31,13 @@ import time
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import adbc_driver_manager
+import luigi
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import catalog, retry, settings
-from pipeline.dataset_task import DatasetTask
-from pipeline.lake import LakeFile, local_copy
+from pipeline.dataset_task import DatasetTask, SourcePin
+from pipeline.lake import LakeFile, LakeRecord, lake_record, local_copy
 from pipeline.targets.marker import MonthMarker
 
 # The driver is imported where a connection is made: it adds about 50 MB to every process
@@ -206,11 +207,11 @@ class Warehouse:
                 f"table {self.name} at {server()} exists but does not fit the {self.svc.name} catalog: "
                 + "; ".join(problems) + ". Drop or rename it, or set [postgres] schema to another schema.")
 
-    def load(self, conn: adbc.Connection, month: Optional[datetime.date], parquet: str, source: dict,
+    def load(self, conn: adbc.Connection, month: Optional[datetime.date], parquet: str, source: LakeRecord,
              progress: Callable[[int, int], None]) -> int:
         """Replace the month's rows (or the whole zone table) with the Parquet file's, and write the
         marker, in one transaction. Returns the row count Postgres holds for it afterwards."""
-        expected = pq.ParquetFile(parquet).metadata.num_rows
+        expected = source.rows
         month_str = catalog.month_str(month) if month else ""
         with transaction(conn) as cur:
             if self.svc.monthly:
@@ -239,7 +240,7 @@ class Warehouse:
             cur.execute(f"INSERT INTO {self.marker} (service, month, rows, source_sha256, source_url) "
                         "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (service, month) DO UPDATE SET rows = EXCLUDED.rows, "
                         "source_sha256 = EXCLUDED.source_sha256, source_url = EXCLUDED.source_url, loaded_at = now()",
-                        [self.svc.name, month_str, held, source.get("source_sha256"), source.get("source_url")])
+                        [self.svc.name, month_str, held, source.source_sha256, source.source_url])
         return held
 
     def _copy(self, cur: adbc.Cursor, table: str, parquet: str, month: Optional[datetime.date],
@@ -288,48 +289,41 @@ class PostgresMarker(MonthMarker):
     """Exists when the marker table records this service and month: written in the same
     transaction as the month's rows, so it never claims a month that is not fully there."""
 
+    sink = "Postgres"
+
     @classmethod
-    def recorded(cls, where: None) -> set[tuple[str, str]]:
+    def recorded(cls, where: None) -> dict[tuple[str, str], str]:
         return loaded()
 
-    def remove(self) -> None:
-        """Forget the month; its rows stay until the next load replaces its partition whole."""
-        schema = settings.postgres().schema
-        marker = f"{identifier(schema, '[postgres] schema')}.{identifier(MARKER_TABLE, 'table')}"
-        with contextlib.closing(connect()) as conn, transaction(conn) as cur:
-            cur.execute("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", [schema, MARKER_TABLE])
-            if cur.fetchone()[0]:
-                cur.execute(f"DELETE FROM {marker} WHERE service = $1 AND month = $2", [self.service, self.month])
 
-
-def loaded() -> set[tuple[str, str]]:
-    """Every (service, month) the marker table records: one connection, one query."""
+def loaded() -> dict[tuple[str, str], str]:
+    """Every (service, month) the marker table records, with its source's sha256: one
+    connection, one query."""
     schema = settings.postgres().schema
     marker = f"{identifier(schema, '[postgres] schema')}.{identifier(MARKER_TABLE, 'table')}"
     with contextlib.closing(connect()) as conn, conn.cursor() as cur:
         cur.execute("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", [schema, MARKER_TABLE])
         if not cur.fetchone()[0]:
-            return set()  # nothing loaded into this schema yet
-        cur.execute(f"SELECT service, month FROM {marker}")
-        return {tuple(row) for row in cur.fetchall()}
+            return {}  # nothing loaded into this schema yet
+        cur.execute(f"SELECT service, month, coalesce(source_sha256, '') FROM {marker}")
+        return {(service, month): sha for service, month, sha in cur.fetchall()}
 
 
-class LoadPostgres(DatasetTask):
+class LoadPostgres(SourcePin, DatasetTask):
     """Load the month from the lake into its Postgres table (yellow_tripdata, ...), exactly once."""
 
     def requires(self):
         return self.clone(LakeFile)
 
     def output(self):
-        return PostgresMarker(self.service, self.month)
+        return PostgresMarker(self.service, self.month, self.source_sha256)
 
     def run(self):
         with local_copy(self.input()) as parquet:
             self._load(parquet)
 
     def _load(self, parquet: str) -> None:
-        metadata = pq.read_schema(parquet).metadata or {}
-        source = {k.decode().removeprefix("tlc."): v.decode() for k, v in metadata.items()}
+        record = lake_record(luigi.LocalTarget(parquet))
         warehouse = Warehouse(self.svc)
         lake_file = self.input().path
         logger.info("%s: loading %s into %s at %s", self.label, lake_file, warehouse.name, server())
@@ -337,7 +331,7 @@ class LoadPostgres(DatasetTask):
         conn = connect()
         try:
             warehouse.ensure(conn)
-            rows = warehouse.load(conn, self.month, parquet, source,
+            rows = warehouse.load(conn, self.month, parquet, record,
                                   lambda done, total: self.report(done, total, f"copied {done:,} of {total:,} rows"))
         except Error as e:
             reason = _reason(e)
