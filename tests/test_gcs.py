@@ -8,6 +8,7 @@ import email.utils
 import hashlib
 import json
 import os
+import time
 
 import pytest
 
@@ -149,3 +150,17 @@ def test_postgres_loads_from_the_gcs_lake(gcs, pg, run, mirror_files):
     assert not result.failures
     assert pg.count("fhvhv_tripdata", "2021-06") == data_rows(mirror_files["fhvhv/fhvhv_tripdata_2021-06.csv.gz"])
     assert list(gcs.objects()) == ["lake/fhvhv/month=2021-06/fhvhv_tripdata_2021-06.parquet"]
+
+
+def test_every_gcs_call_is_bounded_by_the_gcs_settings(gcs, monkeypatch):
+    import servers
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{servers.free_port()}")  # nobody answers
+    target = LakeFile(service="green", month=month("2019-01")).output()
+    with configured({("gcs", "retry_deadline"): "2", ("gcs", "timeout"): "1"}):
+        for call in (target.exists, lambda: target.fs.stat(target.path), lambda: GCSTarget.bulk_exists([target])):
+            started = time.monotonic()
+            with pytest.raises(GCSError) as error:
+                call()
+            assert time.monotonic() - started < 10, call  # the client's own default gives up after 120 s
+            assert f"gs://{gcs.name}/lake/green/month=2019-01/" in str(error.value)

@@ -36,7 +36,7 @@ from pipeline import settings
 
 # google-cloud-storage is imported where it is used: every process imports this module (the lake
 # may be on GCS), but only a gs:// lake needs the client. Calls keep the client's default retry
-# (transient errors, exponential backoff); the upload retries until `[gcs] retry_deadline`.
+# (transient errors, exponential backoff), bounded by `[gcs] timeout` and `retry_deadline`.
 if TYPE_CHECKING:
     from google.cloud import storage
 
@@ -80,6 +80,15 @@ def crc32c_of(path: str) -> str:
     return base64.b64encode(checksum.digest()).decode()
 
 
+def bounded() -> dict:
+    """The `[gcs]` limits for one call: each request's timeout, and how long its transient errors
+    are retried (the client's own default is 120 s, whatever the settings say)."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    cfg = settings.gcs()
+    return {"timeout": cfg.timeout, "retry": DEFAULT_RETRY.with_deadline(cfg.retry_deadline)}
+
+
 @contextlib.contextmanager
 def _named(url: str, doing: str) -> Iterator[None]:
     """Turn the client's errors into one that says what was done where, and why."""
@@ -106,7 +115,7 @@ class GCSFileSystem(luigi.target.FileSystem):
 
     def exists(self, path: str) -> bool:
         with _named(path, "checking"):
-            return self._blob(path).exists()
+            return self._blob(path).exists(**bounded())
 
     def existing(self, paths: Iterable[str]) -> set[str]:
         """Which of ``paths`` exist, from one listing of their common prefix (not one request
@@ -119,21 +128,21 @@ class GCSFileSystem(luigi.target.FileSystem):
         for bucket, names in by_bucket.items():
             prefix = posixpath.commonprefix(names)
             with _named(f"{SCHEME}{bucket}/{prefix}", "listing"):
-                listed = {blob.name for blob in client().list_blobs(bucket, prefix=prefix)}
+                listed = {blob.name for blob in client().list_blobs(bucket, prefix=prefix, **bounded())}
             found.update(f"{SCHEME}{bucket}/{name}" for name in listed.intersection(names))
         return found
 
     def listdir(self, path: str) -> Iterator[str]:
         bucket, name = split(path.rstrip("/") + "/")
         with _named(path, "listing"):
-            for blob in client().list_blobs(bucket, prefix=name):
+            for blob in client().list_blobs(bucket, prefix=name, **bounded()):
                 yield f"{SCHEME}{bucket}/{blob.name}"
 
     def remove(self, path: str, recursive: bool = True, skip_trash: bool = True) -> None:
         urls = list(self.listdir(path)) if recursive and not self.exists(path) else [path]
         for url in urls:
             with _named(url, "removing"):
-                self._blob(url).delete()
+                self._blob(url).delete(**bounded())
 
     def upload(self, local_path: str, url: str, metadata: dict[str, str]) -> storage.Blob:
         """Upload a file so that the object appears only whole, then check its crc32c."""
@@ -143,14 +152,11 @@ class GCSFileSystem(luigi.target.FileSystem):
         blob = self._blob(url)
         blob.chunk_size = cfg.chunk_size_kib * 1024  # resumable, chunk by chunk
         blob.metadata = metadata
-        from google.cloud.storage.retry import DEFAULT_RETRY
-
-        retry = DEFAULT_RETRY.with_deadline(cfg.retry_deadline)
         local_crc = crc32c_of(local_path)
         with _named(url, "uploading to"):
             blob.upload_from_filename(local_path, content_type="application/vnd.apache.parquet",
-                                      timeout=cfg.timeout, retry=retry, checksum="crc32c")
-            blob.reload()
+                                      checksum="crc32c", **bounded())
+            blob.reload(**bounded())
         if blob.crc32c != local_crc:
             raise GCSError(f"uploading to {url}: the object's crc32c {blob.crc32c} is not the local file's "
                            f"{local_crc} ({local_path}); the upload was corrupted")
@@ -160,12 +166,12 @@ class GCSFileSystem(luigi.target.FileSystem):
         """The object with its size, checksums and metadata."""
         blob = self._blob(url)
         with _named(url, "reading the metadata of"):
-            blob.reload()
+            blob.reload(**bounded())
         return blob
 
     def download(self, url: str, local_path: str) -> None:
         with _named(url, "downloading"):
-            self._blob(url).download_to_filename(local_path, checksum="crc32c", timeout=settings.gcs().timeout)
+            self._blob(url).download_to_filename(local_path, checksum="crc32c", **bounded())
 
 
 class GCSTarget(luigi.target.FileSystemTarget):
