@@ -61,6 +61,31 @@ def source_url(svc: catalog.Service, month) -> str:
     return f"{base}/{source_path(svc, month)}"
 
 
+def redact(url: str) -> str:
+    """The URL as logs, errors and records show it: a user name, password or token in its user
+    part, and a query string (signed URLs carry their signature there), become ***."""
+    parts = urllib.parse.urlsplit(url)
+    if not (parts.username or parts.password or parts.query):
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, ("***@" if "@" in parts.netloc else "") + host, parts.path,
+                                    "***" if parts.query else "", ""))
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` (an error from the HTTP client, which quotes what it was asked) without the
+    secrets of ``url``."""
+    parts = urllib.parse.urlsplit(url)
+    for secret in (parts.password, parts.username, parts.query):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _suffix_of(url: str) -> str:
+    return posixpath.splitext(urllib.parse.urlsplit(url).path)[1]
+
+
 MAGIC = {".gz": GZIP_MAGIC, ".parquet": PARQUET_MAGIC}
 # How much of the start is looked at: an HTML page shows itself in it, and every magic fits.
 HEAD_BYTES = 512
@@ -78,7 +103,7 @@ class _StreamCheck:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.head = b""
-        self.magic = next((m for ext, m in MAGIC.items() if url.endswith(ext)), b"")
+        self.magic = MAGIC.get(_suffix_of(url), b"")
         self.window, self.min_rate = cfg.timeout, cfg.min_rate_kib
         self.window_start, self.window_size = time.monotonic(), 0
 
@@ -167,9 +192,9 @@ def _http_chunks(url: str, where: str, cfg: settings.source, found: dict) -> Ite
             while chunk := resp.raw.read1(NET_CHUNK, decode_content=False):
                 yield chunk, expected
     except requests.TooManyRedirects as e:
-        raise SourceError(f"{where}: too many redirects ({e})") from None
+        raise SourceError(f"{where}: too many redirects ({_scrub(str(e), url)})") from None
     except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError) as e:
-        raise _Retryable(f"{where}: {type(e).__name__}: {e}") from None
+        raise _Retryable(f"{where}: {type(e).__name__}: {_scrub(str(e), url)}") from None
 
 
 def _file_chunks(url: str, where: str, found: dict) -> Iterator[tuple[bytes, int]]:
@@ -210,14 +235,14 @@ def fetch(url: str, dest: str, svc: catalog.Service, where: str,
         return check
 
     check = retry.call(attempt, attempts=cfg.attempts, backoff=cfg.backoff, setting="[source]")
-    if url.endswith(".parquet"):
+    if _suffix_of(url) == ".parquet":
         header, rows = _parquet_rows(dest, where)
     else:
-        header, rows = _read_through(dest, url.endswith(".gz"), where)
+        header, rows = _read_through(dest, _suffix_of(url) == ".gz", where)
     catalog.resolve_header(svc, header, where)
     catalog.check_rows(svc, rows, where)
     # What the server said of this version of the file, so a republished one can be noticed.
-    return {"url": url, "size": check.size, "sha256": check.sha256.hexdigest(), "header": header.rstrip("\r"),
+    return {"url": redact(url), "size": check.size, "sha256": check.sha256.hexdigest(), "header": header.rstrip("\r"),
             "etag": found.get("etag", ""), "last_modified": found.get("last_modified", "")}
 
 
@@ -244,14 +269,14 @@ def published(url: str) -> Optional[dict[str, str]]:
         path = urllib.parse.unquote(parsed.path)
         return _file_validators(path) if os.path.exists(path) else None
     cfg = settings.source()
-    where = f"{url}: asking whether it is published"
+    where = f"{redact(url)}: asking whether it is published"
 
     def ask() -> Optional[dict[str, str]]:
         try:
             with requests.get(url, stream=True, timeout=cfg.timeout, headers={"Accept-Encoding": "identity"}) as resp:
                 status, headers = resp.status_code, resp.headers
         except (requests.ConnectionError, requests.Timeout) as e:
-            raise _Retryable(f"{where}: {type(e).__name__}: {e}") from None
+            raise _Retryable(f"{where}: {type(e).__name__}: {_scrub(str(e), url)}") from None
         if status >= 500:
             raise _Retryable(f"{where}: server error HTTP {status}")
         if status not in (200, 404):
@@ -270,8 +295,8 @@ class Download(DatasetTask):
 
     def run(self):
         url = source_url(self.svc, self.month)
-        where = f"{self.label} ({url})"
-        logger.info("%s: downloading %s", self.label, url)
+        where = f"{self.label} ({redact(url)})"
+        logger.info("%s: downloading %s", self.label, redact(url))
         started = time.monotonic()
 
         def progress(done: int, total: int) -> None:

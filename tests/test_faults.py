@@ -260,3 +260,30 @@ def test_cli_help_lists_the_parameters_and_help_all_the_settings():
     assert out.returncode == 0
     for flag in ("--source-base-url", "--source-attempts", "--lake-root", "--duckdb-path", "--ingest-sinks"):
         assert flag in out.stdout
+
+
+def test_credentials_in_the_base_url_are_never_logged_or_recorded(workspace, http_server):
+    secret_base = http_server.replace("http://", "http://tlc-user:s3cret-Tok3n@") + "/releases"
+    flags = workspace_flags(workspace, secret_base)
+
+    done = cli("IngestMonth", "--service", "green", "--month", "2019-01", *flags)
+    failed = cli("IngestMonth", "--service", "green", "--month", "2031-01", *flags)  # 404
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    redacted = http_server.replace("http://", "http://***@")
+    assert f"green 2019-01: downloading {redacted}/releases/green/green_tripdata_2019-01.csv.gz" in done.stderr
+    assert failed.returncode == 30
+    assert f"green 2031-01 ({redacted}/releases/green/green_tripdata_2031-01.csv.gz): not published (HTTP 404)" in failed.stderr
+    written = [p for p in workspace.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".json" for p in written) and any(p.suffix == ".parquet" for p in written)
+    for text in [done.stdout, done.stderr, failed.stdout, failed.stderr] + [p.read_bytes().decode("latin-1") for p in written]:
+        assert "s3cret-Tok3n" not in text and "tlc-user" not in text
+
+
+def test_a_signed_query_string_is_redacted_and_the_file_still_recognised(workspace, run, http_server):
+    from pipeline.download import fetch, redact
+
+    url = f"{http_server}/releases/green/green_tripdata_2019-01.csv.gz?X-Signature=abc123secret"
+    assert redact(url) == f"{http_server}/releases/green/green_tripdata_2019-01.csv.gz?***"
+    record = fetch(url, str(workspace / "green.csv.gz"), catalog.SERVICES["green"], "green 2019-01")
+    assert record["url"] == redact(url)
