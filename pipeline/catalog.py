@@ -74,12 +74,24 @@ def _columns(*spec: tuple[str, pa.DataType]) -> tuple[Column, ...]:
     return tuple(Column(name, type_) for name, type_ in spec)
 
 
-def _trip_service(name: str, pickup_column: str, *spec: tuple[str, pa.DataType]) -> Service:
+def _trip_service(name: str, required: tuple[str, ...], *spec: tuple[str, pa.DataType]) -> Service:
+    """A monthly trip service; its pickup time is the second required column."""
     return Service(
         name=name, release=name, stem=f"{name}_tripdata_{{month}}",
         table=f"{name}_tripdata", columns=_columns(*spec),
-        required=(pickup_column,), pickup_column=pickup_column,
+        required=required, pickup_column=required[1],
     )
+
+
+# What a trip file of each service must have: the columns every file of it has carried, in both
+# sources (the TLC's own column lists of all 487 files 2009-2024, as collected in
+# lykmapipo/NYC-TLC-Trip-Data's trips-metadata, and the csv.gz releases' headers). A file lacking one is refused by name; columns
+# that appeared later (improvement_surcharge 2015, congestion_surcharge 2019, airport_fee,
+# cbd_congestion_fee, fhvhv's Parquet-era columns) are null where a month lacks them.
+_TRIP_CORE = ("passenger_count", "trip_distance", "RatecodeID", "store_and_fwd_flag", "PULocationID",
+              "DOLocationID", "payment_type", "fare_amount", "extra", "mta_tax", "tip_amount", "tolls_amount",
+              "total_amount")
+_FHV_CORE = ("dispatching_base_num", "pickup_datetime", "dropoff_datetime", "PULocationID", "DOLocationID")
 
 
 # Money, distances and durations are float64 (as in the TLC's own Parquet files); codes and
@@ -90,7 +102,7 @@ _FARE = (
 )
 
 YELLOW = _trip_service(
-    "yellow", "tpep_pickup_datetime",
+    "yellow", ("VendorID", "tpep_pickup_datetime", "tpep_dropoff_datetime", *_TRIP_CORE),
     ("VendorID", INT), ("tpep_pickup_datetime", TIMESTAMP), ("tpep_dropoff_datetime", TIMESTAMP),
     ("passenger_count", INT), ("trip_distance", FLOAT), ("RatecodeID", INT),
     ("store_and_fwd_flag", STRING), ("PULocationID", INT), ("DOLocationID", INT),
@@ -101,7 +113,7 @@ YELLOW = _trip_service(
 )
 
 GREEN = _trip_service(
-    "green", "lpep_pickup_datetime",
+    "green", ("VendorID", "lpep_pickup_datetime", "lpep_dropoff_datetime", *_TRIP_CORE),
     ("VendorID", INT), ("lpep_pickup_datetime", TIMESTAMP), ("lpep_dropoff_datetime", TIMESTAMP),
     ("store_and_fwd_flag", STRING), ("RatecodeID", INT), ("PULocationID", INT),
     ("DOLocationID", INT), ("passenger_count", INT), ("trip_distance", FLOAT), *_FARE,
@@ -112,7 +124,7 @@ GREEN = _trip_service(
 )
 
 FHV = _trip_service(
-    "fhv", "pickup_datetime",
+    "fhv", _FHV_CORE,
     ("dispatching_base_num", STRING), ("pickup_datetime", TIMESTAMP),
     ("dropoff_datetime", TIMESTAMP), ("PULocationID", INT), ("DOLocationID", INT),
     ("SR_Flag", INT),  # 1 for a shared ride, otherwise empty (TLC data dictionary)
@@ -120,7 +132,7 @@ FHV = _trip_service(
 )
 
 FHVHV = _trip_service(
-    "fhvhv", "pickup_datetime",
+    "fhvhv", _FHV_CORE,
     ("hvfhs_license_num", STRING), ("dispatching_base_num", STRING),
     ("originating_base_num", STRING), ("request_datetime", TIMESTAMP),
     ("on_scene_datetime", TIMESTAMP), ("pickup_datetime", TIMESTAMP),

@@ -124,6 +124,13 @@ def mirror(tmp_path_factory, mirror_files) -> Path:
     fractional = first.replace(b"00:36:12,1,", b"00:36:12,1.5,", 1)  # passenger_count 1.5
     assert fractional != first
     (broken / "yellow" / "yellow_tripdata_2021-02.csv.gz").write_bytes(gzip.compress(header + first + fractional + b"".join(rest)))
+    # Only the pickup time of each real row: a file that is not a whole yellow month.
+    pickups = b"".join(b'"tpep_pickup_datetime"\r\n' if i == 0 else line.split(b",")[1] + b"\r\n"
+                       for i, line in enumerate(yellow.splitlines()))
+    (broken / "yellow" / "yellow_tripdata_2021-03.csv.gz").write_bytes(gzip.compress(pickups))
+    # The header and no row.
+    (broken / "green").joinpath("green_tripdata_2019-01.csv.gz").write_bytes(
+        gzip.compress(mirror_files["green/green_tripdata_2019-01.csv.gz"].splitlines(keepends=True)[0]))
     return root
 
 

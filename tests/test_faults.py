@@ -46,9 +46,14 @@ def test_unpublished_month_is_a_clear_404_not_retried(workspace, run, http_serve
     # the first 24,610 bytes of the real green 2019-10 release asset, served whole with 200
     ("broken", "green", "2019-10", "truncated or corrupt gzip (Truncated compressed stream)"),
     ("broken", "yellow", "2021-01", "header has column(s) the yellow catalog does not know: 'pickup_location_id'"),
+    ("broken", "yellow", "2021-03", "header lacks required yellow column(s) VendorID, tpep_dropoff_datetime, "
+     "passenger_count, trip_distance, RatecodeID, store_and_fwd_flag, PULocationID, DOLocationID, payment_type, "
+     "fare_amount, extra, mta_tax, tip_amount, tolls_amount, total_amount"),
+    ("broken", "green", "2019-01", "0 data rows; a whole green file has at least 1, so this one is cut short or empty"),
     ("down", "green", "2019-01", "server error HTTP 503 (gave up after 3 tries)"),
     ("short", "yellow", "2021-01", "IncompleteRead"),
-], ids=["html-page", "truncated-gzip", "changed-header", "server-down", "connection-dropped"])
+], ids=["html-page", "truncated-gzip", "changed-header", "missing-columns", "header-only", "server-down",
+        "connection-dropped"])
 def test_bad_download_fails_naming_month_and_url_and_leaves_nothing(workspace, run, http_server, route, service, text, message):
     set_source(f"{http_server}/{route}")
     url = f"{http_server}/{route}/{catalog.RELEASES.path(catalog.SERVICES[service], month(text))}"

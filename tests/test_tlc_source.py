@@ -132,8 +132,9 @@ def test_a_truncated_parquet_file_is_not_taken(tlc, http_server, run):
 ])
 def test_a_cast_that_would_lose_information_is_refused(tmp_path, column, values, type_, says):
     src, dst = tmp_path / "month.parquet", tmp_path / "out.parquet"
-    pq.write_table(pa.table({column: pa.array(values, type_),
-                             **({"tpep_pickup_datetime": pa.array([0], pa.timestamp("us"))} if column == "VendorID" else {})}), src)
+    # A whole yellow file (every column, nulls), with the tested column in the tested type.
+    table = {field.name: pa.nulls(1, field.type) for field in SERVICES["yellow"].schema}
+    pq.write_table(pa.table({**table, column: pa.array(values, type_)}), src)
     header = ",".join(pq.read_schema(src).names)
 
     with pytest.raises(ConversionError) as error:
