@@ -11,6 +11,7 @@ published (not retried); connection errors and 5xx answers are retried with back
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -122,6 +123,11 @@ class _StreamCheck:
                                  f"{now - self.window_start:.0f} s, below [source] min_rate_kib ({self.min_rate:g} KiB/s)")
             self.window_start, self.window_size = now, 0
 
+    def finish(self) -> None:
+        """The start of a file shorter than HEAD_BYTES, checked once it is all in."""
+        if len(self.head) < HEAD_BYTES:
+            self.check_start()
+
     def check_start(self) -> None:
         start = self.head.lstrip().lower()
         if start.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
@@ -172,29 +178,38 @@ def _read_through(path: str, gzipped: bool, where: str) -> tuple[str, int]:
     return header, lines - 1 + (last != b"\n")
 
 
-def _http_chunks(url: str, where: str, cfg: settings.source, found: dict) -> Iterator[tuple[bytes, int]]:
-    """Yield (chunk, expected total size or 0) for one GET, each chunk as soon as it arrives,
-    after putting the response's validators in ``found``; classify failures."""
+@contextlib.contextmanager
+def _get(url: str, where: str, cfg: settings.source) -> Iterator[requests.Response]:
+    """One streamed GET of the file as published, with what may heal (connection errors while
+    connecting or reading, a 5xx) raised as a retryable error and the rest named; the caller
+    reads the status (200 or 404 left to it) and the body."""
     try:
-        # The file as published: no compression on the fly (requests asks for gzip by default,
-        # and a server that compresses a text file would hand us bytes that are not the file).
+        # No compression on the fly (requests asks for gzip by default, and a server that
+        # compresses a text file would hand us bytes that are not the file).
         with requests.get(url, stream=True, timeout=cfg.timeout, headers={"Accept-Encoding": "identity"}) as resp:
-            if resp.status_code == 404:
-                raise MonthNotPublished(f"{where}: not published (HTTP 404)")
             if resp.status_code >= 500:
                 raise _Retryable(f"{where}: server error HTTP {resp.status_code}")
-            if resp.status_code != 200:
+            if resp.status_code not in (200, 404):
                 raise SourceError(f"{where}: unexpected HTTP {resp.status_code} {resp.reason}")
-            expected = int(resp.headers.get("Content-Length") or 0)
-            found.update(validators(resp.headers))
-            # read1: what has arrived, without waiting for a full chunk (so a trickle is seen);
-            # decode_content=False: the bytes exactly as sent, so the sha256 is the file's.
-            while chunk := resp.raw.read1(NET_CHUNK, decode_content=False):
-                yield chunk, expected
+            yield resp
     except requests.TooManyRedirects as e:
         raise SourceError(f"{where}: too many redirects ({_scrub(str(e), url)})") from None
     except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError) as e:
         raise _Retryable(f"{where}: {type(e).__name__}: {_scrub(str(e), url)}") from None
+
+
+def _http_chunks(url: str, where: str, cfg: settings.source, found: dict) -> Iterator[tuple[bytes, int]]:
+    """Yield (chunk, expected total size or 0) for one GET, each chunk as soon as it arrives,
+    after putting the response's validators in ``found``."""
+    with _get(url, where, cfg) as resp:
+        if resp.status_code == 404:
+            raise MonthNotPublished(f"{where}: not published (HTTP 404)")
+        expected = int(resp.headers.get("Content-Length") or 0)
+        found.update(validators(resp.headers))
+        # read1: what has arrived, without waiting for a full chunk (so a trickle is seen);
+        # decode_content=False: the bytes exactly as sent, so the sha256 is the file's.
+        while chunk := resp.raw.read1(NET_CHUNK, decode_content=False):
+            yield chunk, expected
 
 
 def _file_chunks(url: str, where: str, found: dict) -> Iterator[tuple[bytes, int]]:
@@ -229,7 +244,7 @@ def fetch(url: str, dest: str, svc: catalog.Service, where: str,
                 check.feed(chunk)
                 out.write(chunk)
                 progress(check.size, expected)
-        check.check_start()  # a file shorter than HEAD_BYTES
+        check.finish()
         if expected and check.size != expected:
             raise _Retryable(f"{where}: got {check.size} bytes of {expected} announced")
         return check
@@ -272,16 +287,8 @@ def published(url: str) -> Optional[dict[str, str]]:
     where = f"{redact(url)}: asking whether it is published"
 
     def ask() -> Optional[dict[str, str]]:
-        try:
-            with requests.get(url, stream=True, timeout=cfg.timeout, headers={"Accept-Encoding": "identity"}) as resp:
-                status, headers = resp.status_code, resp.headers
-        except (requests.ConnectionError, requests.Timeout) as e:
-            raise _Retryable(f"{where}: {type(e).__name__}: {_scrub(str(e), url)}") from None
-        if status >= 500:
-            raise _Retryable(f"{where}: server error HTTP {status}")
-        if status not in (200, 404):
-            raise SourceError(f"{where}: HTTP {status}")
-        return validators(headers) if status == 200 else None
+        with _get(url, where, cfg) as resp:  # the body is never read
+            return validators(resp.headers) if resp.status_code == 200 else None
 
     return retry.call(ask, attempts=cfg.attempts, backoff=cfg.backoff, setting="[source]")
 
