@@ -172,9 +172,10 @@ class Reingest(MonthRange, luigi.Task):
         forgotten = self._receipt("forgotten")
         if not forgotten.exists():
             for params in datasets:
-                for target in [*luigi.task.flatten(Download(**params).output()), ToParquet(**params).output()]:
+                download = Download(**params)
+                for target in [*luigi.task.flatten(download.output()), ToParquet(**params).output()]:
                     if target.exists():
-                        logger.info("%s: forgetting the staging file %s", Download(**params).label, target.path)
+                        logger.info("%s: forgetting the staging file %s", download.label, target.path)
                         target.remove()
             with forgotten.open("w") as f:
                 f.write(f"{len(datasets)} files\n")
@@ -182,15 +183,16 @@ class Reingest(MonthRange, luigi.Task):
                                 "warehouses keep the old ones until the new ones are whole")
         yield [ToParquet(**params) for params in datasets]
         self.set_status_message(f"replacing {len(datasets)} file(s) in the lake and the warehouses")
-        yield [ingest_task(params, Download(**params)) for params in datasets]
+        yield [ingest_task(params) for params in datasets]
         with self.output().open("w") as f:
             f.write(f"{len(datasets)} files ingested again\n")
         forgotten.remove()
 
 
-def ingest_task(params: dict, download: Download) -> luigi.Task:
-    """The flow that puts a downloaded file into the lake and the warehouses, pinned to it."""
-    with download.output()["meta"].open() as f:
+def ingest_task(params: dict) -> luigi.Task:
+    """The flow that puts the dataset file just downloaded into the lake and the warehouses,
+    pinned to it."""
+    with Download(**params).output()["meta"].open() as f:
         sha256 = json.load(f)["sha256"]
     if params["service"] == "zones":
         return IngestZones(source_sha256=sha256)

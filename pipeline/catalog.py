@@ -83,23 +83,22 @@ def _trip_service(name: str, required: tuple[str, ...], *spec: tuple[str, pa.Dat
     )
 
 
-# What a trip file of each service must have: the columns every file of it has carried, in both
-# sources (the TLC's own column lists of all 487 files 2009-2024, as collected in
-# lykmapipo/NYC-TLC-Trip-Data's trips-metadata, and the csv.gz releases' headers). A file lacking one is refused by name; columns
-# that appeared later (improvement_surcharge 2015, congestion_surcharge 2019, airport_fee,
-# cbd_congestion_fee, fhvhv's Parquet-era columns) are null where a month lacks them.
-_TRIP_CORE = ("passenger_count", "trip_distance", "RatecodeID", "store_and_fwd_flag", "PULocationID",
-              "DOLocationID", "payment_type", "fare_amount", "extra", "mta_tax", "tip_amount", "tolls_amount",
-              "total_amount")
-_FHV_CORE = ("dispatching_base_num", "pickup_datetime", "dropoff_datetime", "PULocationID", "DOLocationID")
-
-
 # Money, distances and durations are float64 (as in the TLC's own Parquet files); codes and
 # location ids are int64; base numbers and Y/N flags are strings.
 _FARE = (
     ("fare_amount", FLOAT), ("extra", FLOAT), ("mta_tax", FLOAT), ("tip_amount", FLOAT),
     ("tolls_amount", FLOAT),
 )
+
+# What a trip file of each service must have: the columns every file of it has carried, in both
+# sources (the TLC's own column lists of all 487 files 2009-2024, as collected in
+# lykmapipo/NYC-TLC-Trip-Data's trips-metadata, and the csv.gz releases' headers). A file
+# lacking one is refused by name; columns that appeared later (improvement_surcharge 2015,
+# congestion_surcharge 2019, airport_fee, cbd_congestion_fee, fhvhv's Parquet-era columns) are
+# null where a month lacks them.
+_TRIP_CORE = ("passenger_count", "trip_distance", "RatecodeID", "store_and_fwd_flag", "PULocationID",
+              "DOLocationID", "payment_type", *(name for name, _ in _FARE), "total_amount")
+_FHV_CORE = ("dispatching_base_num", "pickup_datetime", "dropoff_datetime", "PULocationID", "DOLocationID")
 
 YELLOW = _trip_service(
     "yellow", ("VendorID", "tpep_pickup_datetime", "tpep_dropoff_datetime", *_TRIP_CORE),
