@@ -378,9 +378,13 @@ class Postgres:
 
     def __init__(self, server: dict, schema: str):
         self.server, self.schema = server, schema
-        self.conn = psycopg2.connect(host=server["host"], port=server["port"], user=server["user"],
-                                     dbname=server["database"], password=server["password"])
+        self.conn = self.connect()
         self.conn.autocommit = True
+
+    def connect(self) -> psycopg2.extensions.connection:
+        """A connection of the test's own, as any other client of the server would open it."""
+        return psycopg2.connect(host=self.server["host"], port=self.server["port"], user=self.server["user"],
+                                dbname=self.server["database"], password=self.server["password"])
 
     def settings(self, port: Optional[int] = None) -> dict[tuple[str, str], str]:
         return {("postgres", "host"): self.server["host"], ("postgres", "port"): str(port or self.server["port"]),

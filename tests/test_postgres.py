@@ -265,13 +265,10 @@ def test_first_loads_of_two_services_into_a_new_schema_at_once_both_succeed(pg):
 
 
 def test_a_reload_behind_a_long_reader_gives_up_after_lock_timeout_and_keeps_the_old_month(pg, run, mirror_files):
-    import psycopg2
-
     assert not run(IngestMonth(service="green", month=month("2019-01"))).failures
     rows = pg.count("green_tripdata", "2019-01")
     pg.query(f"DELETE FROM \"{pg.schema}\"._ingested WHERE service = 'green'; SELECT 1")  # asked to load again
-    reader = psycopg2.connect(host=pg.server["host"], port=pg.server["port"], user=pg.server["user"],
-                              dbname=pg.server["database"], password=pg.server["password"])
+    reader = pg.connect()
     try:
         with reader.cursor() as cur:  # a long report: its transaction holds the table
             cur.execute(f'SELECT count(*) FROM "{pg.schema}".green_tripdata')
