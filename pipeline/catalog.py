@@ -11,7 +11,8 @@ How the real files drift, and what the catalog does about it (see docs in README
 - Columns appear over time (`congestion_surcharge`, `Affiliated_base_number`, `airport_fee`,
   `cbd_congestion_fee`, fhvhv's Parquet-era columns): a month that lacks one gets nulls.
 - Integer codes are empty in some rows and written as `1.0` in some files: they are read as
-  float64 and cast to int64 with a check that no value had a fraction (see convert.py).
+  float64 and cast to int64 with a check that no value had a fraction, and refused from 2**53
+  on, where float64 no longer holds every integer (see convert.py).
 - A header column the catalog does not know is an error naming the column and the file, never
   silently dropped.
 """
@@ -26,6 +27,9 @@ from typing import Optional
 import pyarrow as pa
 
 TIMESTAMP = pa.timestamp("us")  # microseconds: the TLC's year-3019 typos still fit
+# The TLC's times are New York wall-clock times, with no zone (TIMESTAMP above). A source time that
+# carries a zone is an instant, so it becomes the wall-clock time in New York at that instant.
+TIME_ZONE = "America/New_York"
 INT = pa.int64()
 FLOAT = pa.float64()
 STRING = pa.string()

@@ -8,13 +8,18 @@ catalog's order, so every month of a service has byte-for-byte the same Parquet 
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import datetime
+import gzip
 import json
 import logging
+import math
 import os
 import queue
 import threading
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Optional
 
 import luigi
 import pyarrow as pa
@@ -40,21 +45,38 @@ class ConversionError(ValueError):
     """A row of the source file does not fit the catalog."""
 
 
-def _to_int(values: pa.ChunkedArray | pa.Array, name: str, where: str, first_row: int) -> pa.Array:
-    """float64 -> int64, refusing any value with a fraction or out of range (never truncating).
+class SourceCorrupt(OSError):
+    """The downloaded file cannot be read to its end (a Parquet data page or a gzip stream
+    that is damaged): downloading it again may heal it, converting it again cannot."""
+
+
+# float64 holds every integer below 2**53 exactly; an integer code a csv file writes beyond that
+# may already have been rounded when it was read as float64 (9007199254740993 reads as ...992),
+# so it is refused, never stored changed.
+CSV_EXACT_INTS = 2.0**53
+INT64_RANGE = 2.0**63
+
+
+def _to_int(values: pa.Array, name: str, where: str, first_row: int, limit: float) -> pa.Array:
+    """float64 -> int64, refusing a value with a fraction or, in magnitude, from ``limit`` on
+    (CSV_EXACT_INTS for numbers a csv file wrote, INT64_RANGE for a Parquet file's doubles):
+    integers are exact or refused, never truncated or rounded.
 
     Integer codes are read as float64 because some files write them as `1.0`."""
-    try:
-        return pc.cast(values, catalog.INT, safe=True)
-    except pa.ArrowInvalid:
-        whole = pc.equal(values, pc.trunc(values))
-        bad = pc.index(pc.fill_null(whole, True), False).as_py()
-        if bad < 0:  # whole numbers, so out of int64's range
-            bad = pc.index(pc.greater(pc.abs(values), 2.0**63), True).as_py()
-        raise ConversionError(
-            f"{where}: column {name}, data row {first_row + bad + 1}: value {values[bad].as_py()!r} "
-            f"is not a whole number that fits int64"
-        ) from None
+    low, high = pc.min_max(values).values()
+    in_range = low.as_py() is None or (-limit < low.as_py() and high.as_py() < limit)
+    if in_range:
+        with contextlib.suppress(pa.ArrowInvalid):  # a fraction: found below
+            return pc.cast(values, catalog.INT, safe=True)
+    whole = pc.equal(values, pc.trunc(values))
+    fits = pc.less(pc.abs(values), limit)
+    bad = pc.index(pc.fill_null(pc.and_(whole, fits), True), False).as_py()
+    value = values[bad].as_py()
+    if limit == CSV_EXACT_INTS and math.isfinite(value) and value == math.trunc(value):
+        why = f"value {value:.0f} may have been rounded: a csv file's integer codes are read exactly up to 2**53 only"
+    else:
+        why = f"value {value!r} is not a whole number that fits int64"
+    raise ConversionError(f"{where}: column {name}, data row {first_row + bad + 1}: {why}") from None
 
 
 def _read_ahead(batches: Iterable, depth: int = READ_AHEAD) -> Iterator:
@@ -94,14 +116,17 @@ def _read_ahead(batches: Iterable, depth: int = READ_AHEAD) -> Iterator:
         thread.join()
 
 
-def _cast(values: pa.ChunkedArray | pa.Array, target: pa.DataType, name: str, where: str,
-          first_row: int) -> pa.Array:
+def _cast(values: pa.Array, target: pa.DataType, name: str, where: str, first_row: int, int_limit: float) -> pa.Array:
     """A source column as the catalog's type, refusing any cast that would lose information
-    (a fraction, an overflow, a sub-microsecond time) with the column and the value."""
+    (a fraction, an overflow, an integer that may have been rounded, a sub-microsecond time) with
+    the column and the value. A time with a zone is an instant: it becomes New York's wall-clock
+    time at that instant (catalog.TIME_ZONE), not the UTC clock's."""
     if values.type == target:
         return values
     if target == catalog.INT and pa.types.is_floating(values.type):
-        return _to_int(values, name, where, first_row)
+        return _to_int(values, name, where, first_row, int_limit)
+    if pa.types.is_timestamp(values.type) and values.type.tz is not None:
+        values = pc.local_timestamp(pc.cast(values, pa.timestamp(values.type.unit, catalog.TIME_ZONE)))
     try:
         return pc.cast(values, target, safe=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
@@ -114,29 +139,30 @@ def _schema(svc: catalog.Service, metadata: dict) -> pa.Schema:
 
 
 def _conform(batch: pa.RecordBatch, columns: list[catalog.Column], schema: pa.Schema, where: str,
-             first_row: int) -> pa.RecordBatch:
+             first_row: int, int_limit: float) -> pa.RecordBatch:
     """The batch in the catalog's schema: its columns (named ``columns``, in file order) cast,
     the ones the file lacks as nulls, in the catalog's order."""
     present = {c.name: i for i, c in enumerate(columns)}
     arrays = []
     for field in schema:
         if field.name in present:
-            arrays.append(_cast(batch.column(present[field.name]), field.type, field.name, where, first_row))
+            arrays.append(_cast(batch.column(present[field.name]), field.type, field.name, where, first_row, int_limit))
         else:
             arrays.append(pa.nulls(batch.num_rows, field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def _write_row_groups(dst: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch], columns: list[catalog.Column],
-                      where: str, progress: Callable[[int], None]) -> int:
+                      where: str, progress: Callable[[int], None], int_limit: float) -> int:
     """Conform the source batches (in file order, named ``columns``) to ``schema`` and write them
     to ``dst`` in row groups of at least ROW_GROUP_ROWS, calling ``progress(rows)`` after each;
-    return the row count, which also goes into the footer as `tlc.rows`."""
+    return the row count, which also goes into the footer as `tlc.rows`. ``int_limit``: see
+    _to_int."""
     rows = 0
     pending: list[pa.RecordBatch] = []
     with pq.ParquetWriter(dst, schema, compression="zstd") as writer:
         for batch in batches:
-            pending.append(_conform(batch, columns, schema, where, rows))
+            pending.append(_conform(batch, columns, schema, where, rows, int_limit))
             rows += batch.num_rows
             if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
                 writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * ROW_GROUP_ROWS)
@@ -148,12 +174,19 @@ def _write_row_groups(dst: str, schema: pa.Schema, batches: Iterable[pa.RecordBa
     return rows
 
 
-def _parquet_batches(source: pq.ParquetFile) -> Iterator[pa.RecordBatch]:
+def _parquet_batches(source: pq.ParquetFile, where: str) -> Iterator[pa.RecordBatch]:
     """One source row group at a time (one iter_batches over the whole file holds on to more
     memory the more groups it has read), in small batches (the reader's memory grows with the
-    batch size)."""
-    for group in range(source.num_row_groups):
-        yield from source.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group])
+    batch size). The footer was checked at download; a page that cannot be read is corruption."""
+    rows = 0
+    try:
+        for group in range(source.num_row_groups):
+            for batch in source.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
+                yield batch
+                rows += batch.num_rows
+    except (OSError, pa.ArrowInvalid) as e:
+        raise SourceCorrupt(f"{where}: corrupt Parquet data after data row {rows}, in row group {group + 1} of "
+                            f"{source.num_row_groups} ({e})") from None
 
 
 def convert_parquet(src: str, header: str, dst: str, svc: catalog.Service, where: str, metadata: dict,
@@ -165,19 +198,61 @@ def convert_parquet(src: str, header: str, dst: str, svc: catalog.Service, where
     # one huge row group still streams.
     source = pq.ParquetFile(src, buffer_size=BLOCK_SIZE)
     total = source.metadata.num_rows
-    return _write_row_groups(dst, _schema(svc, metadata), _parquet_batches(source), columns, where,
-                             lambda rows: progress(rows, rows, total))
+    return _write_row_groups(dst, _schema(svc, metadata), _parquet_batches(source, where), columns, where,
+                             lambda rows: progress(rows, rows, total), INT64_RANGE)
 
 
-def _csv_batches(reader: pacsv.CSVStreamingReader, where: str) -> Iterator[pa.RecordBatch]:
-    """The parsed batches, with a parse error turned into one that says where it happened."""
-    rows = 0
-    try:
-        for batch in _read_ahead(reader):
+_CHECK_TEXT: dict[pa.DataType, Callable[[str], object]] = {
+    catalog.INT: float, catalog.FLOAT: float, catalog.TIMESTAMP: datetime.datetime.fromisoformat}
+
+
+def _first_bad_row(src: str, columns: list[catalog.Column], after: int) -> Optional[str]:
+    """Where the csv reader stopped in ``src``: the first data row after the first ``after`` (the
+    rows of the blocks read before the failing one) with the wrong number of fields or a value its
+    column's type cannot hold, as "data row N (line L): why". Arrow's errors name neither, and
+    it reads a block of rows at once; this reads the rows again, one by one, on the error's path
+    only. None when Python's readers take every row (they are more lenient in places)."""
+    with (gzip.open if src.endswith(".gz") else open)(src, "rt", newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.reader(f)
+        next(reader, None)  # the header
+        row = 0
+        for fields in reader:
+            if not fields:  # a blank line is no row, for Arrow either
+                continue
+            row += 1
+            if row <= after:
+                continue
+            if len(fields) != len(columns):
+                return f"data row {row} (line {reader.line_num}): {len(fields)} fields, the header has {len(columns)}"
+            for column, text in zip(columns, fields):
+                check = _CHECK_TEXT.get(column.type)
+                try:
+                    if text and check:
+                        check(text)
+                except ValueError:
+                    return f"data row {row} (line {reader.line_num}): column {column.name}: {text!r} is not a {column.type}"
+    return None
+
+
+def _csv_batches(open_reader: Callable[[], pacsv.CSVStreamingReader], src: str, columns: list[catalog.Column],
+                 where: str) -> Iterator[pa.RecordBatch]:
+    """The parsed batches, with a parse or conversion error turned into one that names the row,
+    and a gzip stream that breaks off into SourceCorrupt."""
+    parsed = 0  # rows in the blocks parsed so far (the read-ahead thread is ahead of the caller)
+
+    def counted() -> Iterator[pa.RecordBatch]:
+        nonlocal parsed
+        for batch in open_reader():  # opening parses the first block already
+            parsed += batch.num_rows
             yield batch
-            rows += batch.num_rows
+
+    try:
+        yield from _read_ahead(counted())
     except pa.ArrowInvalid as e:
-        raise ConversionError(f"{where}: after data row {rows}: {e}") from None
+        found = _first_bad_row(src, columns, parsed)
+        raise ConversionError(f"{where}: {found or f'in data rows {parsed + 1} and on'}: {e}") from None
+    except OSError as e:  # Arrow: "Truncated compressed stream", "zlib inflate failed", ...
+        raise SourceCorrupt(f"{where}: truncated or corrupt gzip after data row {parsed} ({e})") from None
 
 
 def convert(src: str, header: str, dst: str, svc: catalog.Service, where: str, metadata: dict,
@@ -189,18 +264,21 @@ def convert(src: str, header: str, dst: str, svc: catalog.Service, where: str, m
     raw = pa.OSFile(src)
     total = os.fstat(raw.fileno()).st_size
     stream = pa.CompressedInputStream(raw, "gzip") if src.endswith(".gz") else raw
-    reader = pacsv.open_csv(
-        stream,
-        read_options=pacsv.ReadOptions(
-            column_names=[c.name for c in columns], skip_rows=1, block_size=BLOCK_SIZE),
-        convert_options=pacsv.ConvertOptions(
-            column_types={c.name: catalog.FLOAT if c.type == catalog.INT else c.type for c in columns},
-            # Only an empty field is null: "NA" and "N/A" are real zone names.
-            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False),
-    )
+
+    def open_reader() -> pacsv.CSVStreamingReader:
+        return pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(
+                column_names=[c.name for c in columns], skip_rows=1, block_size=BLOCK_SIZE),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c.name: catalog.FLOAT if c.type == catalog.INT else c.type for c in columns},
+                # Only an empty field is null: "NA" and "N/A" are real zone names.
+                null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False),
+        )
+
     with stream:
-        return _write_row_groups(dst, _schema(svc, metadata), _csv_batches(reader, where), columns, where,
-                                 lambda rows: progress(rows, raw.tell(), total))
+        return _write_row_groups(dst, _schema(svc, metadata), _csv_batches(open_reader, src, columns, where), columns,
+                                 where, lambda rows: progress(rows, raw.tell(), total), CSV_EXACT_INTS)
 
 
 def parquet_rows(path: str) -> int:
@@ -215,6 +293,13 @@ class ToParquet(DatasetTask):
 
     def output(self):
         return luigi.LocalTarget(self.staging_path("parquet", self.svc.file_stem(self.month) + ".parquet"))
+
+    def forget_download(self) -> None:
+        """Make the Download incomplete (its record first: without it the file counts for
+        nothing), so the next run fetches the file again instead of converting it again."""
+        for target in (self.input()["meta"], self.input()["file"]):
+            if target.exists():
+                target.remove()
 
     def run(self):
         raw = self.input()["file"].path
@@ -231,9 +316,13 @@ class ToParquet(DatasetTask):
                 "source_url": source["url"], "source_sha256": source["sha256"], "source_size": source["size"],
                 "source_etag": source.get("etag", ""), "source_last_modified": source.get("last_modified", "")}
         step = convert_parquet if raw.endswith(".parquet") else convert
-        with self.staged(self.output()) as tmp:
-            rows = step(raw, source["header"], tmp, self.svc, where, meta, progress)
-            catalog.check_rows(self.svc, rows, where)
+        try:
+            with self.staged(self.output()) as tmp:
+                rows = step(raw, source["header"], tmp, self.svc, where, meta, progress)
+                catalog.check_rows(self.svc, rows, where)
+        except SourceCorrupt as e:
+            self.forget_download()
+            raise SourceCorrupt(f"{e}; the download was removed, so the next run fetches it again") from None
         seconds = time.monotonic() - started
         logger.info("%s: wrote %s rows to %s in %.1f s (%.0f rows/s)", self.label, f"{rows:,}",
                     self.output().path, seconds, rows / max(seconds, 1e-9))
