@@ -2,11 +2,87 @@
 `--section-key` flag on the command line (for example `[lake] root` / `--lake-root`).
 
 The class names are the luigi.cfg section names, hence lower case.
+
+Where they are read from is decided here too, once, when the package is imported (luigi imports
+`--module pipeline` before it reads any setting). Luigi on its own reads `luigi.cfg` from the
+current directory, so a command run elsewhere would lose the embedded default, `[retcode]`
+included, and put a second `data/` tree there. Here, whatever the current directory:
+- the checkout's `luigi.cfg` is always read first (the embedded default); a `luigi.cfg` in the
+  current directory and the profiles in `LUIGI_CONFIG_PATH` are layered over it, in that order;
+- `LUIGI_CONFIG_PATH` may name several profiles, `os.pathsep`-separated, the later winning
+  (`config/postgres.cfg:config/local.cfg`); a profile that is not found is an error, never
+  skipped;
+- a relative path in a settings file (`[lake] root = data/lake`) is under the checkout. On the
+  command line (`--lake-root`) it is under the current directory, as usual.
 """
 
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
 import luigi
+import luigi.configuration
+from luigi.configuration import LuigiConfigParser
 
 from pipeline import catalog
+
+# The checkout the package runs from (an editable install, as the README's). Installed as a plain
+# package (the Docker image) there is no checkout around it: the current directory stands in.
+HOME = Path(__file__).resolve().parent.parent
+if not (HOME / "luigi.cfg").is_file():
+    HOME = Path.cwd()
+EMBEDDED = HOME / "luigi.cfg"
+# The settings that are paths, ours and luigi's.
+PATHS = (("core", "logging_conf_file"), ("core", "lock_pid_dir"), ("lake", "root"), ("ingest", "staging"),
+         ("duckdb", "path"))
+
+
+class ProfileNotFound(SystemExit):
+    """LUIGI_CONFIG_PATH names a file that is not there: the command would silently run on other
+    settings. A SystemExit, so that luigi's command line ends with this one line (exit 2, as for
+    any other command-line mistake) instead of a traceback."""
+
+    def __init__(self, message: str):
+        print(message, file=sys.stderr)
+        super().__init__(2)
+
+
+def profiles(value: str, cwd: Path) -> list[Path]:
+    """The files LUIGI_CONFIG_PATH names: each relative one under ``cwd``, else under HOME."""
+    found = []
+    for name in filter(None, value.split(os.pathsep)):
+        path = next((p for p in (cwd / name, HOME / name) if p.is_file()), None)
+        if path is None:
+            raise ProfileNotFound(f"LUIGI_CONFIG_PATH: no settings file {name} (looked in {cwd} and {HOME})")
+        found.append(path.resolve())
+    return found
+
+
+def under_home(value: str) -> str:
+    """A path setting as a settings file means it: a relative one is under HOME."""
+    if not value or value.startswith("gs://") or os.path.isabs(value):
+        return value
+    return str(HOME / value)
+
+
+# luigi's own list, as luigi left it: the system's files, then the current directory's.
+_LUIGIS = [p for p in LuigiConfigParser._config_paths if p != os.environ.get("LUIGI_CONFIG_PATH")]
+
+
+def load(cwd: Path | None = None) -> None:
+    """Read the settings files in their order (see the module's docstring) into luigi's
+    configuration, with the relative paths they set made absolute."""
+    found = profiles(os.environ.get("LUIGI_CONFIG_PATH", ""), cwd or Path.cwd())
+    LuigiConfigParser._config_paths[:] = [str(EMBEDDED), *_LUIGIS, *map(str, found)]
+    LuigiConfigParser.reload()
+    config = luigi.configuration.get_config()
+    for section, key in PATHS:
+        if config.has_option(section, key):
+            config.set(section, key, under_home(config.get(section, key)))
+
+load()
 
 
 class source(luigi.Config):

@@ -470,9 +470,9 @@ def run():
 LUIGI = [str(Path(sys.executable).with_name("luigi")), "--module", "pipeline"]
 
 
-def cli(*args: str, env: Optional[dict] = None) -> subprocess.CompletedProcess:
-    """`luigi --module pipeline ...` as a user runs it, from the repo root (so luigi.cfg applies)."""
-    return subprocess.run([*LUIGI, *args], cwd=ROOT, capture_output=True, text=True, timeout=180,
+def cli(*args: str, env: Optional[dict] = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`luigi --module pipeline ...` as a user runs it, from the repo root unless ``cwd`` says."""
+    return subprocess.run([*LUIGI, *args], cwd=cwd, capture_output=True, text=True, timeout=180,
                           env={**os.environ, **(env or {})})
 
 
