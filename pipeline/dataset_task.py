@@ -13,14 +13,14 @@ from typing import Iterator
 
 import luigi
 
-from pipeline import catalog, completion, settings
+from pipeline import catalog, completion, params, settings
 
 logger = logging.getLogger("pipeline")
 
 
 class DatasetTask(luigi.Task):
-    service = luigi.ChoiceParameter(choices=list(catalog.SERVICES), description="The TLC service, or zones for the zone lookup.")
-    month = luigi.MonthParameter(default=None, description="YYYY-MM: the month of the published file (not for zones).")
+    service = params.Choice(choices=list(catalog.SERVICES), description="The TLC service, or zones for the zone lookup.")
+    month = params.Month(default=None, description="YYYY-MM: the month of the published file (not for zones).")
 
     _last_report = 0.0
 
@@ -31,9 +31,9 @@ class DatasetTask(luigi.Task):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.svc.monthly and self.month is None:
-            raise ValueError(f"{self.task_family}: --month YYYY-MM is required for {self.service}")
+            raise params.UsageError(f"{self.task_family}: --month YYYY-MM is required for {self.service}")
         if not self.svc.monthly and self.month is not None:
-            raise ValueError(f"{self.task_family}: {self.service} is not monthly; drop --month")
+            raise params.UsageError(f"{self.task_family}: {self.service} is not monthly; drop --month")
 
     @property
     def svc(self) -> catalog.Service:

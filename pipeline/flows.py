@@ -9,7 +9,7 @@ Each requires the month in the lake plus every warehouse named in `[ingest] sink
 
 import luigi
 
-from pipeline import catalog, completion, settings
+from pipeline import catalog, completion, params, settings
 from pipeline.dataset_task import SourcePin
 from pipeline.lake import LakeFile
 from pipeline.warehouses.bigquery import ExposeBigQuery
@@ -31,8 +31,9 @@ class IngestMonth(SourcePin, luigi.WrapperTask):
     """Download a month of one service, convert it to Parquet, put it in the lake, expose it in
     every configured warehouse. Steps already done are skipped."""
 
-    service = luigi.ChoiceParameter(choices=catalog.TRIP_SERVICES, description="The TLC trip service.")
-    month = luigi.MonthParameter(description="YYYY-MM: the month of the published file.")
+    service = params.Choice(choices=catalog.TRIP_SERVICES, hints={"zones": params.ZONES_HINT},
+                             description="The TLC trip service.")
+    month = params.Month(description="YYYY-MM: the month of the published file.")
 
     def requires(self):
         params = {"service": self.service, "month": self.month, "source_sha256": self.source_sha256}

@@ -1,0 +1,101 @@
+"""The parameters users type: a mistake on the command line ends in one line that says what is
+wrong and what is right, with exit code 2 (argparse's own, as for an unknown flag), instead of a
+traceback from deep inside luigi.
+
+Luigi parses a parameter's text only when it builds the task, after the command line was
+accepted, so a bad month surfaced as `ValueError: unconverted data remains: 3` with exit code 40.
+Each parameter here also hands argparse a check (luigi's `_parser_kwargs`, the hook its own
+BoolParameter uses), so the command line itself refuses the mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from typing import Mapping, Sequence
+
+import luigi
+from luigi.parameter import MissingParameterException
+
+from pipeline import catalog
+
+
+class UsageError(ValueError):
+    """Parameters that make no sense together (a month for the zones, --first after --last):
+    found when luigi builds the task, and shown as this one line (see _OneLine)."""
+
+
+class _OneLine(logging.Filter):
+    """luigi logs an error building the command's task as "Uncaught exception in luigi" with a
+    traceback (exit code 40); a user's mistake (a UsageError, a missing parameter) is shown as its
+    message alone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.msg == "Uncaught exception in luigi" and isinstance(error, (UsageError, MissingParameterException)):
+            # luigi's own words: "IngestMonth[args=(), kwargs={...}]: requires the 'month' parameter to be set"
+            missing = re.match(r"(\w+)\[.*\]: requires the '(\w+)' parameter", str(error))
+            text = f"{missing[1]}: --{missing[2].replace('_', '-')} is required" if missing else str(error)
+            record.msg, record.args, record.exc_info = "%s", (f"{text} (see --help)",), None
+        return True
+
+
+logging.getLogger("luigi-interface").addFilter(_OneLine())
+
+
+class _Checked:
+    """A parameter whose text argparse checks with ``self.check`` (which returns it unchanged
+    or raises argparse.ArgumentTypeError)."""
+
+    def _parser_kwargs(self, *args, **kwargs):
+        return {**super()._parser_kwargs(*args, **kwargs), "type": self.check}
+
+
+class Month(_Checked, luigi.MonthParameter):
+    """YYYY-MM."""
+
+    def check(self, text: str) -> str:
+        try:
+            self.parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a month: give YYYY-MM, for example 2021-01") from None
+        return text
+
+
+class Choice(_Checked, luigi.ChoiceParameter):
+    """One of ``choices``, listed in their order (luigi keeps them in a set, so its --help and
+    errors showed them in a different order every run); ``hints`` say where a near miss belongs."""
+
+    def __init__(self, *, choices: Sequence[str], hints: Mapping[str, str] = {}, **kwargs):
+        super().__init__(choices=choices, **kwargs)
+        self.ordered, self.hints = tuple(choices), dict(hints)
+        self.description = self.description.rpartition("Choices: {")[0] + "Choices: " + ", ".join(self.ordered)
+
+    def check(self, text: str) -> str:
+        if text not in self.ordered:
+            hint = self.hints.get(text)
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(self.ordered)}" + (f"; {hint}" if hint else ""))
+        return text
+
+
+class Services(_Checked, luigi.Parameter):
+    """Comma-separated service names, each checked against the catalog."""
+
+    @staticmethod
+    def names(text: str) -> list[str]:
+        names = [s.strip() for s in text.split(",") if s.strip()]
+        unknown = [s for s in names if s not in catalog.SERVICES]
+        if unknown or not names:
+            raise UsageError(f"--services: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(catalog.SERVICES)}")
+        return names
+
+    def check(self, text: str) -> str:
+        try:
+            self.names(text)
+        except UsageError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("--services: ")) from None
+        return text
+
+
+ZONES_HINT = "the zone lookup has no month: luigi --module pipeline IngestZones"
