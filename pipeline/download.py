@@ -88,6 +88,9 @@ def _suffix_of(url: str) -> str:
 
 
 MAGIC = {".gz": GZIP_MAGIC, ".parquet": PARQUET_MAGIC}
+# What a source that cannot be reached (no network, a mirror that is down) tells the user to try.
+OFFLINE_HINT = (". Is the network up? A mirror is set with [source] base_url (--source-base-url); offline, "
+                "LUIGI_CONFIG_PATH=config/samples.cfg runs on the samples the repo ships")
 # How much of the start is looked at: an HTML page shows itself in it, and every magic fits.
 HEAD_BYTES = 512
 
@@ -195,7 +198,7 @@ def _get(url: str, where: str, cfg: settings.source) -> Iterator[requests.Respon
     except requests.TooManyRedirects as e:
         raise SourceError(f"{where}: too many redirects ({_scrub(str(e), url)})") from None
     except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError) as e:
-        raise _Retryable(f"{where}: {type(e).__name__}: {_scrub(str(e), url)}") from None
+        raise _Retryable(f"{where}: {type(e).__name__}: {_scrub(str(e), url)}{OFFLINE_HINT}") from None
 
 
 def _http_chunks(url: str, where: str, cfg: settings.source, found: dict) -> Iterator[tuple[bytes, int]]:

@@ -292,3 +292,16 @@ def test_a_signed_query_string_is_redacted_and_the_file_still_recognised(workspa
     assert redact(url) == f"{http_server}/releases/green/green_tripdata_2019-01.csv.gz?***"
     record = fetch(url, str(workspace / "green.csv.gz"), catalog.SERVICES["green"], "green 2019-01")
     assert record["url"] == redact(url)
+
+
+def test_an_unreachable_source_says_how_to_use_a_mirror_or_the_samples(workspace, run):
+    from servers import free_port
+
+    set_source(f"http://127.0.0.1:{free_port()}/releases")  # nothing listens there
+
+    error = run(Download(service="yellow", month=month("2021-01"))).failures["Download"]
+
+    assert isinstance(error, SourceError) and str(error).startswith("yellow 2021-01 (http://127.0.0.1:")
+    assert "ConnectionError" in str(error) and str(error).endswith(
+        "Is the network up? A mirror is set with [source] base_url (--source-base-url); offline, "
+        "LUIGI_CONFIG_PATH=config/samples.cfg runs on the samples the repo ships (gave up after 3 tries)")
