@@ -12,8 +12,11 @@ included, and put a second `data/` tree there. Here, whatever the current direct
 - `LUIGI_CONFIG_PATH` may name several profiles, `os.pathsep`-separated, the later winning
   (`config/postgres.cfg:config/local.cfg`); a profile that is not found is an error, never
   skipped;
-- a relative path in a settings file (`[lake] root = data/lake`) is under the checkout. On the
-  command line (`--lake-root`) it is under the current directory, as usual.
+- a relative path in a settings file (`[lake] root = data/lake`, `[source] base_url =
+  file:samples`) is under the checkout. On the command line (`--lake-root`) it is under the
+  current directory, as usual.
+The checkout is the project folder (its luigi.cfg, config/, samples/, data/): the one the
+package runs from, or `$NYC_TLC_HOME`.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from luigi.configuration import LuigiConfigParser
 
 from pipeline import catalog
 
-# The checkout the package runs from (an editable install, as the README's). Installed as a plain
-# package (the Docker image) there is no checkout around it: the current directory stands in.
-HOME = Path(__file__).resolve().parent.parent
-if not (HOME / "luigi.cfg").is_file():
-    HOME = Path.cwd()
+# The project folder: $NYC_TLC_HOME, else the checkout the package runs from (an editable install,
+# as the README's), else, installed as a plain package with no checkout around it, the current
+# directory.
+HOME_VARIABLE = "NYC_TLC_HOME"
+_checkout = Path(__file__).resolve().parent.parent
+HOME = Path(os.environ.get(HOME_VARIABLE) or (_checkout if (_checkout / "luigi.cfg").is_file() else Path.cwd())).resolve()
 EMBEDDED = HOME / "luigi.cfg"
 # The settings that are paths, ours and luigi's.
 PATHS = (("core", "logging_conf_file"), ("core", "lock_pid_dir"), ("lake", "root"), ("ingest", "staging"),
@@ -67,6 +71,13 @@ def under_home(value: str) -> str:
     return str(HOME / value)
 
 
+def url_under_home(value: str) -> str:
+    """A relative file: URL (`file:samples`) as a settings file means it: under HOME."""
+    if value.startswith("file:") and not value.startswith("file:/"):
+        return (HOME / value.removeprefix("file:")).as_uri()
+    return value
+
+
 # luigi's own list, as luigi left it: the system's files, then the current directory's.
 _LUIGIS = [p for p in LuigiConfigParser._config_paths if p != os.environ.get("LUIGI_CONFIG_PATH")]
 
@@ -74,6 +85,8 @@ _LUIGIS = [p for p in LuigiConfigParser._config_paths if p != os.environ.get("LU
 def load(cwd: Path | None = None) -> None:
     """Read the settings files in their order (see the module's docstring) into luigi's
     configuration, with the relative paths they set made absolute."""
+    if not EMBEDDED.is_file():
+        raise ProfileNotFound(f"{HOME_VARIABLE}={HOME}: no luigi.cfg there (the project folder holds it)")
     found = profiles(os.environ.get("LUIGI_CONFIG_PATH", ""), cwd or Path.cwd())
     LuigiConfigParser._config_paths[:] = [str(EMBEDDED), *_LUIGIS, *map(str, found)]
     LuigiConfigParser.reload()
@@ -81,6 +94,8 @@ def load(cwd: Path | None = None) -> None:
     for section, key in PATHS:
         if config.has_option(section, key):
             config.set(section, key, under_home(config.get(section, key)))
+    if config.has_option("source", "base_url"):
+        config.set("source", "base_url", url_under_home(config.get("source", "base_url")))
 
 load()
 
