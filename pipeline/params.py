@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 
 import luigi
 from luigi.parameter import MissingParameterException
+from luigi.rpc import RPCError
 
 from pipeline import catalog
 
@@ -28,16 +29,25 @@ class UsageError(ValueError):
 
 class _OneLine(logging.Filter):
     """luigi logs an error building the command's task as "Uncaught exception in luigi" with a
-    traceback (exit code 40); a user's mistake (a UsageError, a missing parameter) is shown as its
-    message alone."""
+    traceback (exit code 40); a user's mistake (a UsageError, a missing parameter, no luigid to
+    report to) is shown as one line that says what to do."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if record.msg == "Uncaught exception in luigi" and isinstance(error, (UsageError, MissingParameterException)):
+        if isinstance(error, RPCError) or str(record.msg).startswith("Failed connecting to remote scheduler"):
+            record.exc_info = None  # luigi's tries and its scheduling error: the last line says what to do
+        if record.msg != "Uncaught exception in luigi":
+            return True
+        if isinstance(error, (UsageError, MissingParameterException)):
             # luigi's own words: "IngestMonth[args=(), kwargs={...}]: requires the 'month' parameter to be set"
             missing = re.match(r"(\w+)\[.*\]: requires the '(\w+)' parameter", str(error))
             text = f"{missing[1]}: --{missing[2].replace('_', '-')} is required" if missing else str(error)
             record.msg, record.args, record.exc_info = "%s", (f"{text} (see --help)",), None
+        elif isinstance(error, RPCError):
+            url = re.search(r"remote scheduler '([^']*)'", str(error))
+            record.msg, record.args, record.exc_info = "%s", (
+                f"no central scheduler (luigid) answers at {url[1] if url else 'the configured address'}: start one "
+                "(README, \"The central scheduler\"), or add --local-scheduler",), None
         return True
 
 

@@ -100,3 +100,18 @@ def test_a_profile_that_is_not_there_is_refused_not_skipped(tmp_path):
 
     assert out.returncode == 2
     assert f"LUIGI_CONFIG_PATH: no settings file config/no-such.cfg (looked in {tmp_path} and {ROOT})" in out.stderr
+
+
+def test_no_luigid_to_report_to_says_so_and_how_to_run_without_one(tmp_path):
+    from servers import free_port
+
+    quick = tmp_path / "quick-rpc.cfg"
+    quick.write_text("[core]\nrpc_retry_wait = 1\n")  # luigi's default waits 30 s between its 3 tries
+    port = free_port()
+
+    out = cli("IngestZones", "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port), env={"LUIGI_CONFIG_PATH": str(quick)})
+
+    assert out.returncode == 40
+    assert "Traceback" not in out.stderr
+    assert out.stderr.rstrip().endswith(f"no central scheduler (luigid) answers at http://127.0.0.1:{port}: start one "
+                                        "(README, \"The central scheduler\"), or add --local-scheduler")
