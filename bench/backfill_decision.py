@@ -18,6 +18,7 @@ markers, so this is the state a real 480-month backfill leaves.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import shutil
@@ -117,6 +118,8 @@ def timed(decide) -> float:
 def main() -> None:
     import luigi.configuration
 
+    # No options; --help says what it does instead of running it.
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp, postgres_server("bench") as pg:
         work = Path(tmp)
