@@ -23,6 +23,7 @@ import luigi.configuration
 import psycopg2
 import pytest
 
+import pipeline  # noqa: F401  (reads the settings files, once, before any fixture sets a value)
 import servers
 import tlc_parquet
 
