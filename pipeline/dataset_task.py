@@ -20,7 +20,7 @@ logger = logging.getLogger("pipeline")
 
 class DatasetTask(luigi.Task):
     service = params.Choice(choices=list(catalog.SERVICES), description="The TLC service, or zones for the zone lookup.")
-    month = params.Month(default=None, description="YYYY-MM: the month of the published file (not for zones).")
+    month = params.OptionalMonth(default=None, description="YYYY-MM: the month of the published file (not for zones).")
 
     _last_report = 0.0
 

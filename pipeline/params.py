@@ -73,6 +73,18 @@ class Month(_Checked, luigi.MonthParameter):
         return text
 
 
+class OptionalMonth(Month):
+    """YYYY-MM, or none (the zones have no month). luigi writes a parameter as text whenever it
+    hands a task on (dynamic dependencies, luigid) and its MonthParameter writes None as "None",
+    which it cannot read back: here no month is the empty text, and "None" still reads as none."""
+
+    def serialize(self, x) -> str:
+        return "" if x is None else super().serialize(x)
+
+    def parse(self, x: str):
+        return None if x in ("", "None") else super().parse(x)
+
+
 class Choice(_Checked, luigi.ChoiceParameter):
     """One of ``choices``, listed in their order (luigi keeps them in a set, so its --help and
     errors showed them in a different order every run); ``hints`` say where a near miss belongs."""

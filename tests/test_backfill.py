@@ -9,12 +9,14 @@ import gzip
 import logging
 import os
 import re
+from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import RANGE_MONTHS, _Handler, configured, data_rows, set_source
-from pipeline import IngestMonth, IngestRange, Reingest
+from pipeline import IngestMonth, IngestRange, IngestZones, Reingest
 from pipeline.backfill import PublishedMonths
 from pipeline.lake import LakeFile
 from pipeline.warehouses import duckdb_views
@@ -225,3 +227,23 @@ def test_a_range_over_any_single_step_decides_in_bulk_too(range_source, run):
     assert [t.month for t in missing] == [month("2020-03"), month("2020-04")]
     assert LakeFile.bulk_complete.__func__(lambda **kw: LakeFile(service="green", **kw),
                                            [month(m) for m in RANGE_MONTHS]) == [month("2020-01"), month("2020-02")]
+
+
+def test_reingest_of_the_zones_runs_and_replaces_their_lake_file(range_source, run, mirror):
+    assert not run(IngestZones()).failures
+    lake_file = LakeFile(service="zones").output().path
+    # The source re-publishes the lookup with a zone renamed (the TLC did so in 2024).
+    published = mirror / "range" / "misc" / "taxi_zone_lookup.csv"
+    original = published.read_bytes()
+    renamed = original.replace(b'265,"Unknown","NA"', b'265,"N/A","Outside of NYC"')
+    assert renamed != original
+    published.write_bytes(renamed)
+    try:
+        result = run(Reingest(services="zones", first=month("2020-01"), last=month("2020-01")))
+    finally:
+        published.write_bytes(original)
+
+    assert not result.failures
+    assert [t.split("_")[0] for t in result.started].count("Download") == 1
+    zones = pq.read_table(lake_file).to_pylist()
+    assert len(zones) == 265 and zones[-1] == {"LocationID": 265, "Borough": "N/A", "Zone": "Outside of NYC", "service_zone": "N/A"}
