@@ -115,3 +115,17 @@ def test_no_luigid_to_report_to_says_so_and_how_to_run_without_one(tmp_path):
     assert "Traceback" not in out.stderr
     assert out.stderr.rstrip().endswith(f"no central scheduler (luigid) answers at http://127.0.0.1:{port}: start one "
                                         "(README, \"The central scheduler\"), or add --local-scheduler")
+
+
+def test_every_output_has_a_readable_name_for_logs(workspace):
+    import datetime
+
+    from luigi.task import flatten
+
+    from pipeline import Download, ExposeBigQuery, ExposeDuckDB, LakeFile, LoadPostgres, ToParquet
+
+    month = datetime.date(2021, 1, 1)
+    for step in (Download, ToParquet, LakeFile, ExposeDuckDB, LoadPostgres, ExposeBigQuery):
+        for target in flatten(step(service="yellow", month=month).output()):
+            name = str(target)
+            assert " object at 0x" not in name and ("2021-01" in name or "yellow" in name), (step, name)
