@@ -31,11 +31,12 @@ import luigi
 from dateutil.relativedelta import relativedelta
 from luigi.tools.range import RangeMonthly
 
-from pipeline import catalog, params, settings
+from pipeline import catalog, settings
 from pipeline.convert import ToParquet
 from pipeline.download import Download, published, source_url
 from pipeline.flows import IngestMonth, IngestZones
 from pipeline.lake import LakeFile, LakeRecord, lake_record
+from pipeline.params import Month, Services, UsageError
 
 logger = logging.getLogger("pipeline.backfill")
 
@@ -96,23 +97,23 @@ class MonthRange:
     """The parameters of a command over services and an inclusive range of months (a mixin:
     luigi finds parameters on every base class)."""
 
-    services = params.Services(default=",".join(catalog.TRIP_SERVICES),
+    services = Services(default=",".join(catalog.TRIP_SERVICES),
                                description="Comma-separated: yellow, green, fhv, fhvhv, zones")
-    first = params.Month(description="YYYY-MM: the first month, included")
-    last = params.Month(description="YYYY-MM: the last month, included")
+    first = Month(description="YYYY-MM: the first month, included")
+    last = Month(description="YYYY-MM: the last month, included")
 
     task_family: str
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.first > self.last:
-            raise params.UsageError(f"{self.task_family}: --first {self.first:%Y-%m} is after --last {self.last:%Y-%m}")
+            raise UsageError(f"{self.task_family}: --first {self.first:%Y-%m} is after --last {self.last:%Y-%m}")
 
     def service_names(self) -> list[str]:
         try:
-            return params.Services.names(self.services)
-        except params.UsageError as e:
-            raise params.UsageError(f"{self.task_family} {e}") from None
+            return Services.names(self.services)
+        except UsageError as e:
+            raise UsageError(f"{self.task_family} {e}") from None
 
     def months(self) -> list[datetime.date]:
         return [self.first + relativedelta(months=n) for n in range(months_between(self.first, self.last) + 1)]
@@ -273,9 +274,9 @@ class IngestRecent(luigi.WrapperTask):
     months from `--until` and ingests what is published and not yet done (months already done
     cost nothing; months not published yet are left out)."""
 
-    services = params.Services(default=",".join(catalog.SERVICES), description="Comma-separated services, zones included")
+    services = Services(default=",".join(catalog.SERVICES), description="Comma-separated services, zones included")
     months = luigi.IntParameter(default=4, description="How many months back from --until to look")
-    until = params.Month(default=datetime.date.today().replace(day=1),
+    until = Month(default=datetime.date.today().replace(day=1),
                                  description="YYYY-MM: the newest month to look for (default: this month)")
 
     def requires(self):

@@ -127,9 +127,12 @@ class gcs(luigi.Config):
     (GOOGLE_APPLICATION_CREDENTIALS, `gcloud auth application-default login`), never a setting."""
 
     project = luigi.Parameter(default="", description="Project of the client (empty: the credentials' project, GOOGLE_CLOUD_PROJECT)")
-    chunk_size_kib = luigi.IntParameter(default=16384, description="Upload chunk size in KiB, a multiple of 256: each chunk is one request with its own timeout; a failed one is resumed")
+    chunk_size_kib = luigi.IntParameter(
+        default=16384,
+        description="Upload chunk size in KiB, a multiple of 256: each chunk is one request with its own timeout; a failed one is resumed")
     timeout = luigi.FloatParameter(default=120.0, description="Seconds per request (one chunk) before it is retried")
-    retry_deadline = luigi.FloatParameter(default=600.0, description="Seconds to keep retrying an operation's transient errors before giving up")
+    retry_deadline = luigi.FloatParameter(
+        default=600.0, description="Seconds to keep retrying an operation's transient errors before giving up")
 
 
 class duckdb(luigi.Config):
@@ -145,7 +148,8 @@ class bigquery(luigi.Config):
 
     project = luigi.Parameter(default="", description="Project of the dataset and the jobs (empty: the credentials' project)")
     dataset = luigi.Parameter(default="nyc_tlc", description="Dataset of the external tables and the _ingested marker table")
-    location = luigi.Parameter(default="US", description="Location of the dataset when it is created (must be the bucket's, or a multi-region holding it)")
+    location = luigi.Parameter(
+        default="US", description="Location of the dataset when it is created (must be the bucket's, or a multi-region holding it)")
     create_dataset = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
                                          description="Create the dataset when it is missing (false: a missing dataset is an error)")
 

@@ -9,7 +9,6 @@ import gzip
 import logging
 import os
 import re
-from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq

@@ -174,7 +174,7 @@ def test_killed_mid_download_leaves_nothing_complete_and_rerun_finishes(workspac
 def test_a_run_cut_between_the_data_file_and_its_record_finishes_on_the_next_run(workspace, run):
     task = Download(service="green", month=month("2019-01"))
     assert not run(task).failures
-    data, record = task.output()["file"], task.output()["meta"]
+    record = task.output()["meta"]
     os.remove(record.path)  # the state a kill between Download's two renames leaves
     assert not task.complete()
 
