@@ -56,8 +56,8 @@ def set_up(work: Path) -> None:
     import luigi
 
     from pipeline import IngestMonth
-    from pipeline.lake import lake_path
     from pipeline.catalog import SERVICES as CATALOG
+    from pipeline.lake import lake_path
     from pipeline.warehouses import postgres
 
     for service, (sample, month) in SAMPLES.items():
@@ -80,8 +80,10 @@ def set_up(work: Path) -> None:
                     os.makedirs(os.path.dirname(path), exist_ok=True)
                     shutil.copyfile(real, path)
                 con.execute("INSERT OR REPLACE INTO _ingested VALUES (?, ?, 1, now())", [service, m.strftime("%Y-%m")])
-                cur.execute("INSERT INTO public._ingested (service, month, rows) VALUES ($1, $2, 1) "
-                            "ON CONFLICT DO NOTHING", [service, m.strftime("%Y-%m")])
+                cur.execute(
+                    "INSERT INTO public._ingested (service, month, rows) VALUES ($1, $2, 1) ON CONFLICT DO NOTHING",
+                    [service, m.strftime("%Y-%m")],
+                )
     conn.commit()
     conn.close()
     con.close()
@@ -96,12 +98,22 @@ def decide_bulk() -> bool:
 def decide_per_task() -> bool:
     from luigi.tools.range import RangeMonthly
 
-    from pipeline import IngestRange, IngestMonth
+    from pipeline import IngestMonth, IngestRange
 
     ranges = list(IngestRange(services=",".join(SERVICES), first=FIRST, last=LAST).requires())
-    plain = [RangeMonthly(of=IngestMonth, of_params=r.of_params, param_name="month", start=r.start, stop=r.stop,
-                          months_back=r.months_back, months_forward=r.months_forward, task_limit=r.task_limit)
-             for r in ranges]
+    plain = [
+        RangeMonthly(
+            of=IngestMonth,
+            of_params=r.of_params,
+            param_name="month",
+            start=r.start,
+            stop=r.stop,
+            months_back=r.months_back,
+            months_forward=r.months_forward,
+            task_limit=r.task_limit,
+        )
+        for r in ranges
+    ]
     return all(r.complete() for r in plain)
 
 
@@ -123,21 +135,27 @@ def main() -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp, postgres_server("bench") as pg:
         work = Path(tmp)
-        os.environ.update(PGHOST=pg["host"], PGPORT=str(pg["port"]), PGUSER=pg["user"],
-                          PGDATABASE=pg["database"], PGPASSWORD=pg["password"])
+        os.environ.update(
+            PGHOST=pg["host"], PGPORT=str(pg["port"]), PGUSER=pg["user"], PGDATABASE=pg["database"], PGPASSWORD=pg["password"]
+        )
         config = luigi.configuration.get_config()
         for (section, key), value in {
-            ("core", "no_configure_logging"): "true", ("source", "base_url"): (work / "mirror").as_uri(),
-            ("lake", "root"): str(work / "lake"), ("ingest", "staging"): str(work / "staging"),
-            ("duckdb", "path"): str(work / "warehouse.duckdb"), ("ingest", "sinks"): "duckdb,postgres",
+            ("core", "no_configure_logging"): "true",
+            ("source", "base_url"): (work / "mirror").as_uri(),
+            ("lake", "root"): str(work / "lake"),
+            ("ingest", "staging"): str(work / "staging"),
+            ("duckdb", "path"): str(work / "warehouse.duckdb"),
+            ("ingest", "sinks"): "duckdb,postgres",
         }.items():
             config.set(section, key, value)
         set_up(work)
         count = len(SERVICES) * len(list(months()))
         bulk = timed(decide_bulk)
         per_task = timed(decide_per_task)
-        print(f"no-op decision for {count} complete months ({', '.join(SERVICES)} x "
-              f"{FIRST:%Y-%m}..{LAST:%Y-%m}), sinks duckdb + postgres, local lake:")
+        print(
+            f"no-op decision for {count} complete months ({', '.join(SERVICES)} x "
+            f"{FIRST:%Y-%m}..{LAST:%Y-%m}), sinks duckdb + postgres, local lake:"
+        )
         print(f"  bulk (IngestRange)              {bulk:8.3f} s")
         print(f"  per task (luigi's RangeMonthly) {per_task:8.3f} s")
         print(f"  bulk is {per_task / bulk:.0f}x faster")

@@ -54,9 +54,21 @@ def build_tlc_month(rows: int, row_group_rows: int = 1 << 20) -> Path:
         return path
     CACHE.mkdir(parents=True, exist_ok=True)
     f64, i64 = pa.float64(), pa.int64()
-    sample = pacsv.read_csv(SAMPLE, convert_options=pacsv.ConvertOptions(column_types={
-        "VendorID": i64, "passenger_count": f64, "RatecodeID": f64, "PULocationID": i64, "DOLocationID": i64,
-        "payment_type": i64, "tpep_pickup_datetime": pa.timestamp("us"), "tpep_dropoff_datetime": pa.timestamp("us")}))
+    sample = pacsv.read_csv(
+        SAMPLE,
+        convert_options=pacsv.ConvertOptions(
+            column_types={
+                "VendorID": i64,
+                "passenger_count": f64,
+                "RatecodeID": f64,
+                "PULocationID": i64,
+                "DOLocationID": i64,
+                "payment_type": i64,
+                "tpep_pickup_datetime": pa.timestamp("us"),
+                "tpep_dropoff_datetime": pa.timestamp("us"),
+            }
+        ),
+    )
     sample = sample.append_column("airport_fee", pa.array([0.0] * sample.num_rows, f64))
     group = pa.concat_tables([sample] * (row_group_rows // sample.num_rows + 1)).slice(0, row_group_rows)
     tmp = path.with_suffix(".tmp")
@@ -81,8 +93,13 @@ def measure(approach: Callable[[], tuple[int, dict]]) -> None:
 
 def run_child(script: str, name: str, args: list[str], env: dict | None = None) -> dict:
     """Run ``script --child name args...`` and return what its measure() printed."""
-    out = subprocess.run([sys.executable, script, "--child", name, *args], cwd=ROOT, capture_output=True,
-                         text=True, env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
+    out = subprocess.run(
+        [sys.executable, script, "--child", name, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
+    )
     if out.returncode:
         raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -97,8 +114,9 @@ def report(results: dict[str, dict], rows: int, ours: str = "pipeline") -> None:
             raise SystemExit(f"{name} produced {r['rows']} rows, expected {rows}")
         ratio = ""
         if mine and name != ours:
-            ratio = (f"   {ours} does {r['seconds'] / mine['seconds']:.2f}x its rows/s, "
-                     f"uses {mine['peak_mb'] / r['peak_mb']:.2f}x its memory")
+            ratio = (
+                f"   {ours} does {r['seconds'] / mine['seconds']:.2f}x its rows/s, uses {mine['peak_mb'] / r['peak_mb']:.2f}x its memory"
+            )
         print(f"{name:<10} {r['seconds']:>8.2f} {rows / r['seconds']:>12,.0f} {r['peak_mb']:>12.0f}{ratio}")
         for step, seconds in r["steps"].items():
             print(f"  {step:<10} {seconds:>6.2f} {rows / seconds:>12,.0f}")

@@ -92,8 +92,12 @@ APPROACHES = {"pipeline": run_pipeline, "reference": run_reference, "duckdb": ru
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS)
-    parser.add_argument("--source", choices=["releases", "tlc"], default="releases",
-                        help="the month as the releases' csv.gz (default) or as the TLC's Parquet")
+    parser.add_argument(
+        "--source",
+        choices=["releases", "tlc"],
+        default="releases",
+        help="the month as the releases' csv.gz (default) or as the TLC's Parquet",
+    )
     parser.add_argument("--only", choices=list(APPROACHES), action="append", help="run only these (repeatable)")
     parser.add_argument("--child", choices=list(APPROACHES), help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)

@@ -81,10 +81,11 @@ def run_pipeline(lake: Path, schema: str) -> tuple[int, dict]:
     config = luigi.configuration.get_config()
     config.set("lake", "root", str(lake))
     config.set("postgres", "schema", schema)
-    if not luigi.build([LoadPostgres(service="yellow", month=luigi.date_interval.Month.parse(MONTH).date_a)],
-                       local_scheduler=True, log_level="WARNING"):
+    if not luigi.build(
+        [LoadPostgres(service="yellow", month=luigi.date_interval.Month.parse(MONTH).date_a)], local_scheduler=True, log_level="WARNING"
+    ):
         raise SystemExit("LoadPostgres failed")
-    return _count(f'{schema}.yellow_tripdata'), {}
+    return _count(f"{schema}.yellow_tripdata"), {}
 
 
 def _connect():
@@ -157,8 +158,7 @@ def main() -> None:
         chosen.remove("pandas")
     results = {}
     with postgres_server(PASSWORD) as pg:
-        env = {"PGHOST": pg["host"], "PGPORT": str(pg["port"]), "PGUSER": pg["user"],
-               "PGDATABASE": pg["database"], "PGPASSWORD": PASSWORD}
+        env = {"PGHOST": pg["host"], "PGPORT": str(pg["port"]), "PGUSER": pg["user"], "PGDATABASE": pg["database"], "PGPASSWORD": PASSWORD}
         for name in chosen:
             results[name] = run_child(__file__, name, ["--input", str(inputs[name]), "--schema", f"bench_{name}"], env)
     report(results, args.rows)

@@ -14,5 +14,18 @@ from pipeline.warehouses.bigquery import ExposeBigQuery
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
 from pipeline.warehouses.postgres import LoadPostgres
 
-__all__ = ["Download", "ToParquet", "LakeFile", "ExposeDuckDB", "LoadPostgres", "ExposeBigQuery",
-           "IngestMonth", "IngestZones", "IngestRange", "IngestRecent", "PublishedMonths", "Reingest", "Republished"]
+__all__ = [
+    "Download",
+    "ToParquet",
+    "LakeFile",
+    "ExposeDuckDB",
+    "LoadPostgres",
+    "ExposeBigQuery",
+    "IngestMonth",
+    "IngestZones",
+    "IngestRange",
+    "IngestRecent",
+    "PublishedMonths",
+    "Reingest",
+    "Republished",
+]

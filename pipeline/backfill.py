@@ -57,9 +57,13 @@ class PublishedMonths(RangeMonthly):
         out = published_prefix(svc, [self.datetime_to_parameter(d) for d in tail])
         if out < len(tail):
             first, last = tail[out].strftime("%Y-%m"), tail[-1].strftime("%Y-%m")
-            logger.warning("%s %s: not published at the source yet (%d month(s)); the range ends before it",
-                           svc.name, first if first == last else f"{first}..{last}", len(tail) - out)
-        return missing[:len(missing) - len(tail) + out]
+            logger.warning(
+                "%s %s: not published at the source yet (%d month(s)); the range ends before it",
+                svc.name,
+                first if first == last else f"{first}..{last}",
+                len(tail) - out,
+            )
+        return missing[: len(missing) - len(tail) + out]
 
 
 def published_prefix(svc: catalog.Service, months: list[datetime.date]) -> int:
@@ -97,8 +101,7 @@ class MonthRange:
     """The parameters of a command over services and an inclusive range of months (a mixin:
     luigi finds parameters on every base class)."""
 
-    services = Services(default=",".join(catalog.TRIP_SERVICES),
-                               description="Comma-separated: yellow, green, fhv, fhvhv, zones")
+    services = Services(default=",".join(catalog.TRIP_SERVICES), description="Comma-separated: yellow, green, fhv, fhvhv, zones")
     first = Month(description="YYYY-MM: the first month, included")
     last = Month(description="YYYY-MM: the last month, included")
 
@@ -120,8 +123,11 @@ class MonthRange:
 
     def datasets(self) -> list[dict]:
         """The parameters of each dataset file asked for: service and month (none for zones)."""
-        return [{"service": name} if name == "zones" else {"service": name, "month": m}
-                for name in self.service_names() for m in (self.months() if name != "zones" else [None])]
+        return [
+            {"service": name} if name == "zones" else {"service": name, "month": m}
+            for name in self.service_names()
+            for m in (self.months() if name != "zones" else [None])
+        ]
 
     def _receipt(self, what: str) -> luigi.LocalTarget:
         """A file of this request's own, for what it must remember across luigi's restarts of
@@ -141,12 +147,16 @@ class IngestRange(MonthRange, luigi.WrapperTask):
                 yield IngestZones()
                 continue
             yield PublishedMonths(
-                of=IngestMonth, of_params={"service": name}, param_name="month",
-                start=self.first, stop=self.last + relativedelta(months=1),
+                of=IngestMonth,
+                of_params={"service": name},
+                param_name="month",
+                start=self.first,
+                stop=self.last + relativedelta(months=1),
                 # RangeMonthly counts these from today; cover exactly [first, last].
                 months_back=max(0, months_between(self.first, today)),
                 months_forward=max(0, months_between(today, self.last)) + 1,
-                task_limit=len(self.months()))
+                task_limit=len(self.months()),
+            )
 
 
 class Reingest(MonthRange, luigi.Task):
@@ -162,7 +172,8 @@ class Reingest(MonthRange, luigi.Task):
 
     requested = luigi.DateSecondParameter(
         default=datetime.datetime.now().replace(microsecond=0),
-        description="When the re-ingest was asked for (default: now): each request is its own task")
+        description="When the re-ingest was asked for (default: now): each request is its own task",
+    )
 
     def output(self):
         return self._receipt("done")
@@ -181,8 +192,10 @@ class Reingest(MonthRange, luigi.Task):
                         target.remove()
             with forgotten.open("w") as f:
                 f.write(f"{len(datasets)} files\n")
-        self.set_status_message(f"downloading and converting {len(datasets)} file(s) again; the lake and the "
-                                "warehouses keep the old ones until the new ones are whole")
+        self.set_status_message(
+            f"downloading and converting {len(datasets)} file(s) again; the lake and the "
+            "warehouses keep the old ones until the new ones are whole"
+        )
         yield [ToParquet(**params) for params in datasets]
         self.set_status_message(f"replacing {len(datasets)} file(s) in the lake and the warehouses")
         yield [ingest_task(params) for params in datasets]
@@ -210,7 +223,8 @@ class Republished(MonthRange, luigi.Task):
     reingest = luigi.BoolParameter(description="Ingest the changed months again (Reingest, month by month)")
     requested = luigi.DateSecondParameter(
         default=datetime.datetime.now().replace(microsecond=0),
-        description="When the check was asked for (default: now): each request is its own task")
+        description="When the check was asked for (default: now): each request is its own task",
+    )
 
     def output(self):
         return self._receipt("report")
@@ -227,8 +241,9 @@ class Republished(MonthRange, luigi.Task):
             why = difference(lake_record(target), published(source_url(svc, params.get("month"))))
             if why:
                 logger.warning("%s: %s since it was ingested", label, why)
-                found.append({"service": svc.name, "month": catalog.month_str(params["month"]) if svc.monthly else "",
-                              "label": label, "why": why})
+                found.append(
+                    {"service": svc.name, "month": catalog.month_str(params["month"]) if svc.monthly else "", "label": label, "why": why}
+                )
         return found
 
     def reingest_of(self, change: dict) -> Reingest:
@@ -263,8 +278,11 @@ def difference(record: LakeRecord, now: Optional[dict[str, str]]) -> str:
         return "no longer published (HTTP 404)"
     then = {"size": record.source_size, "etag": record.source_etag, "last_modified": record.source_last_modified}
     # Compared where both sides know the value: older lake files recorded only the size.
-    changed = [f"{name} {then[name]} -> {now[name]}" for name in ("size", "etag", "last_modified")
-               if then[name] and now[name] and then[name] != now[name]]
+    changed = [
+        f"{name} {then[name]} -> {now[name]}"
+        for name in ("size", "etag", "last_modified")
+        if then[name] and now[name] and then[name] != now[name]
+    ]
     return "republished: " + ", ".join(changed) if changed else ""
 
 
@@ -276,9 +294,7 @@ class IngestRecent(luigi.WrapperTask):
 
     services = Services(default=",".join(catalog.SERVICES), description="Comma-separated services, zones included")
     months = luigi.IntParameter(default=4, description="How many months back from --until to look")
-    until = Month(default=datetime.date.today().replace(day=1),
-                                 description="YYYY-MM: the newest month to look for (default: this month)")
+    until = Month(default=datetime.date.today().replace(day=1), description="YYYY-MM: the newest month to look for (default: this month)")
 
     def requires(self):
-        return IngestRange(services=self.services, first=self.until - relativedelta(months=max(1, self.months) - 1),
-                           last=self.until)
+        return IngestRange(services=self.services, first=self.until - relativedelta(months=max(1, self.months) - 1), last=self.until)

@@ -73,7 +73,6 @@ class Service:
         return self.stem.format(month=month_str(month)) if self.monthly else self.stem
 
 
-
 def _columns(*spec: tuple[str, pa.DataType]) -> tuple[Column, ...]:
     return tuple(Column(name, type_) for name, type_ in spec)
 
@@ -81,16 +80,23 @@ def _columns(*spec: tuple[str, pa.DataType]) -> tuple[Column, ...]:
 def _trip_service(name: str, required: tuple[str, ...], *spec: tuple[str, pa.DataType]) -> Service:
     """A monthly trip service; its pickup time is the second required column."""
     return Service(
-        name=name, release=name, stem=f"{name}_tripdata_{{month}}",
-        table=f"{name}_tripdata", columns=_columns(*spec),
-        required=required, pickup_column=required[1],
+        name=name,
+        release=name,
+        stem=f"{name}_tripdata_{{month}}",
+        table=f"{name}_tripdata",
+        columns=_columns(*spec),
+        required=required,
+        pickup_column=required[1],
     )
 
 
 # Money, distances and durations are float64 (as in the TLC's own Parquet files); codes and
 # location ids are int64; base numbers and Y/N flags are strings.
 _FARE = (
-    ("fare_amount", FLOAT), ("extra", FLOAT), ("mta_tax", FLOAT), ("tip_amount", FLOAT),
+    ("fare_amount", FLOAT),
+    ("extra", FLOAT),
+    ("mta_tax", FLOAT),
+    ("tip_amount", FLOAT),
     ("tolls_amount", FLOAT),
 )
 
@@ -100,62 +106,121 @@ _FARE = (
 # lacking one is refused by name; columns that appeared later (improvement_surcharge 2015,
 # congestion_surcharge 2019, airport_fee, cbd_congestion_fee, fhvhv's Parquet-era columns) are
 # null where a month lacks them.
-_TRIP_CORE = ("passenger_count", "trip_distance", "RatecodeID", "store_and_fwd_flag", "PULocationID",
-              "DOLocationID", "payment_type", *(name for name, _ in _FARE), "total_amount")
+_TRIP_CORE = (
+    "passenger_count",
+    "trip_distance",
+    "RatecodeID",
+    "store_and_fwd_flag",
+    "PULocationID",
+    "DOLocationID",
+    "payment_type",
+    *(name for name, _ in _FARE),
+    "total_amount",
+)
 _FHV_CORE = ("dispatching_base_num", "pickup_datetime", "dropoff_datetime", "PULocationID", "DOLocationID")
 
 YELLOW = _trip_service(
-    "yellow", ("VendorID", "tpep_pickup_datetime", "tpep_dropoff_datetime", *_TRIP_CORE),
-    ("VendorID", INT), ("tpep_pickup_datetime", TIMESTAMP), ("tpep_dropoff_datetime", TIMESTAMP),
-    ("passenger_count", INT), ("trip_distance", FLOAT), ("RatecodeID", INT),
-    ("store_and_fwd_flag", STRING), ("PULocationID", INT), ("DOLocationID", INT),
-    ("payment_type", INT), *_FARE, ("improvement_surcharge", FLOAT), ("total_amount", FLOAT),
+    "yellow",
+    ("VendorID", "tpep_pickup_datetime", "tpep_dropoff_datetime", *_TRIP_CORE),
+    ("VendorID", INT),
+    ("tpep_pickup_datetime", TIMESTAMP),
+    ("tpep_dropoff_datetime", TIMESTAMP),
+    ("passenger_count", INT),
+    ("trip_distance", FLOAT),
+    ("RatecodeID", INT),
+    ("store_and_fwd_flag", STRING),
+    ("PULocationID", INT),
+    ("DOLocationID", INT),
+    ("payment_type", INT),
+    *_FARE,
+    ("improvement_surcharge", FLOAT),
+    ("total_amount", FLOAT),
     ("congestion_surcharge", FLOAT),
     # Only in the TLC's Parquet re-issue (2011+) and 2025+ files; null in the csv.gz months.
-    ("airport_fee", FLOAT), ("cbd_congestion_fee", FLOAT),
+    ("airport_fee", FLOAT),
+    ("cbd_congestion_fee", FLOAT),
 )
 
 GREEN = _trip_service(
-    "green", ("VendorID", "lpep_pickup_datetime", "lpep_dropoff_datetime", *_TRIP_CORE),
-    ("VendorID", INT), ("lpep_pickup_datetime", TIMESTAMP), ("lpep_dropoff_datetime", TIMESTAMP),
-    ("store_and_fwd_flag", STRING), ("RatecodeID", INT), ("PULocationID", INT),
-    ("DOLocationID", INT), ("passenger_count", INT), ("trip_distance", FLOAT), *_FARE,
+    "green",
+    ("VendorID", "lpep_pickup_datetime", "lpep_dropoff_datetime", *_TRIP_CORE),
+    ("VendorID", INT),
+    ("lpep_pickup_datetime", TIMESTAMP),
+    ("lpep_dropoff_datetime", TIMESTAMP),
+    ("store_and_fwd_flag", STRING),
+    ("RatecodeID", INT),
+    ("PULocationID", INT),
+    ("DOLocationID", INT),
+    ("passenger_count", INT),
+    ("trip_distance", FLOAT),
+    *_FARE,
     # Empty in every csv sample, but some TLC Parquet months hold decimals: float, not int.
-    ("ehail_fee", FLOAT), ("improvement_surcharge", FLOAT), ("total_amount", FLOAT),
-    ("payment_type", INT), ("trip_type", INT), ("congestion_surcharge", FLOAT),
+    ("ehail_fee", FLOAT),
+    ("improvement_surcharge", FLOAT),
+    ("total_amount", FLOAT),
+    ("payment_type", INT),
+    ("trip_type", INT),
+    ("congestion_surcharge", FLOAT),
     ("cbd_congestion_fee", FLOAT),
 )
 
 FHV = _trip_service(
-    "fhv", _FHV_CORE,
-    ("dispatching_base_num", STRING), ("pickup_datetime", TIMESTAMP),
-    ("dropoff_datetime", TIMESTAMP), ("PULocationID", INT), ("DOLocationID", INT),
+    "fhv",
+    _FHV_CORE,
+    ("dispatching_base_num", STRING),
+    ("pickup_datetime", TIMESTAMP),
+    ("dropoff_datetime", TIMESTAMP),
+    ("PULocationID", INT),
+    ("DOLocationID", INT),
     ("SR_Flag", INT),  # 1 for a shared ride, otherwise empty (TLC data dictionary)
     ("Affiliated_base_number", STRING),
 )
 
 FHVHV = _trip_service(
-    "fhvhv", _FHV_CORE,
-    ("hvfhs_license_num", STRING), ("dispatching_base_num", STRING),
-    ("originating_base_num", STRING), ("request_datetime", TIMESTAMP),
-    ("on_scene_datetime", TIMESTAMP), ("pickup_datetime", TIMESTAMP),
-    ("dropoff_datetime", TIMESTAMP), ("PULocationID", INT), ("DOLocationID", INT),
+    "fhvhv",
+    _FHV_CORE,
+    ("hvfhs_license_num", STRING),
+    ("dispatching_base_num", STRING),
+    ("originating_base_num", STRING),
+    ("request_datetime", TIMESTAMP),
+    ("on_scene_datetime", TIMESTAMP),
+    ("pickup_datetime", TIMESTAMP),
+    ("dropoff_datetime", TIMESTAMP),
+    ("PULocationID", INT),
+    ("DOLocationID", INT),
     # The csv.gz copies carry only the 7 FHV-style columns; their SR_Flag is "N" or empty.
-    ("SR_Flag", STRING), ("Affiliated_base_number", STRING),
+    ("SR_Flag", STRING),
+    ("Affiliated_base_number", STRING),
     # The TLC Parquet layout (2019-02 onwards), so csv.gz and Parquet months share one schema.
-    ("trip_miles", FLOAT), ("trip_time", INT), ("base_passenger_fare", FLOAT), ("tolls", FLOAT),
-    ("bcf", FLOAT), ("sales_tax", FLOAT), ("congestion_surcharge", FLOAT),
-    ("airport_fee", FLOAT), ("tips", FLOAT), ("driver_pay", FLOAT),
-    ("shared_request_flag", STRING), ("shared_match_flag", STRING),
-    ("access_a_ride_flag", STRING), ("wav_request_flag", STRING), ("wav_match_flag", STRING),
+    ("trip_miles", FLOAT),
+    ("trip_time", INT),
+    ("base_passenger_fare", FLOAT),
+    ("tolls", FLOAT),
+    ("bcf", FLOAT),
+    ("sales_tax", FLOAT),
+    ("congestion_surcharge", FLOAT),
+    ("airport_fee", FLOAT),
+    ("tips", FLOAT),
+    ("driver_pay", FLOAT),
+    ("shared_request_flag", STRING),
+    ("shared_match_flag", STRING),
+    ("access_a_ride_flag", STRING),
+    ("wav_request_flag", STRING),
+    ("wav_match_flag", STRING),
     ("cbd_congestion_fee", FLOAT),
 )
 
 # Not monthly. "NA" and "N/A" in it are strings (zone 265 is literally "NA"), never nulls.
 ZONES = Service(
-    name="zones", release="misc", stem="taxi_zone_lookup", table="taxi_zone_lookup",
+    name="zones",
+    release="misc",
+    stem="taxi_zone_lookup",
+    table="taxi_zone_lookup",
     columns=_columns(
-        ("LocationID", INT), ("Borough", STRING), ("Zone", STRING), ("service_zone", STRING),
+        ("LocationID", INT),
+        ("Borough", STRING),
+        ("Zone", STRING),
+        ("service_zone", STRING),
     ),
     required=("LocationID", "Zone"),
     # Every version the TLC has published lists zones 1 to 265; a lookup cut at a line boundary
@@ -183,8 +248,9 @@ class Source:
 
 
 # The csv.gz copies the course uses (2019-01 to 2021-07 for yellow and green).
-RELEASES = Source("releases", "https://github.com/DataTalksClub/nyc-tlc-data/releases/download",
-                  "{release}/{stem}.csv.gz", "misc/taxi_zone_lookup.csv")
+RELEASES = Source(
+    "releases", "https://github.com/DataTalksClub/nyc-tlc-data/releases/download", "{release}/{stem}.csv.gz", "misc/taxi_zone_lookup.csv"
+)
 # The TLC's own files: Parquet, every month it publishes (yellow 2009 onwards; see LEGACY below).
 TLC = Source("tlc", "https://d37ci6vzurychx.cloudfront.net", "trip-data/{stem}.parquet", "misc/taxi+_zone_lookup.csv")
 SOURCES: dict[str, Source] = {s.name: s for s in (RELEASES, TLC)}
@@ -194,17 +260,20 @@ SOURCES: dict[str, Source] = {s.name: s for s in (RELEASES, TLC)}
 # not a zone without a spatial join against the zone shapes, which this pipeline does not do,
 # so those files are refused with this message rather than loaded half-empty.
 LEGACY = {
-    "yellow": ({"vendor_name", "vendor_id", "trip_pickup_datetime", "pickup_datetime", "start_lon", "pickup_longitude"},
-               "the legacy yellow layout of 2009-2010 (vendor_name/vendor_id, coordinates instead of zone ids) "
-               "is not supported; yellow is supported from 2011-01 in the TLC Parquet files"),
+    "yellow": (
+        {"vendor_name", "vendor_id", "trip_pickup_datetime", "pickup_datetime", "start_lon", "pickup_longitude"},
+        "the legacy yellow layout of 2009-2010 (vendor_name/vendor_id, coordinates instead of zone ids) "
+        "is not supported; yellow is supported from 2011-01 in the TLC Parquet files",
+    ),
 }
 
 
 def check_rows(svc: Service, rows: int, where: str) -> None:
     """Refuse a file with fewer data rows than a whole file of the service has."""
     if rows < svc.min_rows:
-        raise SchemaMismatch(f"{where}: {rows:,} data rows; a whole {svc.name} file has at least {svc.min_rows:,}, "
-                             "so this one is cut short or empty")
+        raise SchemaMismatch(
+            f"{where}: {rows:,} data rows; a whole {svc.name} file has at least {svc.min_rows:,}, so this one is cut short or empty"
+        )
 
 
 def month_str(month: datetime.date) -> str:
@@ -242,8 +311,5 @@ def resolve_header(svc: Service, header_line: str, where: str) -> list[Column]:
         )
     missing = [r for r in svc.required if r not in {c.name for c in resolved}]
     if missing:
-        raise SchemaMismatch(
-            f"{where}: header lacks required {svc.name} column(s) {', '.join(missing)}; "
-            f"got {header_line.strip()[:200]!r}"
-        )
+        raise SchemaMismatch(f"{where}: header lacks required {svc.name} column(s) {', '.join(missing)}; got {header_line.strip()[:200]!r}")
     return resolved

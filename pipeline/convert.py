@@ -130,16 +130,19 @@ def _cast(values: pa.Array, target: pa.DataType, name: str, where: str, first_ro
     try:
         return pc.cast(values, target, safe=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise ConversionError(f"{where}: column {name}, data rows {first_row + 1}-{first_row + len(values)}: "
-                              f"cannot make {values.type} into {target} without losing information ({e})") from None
+        raise ConversionError(
+            f"{where}: column {name}, data rows {first_row + 1}-{first_row + len(values)}: "
+            f"cannot make {values.type} into {target} without losing information ({e})"
+        ) from None
 
 
 def _schema(svc: catalog.Service, metadata: dict) -> pa.Schema:
     return svc.schema.with_metadata({f"tlc.{k}": str(v) for k, v in metadata.items()})
 
 
-def _conform(batch: pa.RecordBatch, columns: list[catalog.Column], schema: pa.Schema, where: str,
-             first_row: int, int_limit: float) -> pa.RecordBatch:
+def _conform(
+    batch: pa.RecordBatch, columns: list[catalog.Column], schema: pa.Schema, where: str, first_row: int, int_limit: float
+) -> pa.RecordBatch:
     """The batch in the catalog's schema: its columns (named ``columns``, in file order) cast,
     the ones the file lacks as nulls, in the catalog's order."""
     present = {c.name: i for i, c in enumerate(columns)}
@@ -152,8 +155,15 @@ def _conform(batch: pa.RecordBatch, columns: list[catalog.Column], schema: pa.Sc
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _write_row_groups(dst: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch], columns: list[catalog.Column],
-                      where: str, progress: Callable[[int], None], int_limit: float) -> int:
+def _write_row_groups(
+    dst: str,
+    schema: pa.Schema,
+    batches: Iterable[pa.RecordBatch],
+    columns: list[catalog.Column],
+    where: str,
+    progress: Callable[[int], None],
+    int_limit: float,
+) -> int:
     """Conform the source batches (in file order, named ``columns``) to ``schema`` and write them
     to ``dst`` in row groups of at least ROW_GROUP_ROWS, calling ``progress(rows)`` after each;
     return the row count, which also goes into the footer as `tlc.rows`. ``int_limit``: see
@@ -185,12 +195,20 @@ def _parquet_batches(source: pq.ParquetFile, where: str) -> Iterator[pa.RecordBa
                 yield batch
                 rows += batch.num_rows
     except (OSError, pa.ArrowInvalid) as e:
-        raise SourceCorrupt(f"{where}: corrupt Parquet data after data row {rows}, in row group {group + 1} of "
-                            f"{source.num_row_groups} ({e})") from None
+        raise SourceCorrupt(
+            f"{where}: corrupt Parquet data after data row {rows}, in row group {group + 1} of {source.num_row_groups} ({e})"
+        ) from None
 
 
-def convert_parquet(src: str, header: str, dst: str, svc: catalog.Service, where: str, metadata: dict,
-                    progress: Callable[[int, int, int], None] = lambda rows, done, total: None) -> int:
+def convert_parquet(
+    src: str,
+    header: str,
+    dst: str,
+    svc: catalog.Service,
+    where: str,
+    metadata: dict,
+    progress: Callable[[int, int, int], None] = lambda rows, done, total: None,
+) -> int:
     """Write a source Parquet file (the TLC's) to ``dst`` in ``svc``'s schema, one row group at a
     time, whatever physical types and name spellings this month's file has; return the row count."""
     columns = catalog.resolve_header(svc, header, where)
@@ -198,12 +216,16 @@ def convert_parquet(src: str, header: str, dst: str, svc: catalog.Service, where
     # one huge row group still streams.
     source = pq.ParquetFile(src, buffer_size=BLOCK_SIZE)
     total = source.metadata.num_rows
-    return _write_row_groups(dst, _schema(svc, metadata), _parquet_batches(source, where), columns, where,
-                             lambda rows: progress(rows, rows, total), INT64_RANGE)
+    return _write_row_groups(
+        dst, _schema(svc, metadata), _parquet_batches(source, where), columns, where, lambda rows: progress(rows, rows, total), INT64_RANGE
+    )
 
 
 _CHECK_TEXT: dict[pa.DataType, Callable[[str], object]] = {
-    catalog.INT: float, catalog.FLOAT: float, catalog.TIMESTAMP: datetime.datetime.fromisoformat}
+    catalog.INT: float,
+    catalog.FLOAT: float,
+    catalog.TIMESTAMP: datetime.datetime.fromisoformat,
+}
 
 
 def _first_bad_row(src: str, columns: list[catalog.Column], after: int) -> Optional[str]:
@@ -234,8 +256,9 @@ def _first_bad_row(src: str, columns: list[catalog.Column], after: int) -> Optio
     return None
 
 
-def _csv_batches(open_reader: Callable[[], pacsv.CSVStreamingReader], src: str, columns: list[catalog.Column],
-                 where: str) -> Iterator[pa.RecordBatch]:
+def _csv_batches(
+    open_reader: Callable[[], pacsv.CSVStreamingReader], src: str, columns: list[catalog.Column], where: str
+) -> Iterator[pa.RecordBatch]:
     """The parsed batches, with a parse or conversion error turned into one that names the row,
     and a gzip stream that breaks off into SourceCorrupt."""
     parsed = 0  # rows in the blocks parsed so far (the read-ahead thread is ahead of the caller)
@@ -255,8 +278,15 @@ def _csv_batches(open_reader: Callable[[], pacsv.CSVStreamingReader], src: str, 
         raise SourceCorrupt(f"{where}: truncated or corrupt gzip after data row {parsed} ({e})") from None
 
 
-def convert(src: str, header: str, dst: str, svc: catalog.Service, where: str, metadata: dict,
-            progress: Callable[[int, int, int], None] = lambda rows, done, total: None) -> int:
+def convert(
+    src: str,
+    header: str,
+    dst: str,
+    svc: catalog.Service,
+    where: str,
+    metadata: dict,
+    progress: Callable[[int, int, int], None] = lambda rows, done, total: None,
+) -> int:
     """Write ``src`` (csv or csv.gz) to ``dst`` as Parquet with ``svc``'s schema; return the row count.
 
     ``header`` is the file's header line, as the Download step read and recorded it."""
@@ -268,17 +298,26 @@ def convert(src: str, header: str, dst: str, svc: catalog.Service, where: str, m
     def open_reader() -> pacsv.CSVStreamingReader:
         return pacsv.open_csv(
             stream,
-            read_options=pacsv.ReadOptions(
-                column_names=[c.name for c in columns], skip_rows=1, block_size=BLOCK_SIZE),
+            read_options=pacsv.ReadOptions(column_names=[c.name for c in columns], skip_rows=1, block_size=BLOCK_SIZE),
             convert_options=pacsv.ConvertOptions(
                 column_types={c.name: catalog.FLOAT if c.type == catalog.INT else c.type for c in columns},
                 # Only an empty field is null: "NA" and "N/A" are real zone names.
-                null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False),
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
         )
 
     with stream:
-        return _write_row_groups(dst, _schema(svc, metadata), _csv_batches(open_reader, src, columns, where), columns,
-                                 where, lambda rows: progress(rows, raw.tell(), total), CSV_EXACT_INTS)
+        return _write_row_groups(
+            dst,
+            _schema(svc, metadata),
+            _csv_batches(open_reader, src, columns, where),
+            columns,
+            where,
+            lambda rows: progress(rows, raw.tell(), total),
+            CSV_EXACT_INTS,
+        )
 
 
 def parquet_rows(path: str) -> int:
@@ -312,9 +351,15 @@ class ToParquet(DatasetTask):
         def progress(rows: int, done: int, total: int) -> None:
             self.report(done, total, f"converted {rows:,} rows")
 
-        meta = {"service": self.service, "month": catalog.month_str(self.month) if self.month else "",
-                "source_url": source["url"], "source_sha256": source["sha256"], "source_size": source["size"],
-                "source_etag": source.get("etag", ""), "source_last_modified": source.get("last_modified", "")}
+        meta = {
+            "service": self.service,
+            "month": catalog.month_str(self.month) if self.month else "",
+            "source_url": source["url"],
+            "source_sha256": source["sha256"],
+            "source_size": source["size"],
+            "source_etag": source.get("etag", ""),
+            "source_last_modified": source.get("last_modified", ""),
+        }
         step = convert_parquet if raw.endswith(".parquet") else convert
         try:
             with self.staged(self.output()) as tmp:
@@ -324,6 +369,12 @@ class ToParquet(DatasetTask):
             self.forget_download()
             raise SourceCorrupt(f"{e}; the download was removed, so the next run fetches it again") from None
         seconds = time.monotonic() - started
-        logger.info("%s: wrote %s rows to %s in %.1f s (%.0f rows/s)", self.label, f"{rows:,}",
-                    self.output().path, seconds, rows / max(seconds, 1e-9))
+        logger.info(
+            "%s: wrote %s rows to %s in %.1f s (%.0f rows/s)",
+            self.label,
+            f"{rows:,}",
+            self.output().path,
+            seconds,
+            rows / max(seconds, 1e-9),
+        )
         self.report(1, 1, f"converted {rows:,} rows")

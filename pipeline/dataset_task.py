@@ -68,13 +68,16 @@ class SourcePin:
     file, so the old output stays until the new one replaces it."""
 
     source_sha256 = luigi.Parameter(
-        default="", description="Only complete when made from the source file with this sha256 (set by "
-        "Reingest; empty: any)")
+        default="", description="Only complete when made from the source file with this sha256 (set by Reingest; empty: any)"
+    )
 
     def __repr__(self) -> str:
         # Logs name a step as they always have; the pin only when there is one.
-        shown = [f"{name}={param.serialize(getattr(self, name))}" for name, param in self.get_params()
-                 if param.significant and (name != "source_sha256" or self.source_sha256)]
+        shown = [
+            f"{name}={param.serialize(getattr(self, name))}"
+            for name, param in self.get_params()
+            if param.significant and (name != "source_sha256" or self.source_sha256)
+        ]
         return f"{self.get_task_family()}({', '.join(shown)})"
 
 

@@ -69,8 +69,9 @@ def redact(url: str) -> str:
     if not (parts.username or parts.password or parts.query):
         return url
     host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit((parts.scheme, ("***@" if "@" in parts.netloc else "") + host, parts.path,
-                                    "***" if parts.query else "", ""))
+    return urllib.parse.urlunsplit(
+        (parts.scheme, ("***@" if "@" in parts.netloc else "") + host, parts.path, "***" if parts.query else "", "")
+    )
 
 
 def _scrub(text: str, url: str) -> str:
@@ -89,8 +90,10 @@ def _suffix_of(url: str) -> str:
 
 MAGIC = {".gz": GZIP_MAGIC, ".parquet": PARQUET_MAGIC}
 # What a source that cannot be reached (no network, a mirror that is down) tells the user to try.
-OFFLINE_HINT = (". Is the network up? A mirror is set with [source] base_url (--source-base-url); offline, "
-                "LUIGI_CONFIG_PATH=config/samples.cfg runs on the samples the repo ships")
+OFFLINE_HINT = (
+    ". Is the network up? A mirror is set with [source] base_url (--source-base-url); offline, "
+    "LUIGI_CONFIG_PATH=config/samples.cfg runs on the samples the repo ships"
+)
 # How much of the start is looked at: an HTML page shows itself in it, and every magic fits.
 HEAD_BYTES = 512
 
@@ -113,7 +116,7 @@ class _StreamCheck:
 
     def feed(self, chunk: bytes) -> None:
         if len(self.head) < HEAD_BYTES:
-            self.head += chunk[:HEAD_BYTES - len(self.head)]
+            self.head += chunk[: HEAD_BYTES - len(self.head)]
             if len(self.head) == HEAD_BYTES:
                 self.check_start()
         self.sha256.update(chunk)
@@ -122,8 +125,10 @@ class _StreamCheck:
         now = time.monotonic()
         if now - self.window_start >= self.window:
             if self.window_size < self.min_rate * 1024 * (now - self.window_start):
-                raise _Retryable(f"{self.where}: too slow: {self.window_size:,} bytes in the last "
-                                 f"{now - self.window_start:.0f} s, below [source] min_rate_kib ({self.min_rate:g} KiB/s)")
+                raise _Retryable(
+                    f"{self.where}: too slow: {self.window_size:,} bytes in the last "
+                    f"{now - self.window_start:.0f} s, below [source] min_rate_kib ({self.min_rate:g} KiB/s)"
+                )
             self.window_start, self.window_size = now, 0
 
     def finish(self) -> None:
@@ -134,11 +139,11 @@ class _StreamCheck:
     def check_start(self) -> None:
         start = self.head.lstrip().lower()
         if start.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
-            raise SourceError(f"{self.where}: got an HTML/XML page, not the data file (a wrong URL or an "
-                              f"error page); it starts {self.head[:80]!r}")
+            raise SourceError(
+                f"{self.where}: got an HTML/XML page, not the data file (a wrong URL or an error page); it starts {self.head[:80]!r}"
+            )
         if not self.head.startswith(self.magic):
-            raise SourceError(f"{self.where}: not a {'gzip' if self.magic == GZIP_MAGIC else 'Parquet'} file; "
-                              f"it starts {self.head[:40]!r}")
+            raise SourceError(f"{self.where}: not a {'gzip' if self.magic == GZIP_MAGIC else 'Parquet'} file; it starts {self.head[:40]!r}")
 
 
 def _parquet_rows(path: str, where: str) -> tuple[str, int]:
@@ -228,8 +233,7 @@ def _file_chunks(url: str, where: str, found: dict) -> Iterator[tuple[bytes, int
             yield chunk, total
 
 
-def fetch(url: str, dest: str, svc: catalog.Service, where: str,
-          progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+def fetch(url: str, dest: str, svc: catalog.Service, where: str, progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
     """Download ``url`` to ``dest`` and check it; return what we know about the file."""
     cfg = settings.source()
     scheme = urllib.parse.urlparse(url).scheme
@@ -260,14 +264,19 @@ def fetch(url: str, dest: str, svc: catalog.Service, where: str,
     catalog.resolve_header(svc, header, where)
     catalog.check_rows(svc, rows, where)
     # What the server said of this version of the file, so a republished one can be noticed.
-    return {"url": redact(url), "size": check.size, "sha256": check.sha256.hexdigest(), "header": header.rstrip("\r"),
-            "etag": found.get("etag", ""), "last_modified": found.get("last_modified", "")}
+    return {
+        "url": redact(url),
+        "size": check.size,
+        "sha256": check.sha256.hexdigest(),
+        "header": header.rstrip("\r"),
+        "etag": found.get("etag", ""),
+        "last_modified": found.get("last_modified", ""),
+    }
 
 
 def validators(headers: Mapping[str, str]) -> dict[str, str]:
     """What tells one published version of a file from another, as the server states it."""
-    return {"size": headers.get("Content-Length", ""), "etag": headers.get("ETag", ""),
-            "last_modified": headers.get("Last-Modified", "")}
+    return {"size": headers.get("Content-Length", ""), "etag": headers.get("ETag", ""), "last_modified": headers.get("Last-Modified", "")}
 
 
 def _file_validators(path: str) -> dict[str, str]:
@@ -320,6 +329,7 @@ class Download(DatasetTask):
         with self.staged(out["meta"]) as tmp:
             with open(tmp, "w") as f:
                 json.dump(meta, f, indent=1)
-        logger.info("%s: downloaded %s bytes in %.1f s, sha256 %s", self.label, f"{meta['size']:,}",
-                    time.monotonic() - started, meta["sha256"])
+        logger.info(
+            "%s: downloaded %s bytes in %.1f s, sha256 %s", self.label, f"{meta['size']:,}", time.monotonic() - started, meta["sha256"]
+        )
         self.report(1, 1, "downloaded")

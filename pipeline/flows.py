@@ -31,8 +31,7 @@ class IngestMonth(SourcePin, luigi.WrapperTask):
     """Download a month of one service, convert it to Parquet, put it in the lake, expose it in
     every configured warehouse. Steps already done are skipped."""
 
-    service = params.Choice(choices=catalog.TRIP_SERVICES, hints={"zones": params.ZONES_HINT},
-                             description="The TLC trip service.")
+    service = params.Choice(choices=catalog.TRIP_SERVICES, hints={"zones": params.ZONES_HINT}, description="The TLC trip service.")
     month = params.Month(description="YYYY-MM: the month of the published file.")
 
     def requires(self):

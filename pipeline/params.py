@@ -45,9 +45,14 @@ class _OneLine(logging.Filter):
             record.msg, record.args, record.exc_info = "%s", (f"{text} (see --help)",), None
         elif isinstance(error, RPCError):
             url = re.search(r"remote scheduler '([^']*)'", str(error))
-            record.msg, record.args, record.exc_info = "%s", (
-                f"no central scheduler (luigid) answers at {url[1] if url else 'the configured address'}: start one "
-                "(README, \"The central scheduler\"), or add --local-scheduler",), None
+            record.msg, record.args, record.exc_info = (
+                "%s",
+                (
+                    f"no central scheduler (luigid) answers at {url[1] if url else 'the configured address'}: start one "
+                    '(README, "The central scheduler"), or add --local-scheduler',
+                ),
+                None,
+            )
         return True
 
 

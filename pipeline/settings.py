@@ -39,8 +39,7 @@ _checkout = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get(HOME_VARIABLE) or (_checkout if (_checkout / "luigi.cfg").is_file() else Path.cwd())).resolve()
 EMBEDDED = HOME / "luigi.cfg"
 # The settings that are paths, ours and luigi's.
-PATHS = (("core", "logging_conf_file"), ("core", "lock_pid_dir"), ("lake", "root"), ("ingest", "staging"),
-         ("duckdb", "path"))
+PATHS = (("core", "logging_conf_file"), ("core", "lock_pid_dir"), ("lake", "root"), ("ingest", "staging"), ("duckdb", "path"))
 
 
 class ProfileNotFound(SystemExit):
@@ -97,24 +96,28 @@ def load(cwd: Path | None = None) -> None:
     if config.has_option("source", "base_url"):
         config.set("source", "base_url", url_under_home(config.get("source", "base_url")))
 
+
 load()
 
 
 class source(luigi.Config):
     kind = luigi.ChoiceParameter(
-        default="releases", choices=list(catalog.SOURCES),
-        description="Which files: releases (the course's csv.gz copies, 2019-2021) or tlc (the TLC's "
-        "own Parquet files, every month)")
+        default="releases",
+        choices=list(catalog.SOURCES),
+        description="Which files: releases (the course's csv.gz copies, 2019-2021) or tlc (the TLC's own Parquet files, every month)",
+    )
     base_url = luigi.Parameter(
         default="",
         description="Where they are, http(s):// or file://, laid out like the source (empty: the "
-        f"kind's own, {catalog.RELEASES.base_url} or {catalog.TLC.base_url}); any mirror works")
+        f"kind's own, {catalog.RELEASES.base_url} or {catalog.TLC.base_url}); any mirror works",
+    )
     timeout = luigi.FloatParameter(default=60.0, description="Seconds to wait for the server to connect or send data")
     min_rate_kib = luigi.FloatParameter(
-        default=8.0, description="KiB/s a download must average over every `timeout` seconds; slower is a "
-        "stalled server, tried again like a dropped connection")
-    attempts = luigi.IntParameter(default=5, description="Tries per file in all (at least 1) on connection errors, "
-                                  "stalls and 5xx answers")
+        default=8.0,
+        description="KiB/s a download must average over every `timeout` seconds; slower is a "
+        "stalled server, tried again like a dropped connection",
+    )
+    attempts = luigi.IntParameter(default=5, description="Tries per file in all (at least 1) on connection errors, stalls and 5xx answers")
     backoff = luigi.FloatParameter(default=2.0, description="Seconds before the 2nd try; doubles for each further try")
 
 
@@ -129,10 +132,12 @@ class gcs(luigi.Config):
     project = luigi.Parameter(default="", description="Project of the client (empty: the credentials' project, GOOGLE_CLOUD_PROJECT)")
     chunk_size_kib = luigi.IntParameter(
         default=16384,
-        description="Upload chunk size in KiB, a multiple of 256: each chunk is one request with its own timeout; a failed one is resumed")
+        description="Upload chunk size in KiB, a multiple of 256: each chunk is one request with its own timeout; a failed one is resumed",
+    )
     timeout = luigi.FloatParameter(default=120.0, description="Seconds per request (one chunk) before it is retried")
     retry_deadline = luigi.FloatParameter(
-        default=600.0, description="Seconds to keep retrying an operation's transient errors before giving up")
+        default=600.0, description="Seconds to keep retrying an operation's transient errors before giving up"
+    )
 
 
 class duckdb(luigi.Config):
@@ -149,9 +154,13 @@ class bigquery(luigi.Config):
     project = luigi.Parameter(default="", description="Project of the dataset and the jobs (empty: the credentials' project)")
     dataset = luigi.Parameter(default="nyc_tlc", description="Dataset of the external tables and the _ingested marker table")
     location = luigi.Parameter(
-        default="US", description="Location of the dataset when it is created (must be the bucket's, or a multi-region holding it)")
-    create_dataset = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
-                                         description="Create the dataset when it is missing (false: a missing dataset is an error)")
+        default="US", description="Location of the dataset when it is created (must be the bucket's, or a multi-region holding it)"
+    )
+    create_dataset = luigi.BoolParameter(
+        default=True,
+        parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+        description="Create the dataset when it is missing (false: a missing dataset is an error)",
+    )
 
 
 class postgres(luigi.Config):
@@ -168,11 +177,17 @@ class postgres(luigi.Config):
     user = luigi.Parameter(default="", description="User name (empty: PGUSER, else the OS user)")
     schema = luigi.Parameter(default="public", description="Schema for the trip tables and the _ingested marker table")
     connect_timeout = luigi.IntParameter(default=10, description="Seconds to wait for a connection")
-    attempts = luigi.IntParameter(default=5, description="Tries to connect in all (at least 1) while the server is unreachable "
-                                  "(starting up or restarting); a refusal (password, database) is not retried")
+    attempts = luigi.IntParameter(
+        default=5,
+        description="Tries to connect in all (at least 1) while the server is unreachable "
+        "(starting up or restarting); a refusal (password, database) is not retried",
+    )
     backoff = luigi.FloatParameter(default=2.0, description="Seconds before the 2nd try to connect; doubles for each further try")
-    lock_timeout = luigi.FloatParameter(default=30.0, description="Seconds a month's reload waits for readers of the table "
-                                        "to finish before it gives up, leaving the earlier load in place")
+    lock_timeout = luigi.FloatParameter(
+        default=30.0,
+        description="Seconds a month's reload waits for readers of the table "
+        "to finish before it gives up, leaving the earlier load in place",
+    )
 
 
 class ingest(luigi.Config):

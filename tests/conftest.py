@@ -24,6 +24,7 @@ import psycopg2
 import pytest
 
 import pipeline  # noqa: F401  (reads the settings files, once, before any fixture sets a value)
+
 import servers
 import tlc_parquet
 
@@ -47,9 +48,13 @@ def _mirror_files() -> dict[str, bytes]:
     # fhv as the DTC copies publish 2019 (7 columns, mixed case; see tests/data/tlc/SOURCES.md):
     # the real TLC rows of 2019-02 with the re-issue's Affiliated_base_number column added.
     fhv_rows = complete_lines(read("s3_2020-09_first1024B/fhv_tripdata_2019-02.first1024B.csv")).splitlines()[1:]
-    fhv_dtc = b"\r\n".join(
-        [b"dispatching_base_num,pickup_datetime,dropOff_datetime,PUlocationID,DOlocationID,SR_Flag,Affiliated_base_number"]
-        + [row + b"," + row.split(b",")[0] for row in fhv_rows]) + b"\r\n"
+    fhv_dtc = (
+        b"\r\n".join(
+            [b"dispatching_base_num,pickup_datetime,dropOff_datetime,PUlocationID,DOlocationID,SR_Flag,Affiliated_base_number"]
+            + [row + b"," + row.split(b",")[0] for row in fhv_rows]
+        )
+        + b"\r\n"
+    )
     return {
         # The stored sample is LF; the published file is CRLF (SOURCES.md): restore it.
         "yellow/yellow_tripdata_2021-01.csv.gz": crlf(read("yellow_tripdata_2021-01.head.csv")),
@@ -126,12 +131,14 @@ def mirror(tmp_path_factory, mirror_files) -> Path:
     assert fractional != first
     (broken / "yellow" / "yellow_tripdata_2021-02.csv.gz").write_bytes(gzip.compress(header + first + fractional + b"".join(rest)))
     # Only the pickup time of each real row: a file that is not a whole yellow month.
-    pickups = b"".join(b'"tpep_pickup_datetime"\r\n' if i == 0 else line.split(b",")[1] + b"\r\n"
-                       for i, line in enumerate(yellow.splitlines()))
+    pickups = b"".join(
+        b'"tpep_pickup_datetime"\r\n' if i == 0 else line.split(b",")[1] + b"\r\n" for i, line in enumerate(yellow.splitlines())
+    )
     (broken / "yellow" / "yellow_tripdata_2021-03.csv.gz").write_bytes(gzip.compress(pickups))
     # The header and no row.
     (broken / "green").joinpath("green_tripdata_2019-01.csv.gz").write_bytes(
-        gzip.compress(mirror_files["green/green_tripdata_2019-01.csv.gz"].splitlines(keepends=True)[0]))
+        gzip.compress(mirror_files["green/green_tripdata_2019-01.csv.gz"].splitlines(keepends=True)[0])
+    )
     return root
 
 
@@ -206,7 +213,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             else:
                 self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            pieces = [body] if mode == "cut" else [body[i:i + 1] for i in range(min(len(body), 200))]
+            pieces = [body] if mode == "cut" else [body[i : i + 1] for i in range(min(len(body), 200))]
             for piece in pieces:
                 self.wfile.write(piece)
                 self.wfile.flush()
@@ -268,18 +275,20 @@ def configured(values: dict[tuple[str, str], str]):
 @pytest.fixture
 def workspace(tmp_path, http_server):
     """An isolated lake, staging area and warehouse, and the source set to the test server."""
-    with configured({
-        # Leave Python logging to pytest (luigi's fileConfig would drop pytest's capture handler).
-        ("core", "no_configure_logging"): "true",
-        ("source", "base_url"): f"{http_server}/releases",
-        ("source", "attempts"): "3",
-        ("source", "backoff"): "0.05",
-        ("source", "timeout"): "5",
-        ("lake", "root"): str(tmp_path / "lake"),
-        ("ingest", "staging"): str(tmp_path / "staging"),
-        ("ingest", "sinks"): "duckdb",
-        ("duckdb", "path"): str(tmp_path / "warehouse.duckdb"),
-    }):
+    with configured(
+        {
+            # Leave Python logging to pytest (luigi's fileConfig would drop pytest's capture handler).
+            ("core", "no_configure_logging"): "true",
+            ("source", "base_url"): f"{http_server}/releases",
+            ("source", "attempts"): "3",
+            ("source", "backoff"): "0.05",
+            ("source", "timeout"): "5",
+            ("lake", "root"): str(tmp_path / "lake"),
+            ("ingest", "staging"): str(tmp_path / "staging"),
+            ("ingest", "sinks"): "duckdb",
+            ("duckdb", "path"): str(tmp_path / "warehouse.duckdb"),
+        }
+    ):
         yield tmp_path
 
 
@@ -315,8 +324,9 @@ def gcs(workspace, gcs_server, request, monkeypatch):
     client = storage.Client(project="test")
     name = ("t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()))[:60].strip("-")
     bucket = client.create_bucket(name)
-    with configured({("lake", "root"): f"gs://{name}/lake", ("gcs", "project"): "test",
-                     ("gcs", "retry_deadline"): "3", ("ingest", "sinks"): "none"}):
+    with configured(
+        {("lake", "root"): f"gs://{name}/lake", ("gcs", "project"): "test", ("gcs", "retry_deadline"): "3", ("ingest", "sinks"): "none"}
+    ):
         yield Bucket(client, bucket, gcs_server)
     gcs_server["proxy"].reset(cut_after=None)
 
@@ -337,9 +347,15 @@ def bigquery(gcs, bq_server, request, monkeypatch):
     monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", bq_server.url)
     dataset = ("t_" + re.sub(r"\W+", "_", request.node.name.lower()))[:60]
     bq_server.requests.clear()
-    with configured({("bigquery", "project"): "test", ("bigquery", "dataset"): dataset,
-                     ("bigquery", "location"): "US", ("bigquery", "create_dataset"): "true",
-                     ("ingest", "sinks"): "bigquery"}):
+    with configured(
+        {
+            ("bigquery", "project"): "test",
+            ("bigquery", "dataset"): dataset,
+            ("bigquery", "location"): "US",
+            ("bigquery", "create_dataset"): "true",
+            ("ingest", "sinks"): "bigquery",
+        }
+    ):
         yield bq_server
 
 
@@ -353,10 +369,20 @@ def luigid(tmp_path):
     port = servers.free_port()
     log = open(work / "luigid.out", "wb")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("luigid")), "--address", "127.0.0.1", "--port", str(port),
-         "--logdir", str(work / "data" / "luigid")],
-        cwd=work, env={**os.environ, "LUIGI_CONFIG_PATH": str(ROOT / "config" / "luigid.cfg")},
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            str(Path(sys.executable).with_name("luigid")),
+            "--address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--logdir",
+            str(work / "data" / "luigid"),
+        ],
+        cwd=work,
+        env={**os.environ, "LUIGI_CONFIG_PATH": str(ROOT / "config" / "luigid.cfg")},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         servers._wait_http(f"{url}/api/task_list", proc, 30, "luigid")
@@ -384,18 +410,28 @@ class Postgres:
 
     def connect(self) -> psycopg2.extensions.connection:
         """A connection of the test's own, as any other client of the server would open it."""
-        return psycopg2.connect(host=self.server["host"], port=self.server["port"], user=self.server["user"],
-                                dbname=self.server["database"], password=self.server["password"])
+        return psycopg2.connect(
+            host=self.server["host"],
+            port=self.server["port"],
+            user=self.server["user"],
+            dbname=self.server["database"],
+            password=self.server["password"],
+        )
 
     def settings(self, port: Optional[int] = None) -> dict[tuple[str, str], str]:
-        return {("postgres", "host"): self.server["host"], ("postgres", "port"): str(port or self.server["port"]),
-                ("postgres", "user"): self.server["user"], ("postgres", "database"): self.server["database"],
-                ("postgres", "schema"): self.schema, ("postgres", "attempts"): "2",
-                ("postgres", "backoff"): "0.05", ("postgres", "connect_timeout"): "5"}
+        return {
+            ("postgres", "host"): self.server["host"],
+            ("postgres", "port"): str(port or self.server["port"]),
+            ("postgres", "user"): self.server["user"],
+            ("postgres", "database"): self.server["database"],
+            ("postgres", "schema"): self.schema,
+            ("postgres", "attempts"): "2",
+            ("postgres", "backoff"): "0.05",
+            ("postgres", "connect_timeout"): "5",
+        }
 
     def flags(self, port: Optional[int] = None) -> list[str]:
-        return [arg for (section, key), value in self.settings(port).items()
-                for arg in (f"--{section}-{key.replace('_', '-')}", value)]
+        return [arg for (section, key), value in self.settings(port).items() for arg in (f"--{section}-{key.replace('_', '-')}", value)]
 
     def query(self, sql: str, *params) -> list[tuple]:
         with self.conn.cursor() as cur:
@@ -404,8 +440,7 @@ class Postgres:
 
     def count(self, table: str, month: Optional[str] = None) -> int:
         where = " WHERE source_month = %s" if month else ""
-        return self.query(f'SELECT count(*) FROM "{self.schema}"."{table}"{where}',
-                          *([month + "-01"] if month else []))[0][0]
+        return self.query(f'SELECT count(*) FROM "{self.schema}"."{table}"{where}', *([month + "-01"] if month else []))[0][0]
 
     def tables(self) -> list[str]:
         return [r[0] for r in self.query("SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", self.schema)]
@@ -473,17 +508,26 @@ LUIGI = [str(Path(sys.executable).with_name("luigi")), "--module", "pipeline"]
 
 def cli(*args: str, env: Optional[dict] = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """`luigi --module pipeline ...` as a user runs it, from the repo root unless ``cwd`` says."""
-    return subprocess.run([*LUIGI, *args], cwd=cwd, capture_output=True, text=True, timeout=180,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run([*LUIGI, *args], cwd=cwd, capture_output=True, text=True, timeout=180, env={**os.environ, **(env or {})})
 
 
 def cli_popen(*args: str, env: Optional[dict] = None, output=subprocess.DEVNULL) -> subprocess.Popen:
-    return subprocess.Popen([*LUIGI, *args], cwd=ROOT, stdout=output, stderr=output,
-                            env={**os.environ, **(env or {})})
+    return subprocess.Popen([*LUIGI, *args], cwd=ROOT, stdout=output, stderr=output, env={**os.environ, **(env or {})})
 
 
 def workspace_flags(workspace: Path, base_url: str) -> list[str]:
-    return ["--local-scheduler", "--source-base-url", base_url, "--lake-root", str(workspace / "lake"),
-            "--ingest-staging", str(workspace / "staging"), "--duckdb-path", str(workspace / "warehouse.duckdb"),
-            "--source-backoff", "0.05", "--source-attempts", "2"]
-
+    return [
+        "--local-scheduler",
+        "--source-base-url",
+        base_url,
+        "--lake-root",
+        str(workspace / "lake"),
+        "--ingest-staging",
+        str(workspace / "staging"),
+        "--duckdb-path",
+        str(workspace / "warehouse.duckdb"),
+        "--source-backoff",
+        "0.05",
+        "--source-attempts",
+        "2",
+    ]

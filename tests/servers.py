@@ -60,21 +60,38 @@ def postgres_server(password: str) -> Iterator[dict]:
     pwfile.write_text(password + "\n")
     if prefix:
         os.chown(pwfile, owner.pw_uid, owner.pw_gid)
-    subprocess.run(prefix + [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--pwfile", str(pwfile),
-                             "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
-                             "--locale=C.UTF-8", "--no-sync"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        prefix
+        + [
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--pwfile",
+            str(pwfile),
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     pwfile.unlink()
     # Durability off: a test server, thrown away afterwards. Same for every benchmark approach.
-    opts = (f"-p {port} -k {base} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-    subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(base / "pg.log"),
-                             "-w", "-t", "60", "start"], check=True, stdout=subprocess.DEVNULL)
+    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    subprocess.run(
+        prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(base / "pg.log"), "-w", "-t", "60", "start"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     try:
-        yield {"host": "127.0.0.1", "port": port, "user": "postgres", "database": "postgres",
-               "password": password, "log": base / "pg.log"}
+        yield {"host": "127.0.0.1", "port": port, "user": "postgres", "database": "postgres", "password": password, "log": base / "pg.log"}
     finally:
-        subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], stdout=subprocess.DEVNULL)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -172,9 +189,26 @@ def fake_gcs_server(root: Path) -> Iterator[dict]:
     url = f"http://127.0.0.1:{proxy.port}"
     log = open(root.parent / "fake-gcs.log", "wb")
     proc = subprocess.Popen(
-        [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-         "-external-url", url, "-backend", "filesystem", "-filesystem-root", str(root), "-log-level", "warn"],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            str(_get_binary_path()),
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(port),
+            "-external-url",
+            url,
+            "-backend",
+            "filesystem",
+            "-filesystem-root",
+            str(root),
+            "-log-level",
+            "warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         _wait_http(f"http://127.0.0.1:{port}/storage/v1/b", proc, 30, "fake-gcs-server")
         yield {"url": url, "root": root, "proxy": proxy}
@@ -188,14 +222,33 @@ def fake_gcs_server(root: Path) -> Iterator[dict]:
 def bqemulator(gcs_root: Path, work: Path) -> Iterator[str]:
     """bqemulator (PyPI) on 127.0.0.1, reading gs:// URIs from fake-gcs-server's directory.
     It installs DuckDB extensions at start; offline they come from the duckdb-extension wheels."""
-    subprocess.run([sys.executable, "-c", "from duckdb_extensions import import_extension\n"
-                    "import_extension('spatial'); import_extension('avro')"], check=True)
+    subprocess.run(
+        [sys.executable, "-c", "from duckdb_extensions import import_extension\nimport_extension('spatial'); import_extension('avro')"],
+        check=True,
+    )
     port, grpc_port = free_port(), free_port()
     env = dict(os.environ, BQEMU_GCS_LOCAL_ROOT=str(gcs_root), BQEMU_UPLOAD_STAGING_DIR=str(work / "uploads"))
     log = open(work / "bqemulator.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "bqemulator", "start", "--rest-port", str(port), "--grpc-port",
-                             str(grpc_port), "--project", "test", "--ephemeral", "--log-level", "warning"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bqemulator",
+            "start",
+            "--rest-port",
+            str(port),
+            "--grpc-port",
+            str(grpc_port),
+            "--project",
+            "test",
+            "--ephemeral",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_http(f"{url}/healthz", proc, 90, "bqemulator")
@@ -277,8 +330,14 @@ class BigQueryRecorder:
 
     def creates(self, table_id: Optional[str] = None) -> list[dict]:
         """Bodies of the tables.insert requests (for one table id, if given)."""
-        return [body for method, path, body in self.requests if method == "POST" and path.endswith("/tables")
-                and body and (table_id is None or body["tableReference"]["tableId"] == table_id)]
+        return [
+            body
+            for method, path, body in self.requests
+            if method == "POST"
+            and path.endswith("/tables")
+            and body
+            and (table_id is None or body["tableReference"]["tableId"] == table_id)
+        ]
 
     def close(self) -> None:
         self._server.shutdown()

@@ -14,11 +14,12 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import RANGE_MONTHS, _Handler, configured, data_rows, set_source
 from pipeline import IngestMonth, IngestRange, IngestZones, Reingest
 from pipeline.backfill import PublishedMonths
 from pipeline.lake import LakeFile
 from pipeline.warehouses import duckdb_views
+
+from conftest import RANGE_MONTHS, _Handler, configured, data_rows, set_source
 
 
 def month(value: str) -> datetime.date:
@@ -45,11 +46,14 @@ def test_a_backfill_ingests_every_published_month_and_ends_where_the_source_ends
     yellow_rows = data_rows(mirror_files["yellow/yellow_tripdata_2020-01.csv.gz"])
     green_rows = data_rows(mirror_files["green/green_tripdata_2019-01.csv.gz"])
     assert counts(range_source / "warehouse.duckdb") == {
-        **{("yellow", m): yellow_rows for m in RANGE_MONTHS}, **{("green", m): green_rows for m in RANGE_MONTHS},
-        ("zones", ""): 265}
+        **{("yellow", m): yellow_rows for m in RANGE_MONTHS},
+        **{("green", m): green_rows for m in RANGE_MONTHS},
+        ("zones", ""): 265,
+    }
     tail = sorted(r.getMessage() for r in caplog.records)
-    assert tail == [f"{s} 2020-05..2020-06: not published at the source yet (2 month(s)); the range ends before it"
-                    for s in ("green", "yellow")]
+    assert tail == [
+        f"{s} 2020-05..2020-06: not published at the source yet (2 month(s)); the range ends before it" for s in ("green", "yellow")
+    ]
 
 
 def test_the_same_backfill_again_decides_in_bulk_and_runs_nothing(range_source, run, monkeypatch):
@@ -104,8 +108,11 @@ def test_a_range_far_into_the_future_costs_a_handful_of_requests_and_one_warning
 
     assert not result.failures
     assert [IngestMonth(service="yellow", month=month(m)).complete() for m in RANGE_MONTHS] == [True] * 4
-    asked = sum(n for path, n in _Handler.hits.items()
-                if (m := re.fullmatch(r"/range/yellow/yellow_tripdata_(\d{4}-\d{2})\.csv\.gz", path)) and m[1] > "2020-04")
+    asked = sum(
+        n
+        for path, n in _Handler.hits.items()
+        if (m := re.fullmatch(r"/range/yellow/yellow_tripdata_(\d{4}-\d{2})\.csv\.gz", path)) and m[1] > "2020-04"
+    )
     assert 0 < asked <= 12
     (warning,) = [r.getMessage() for r in caplog.records]
     assert warning.startswith("yellow 2020-05..2099-12: not published at the source yet (956 month(s))")
@@ -120,8 +127,9 @@ def test_the_range_is_exactly_first_to_last_however_far_back(range_source):
     for r in ranges:
         assert isinstance(r, PublishedMonths)
         now = datetime.datetime.now()
-        covered = r.finite_datetimes(max(r.moving_start(now), datetime.datetime(2011, 1, 1)),
-                                     min(r.moving_stop(now), datetime.datetime(2021, 1, 1)))
+        covered = r.finite_datetimes(
+            max(r.moving_start(now), datetime.datetime(2011, 1, 1)), min(r.moving_stop(now), datetime.datetime(2021, 1, 1))
+        )
         assert len(covered) == 120 and r.task_limit == 120  # no 13-month or 50-task clamp
         assert covered[0] == datetime.datetime(2011, 1, 1) and covered[-1] == datetime.datetime(2020, 12, 1)
 
@@ -154,7 +162,9 @@ def test_reingest_replaces_exactly_the_months_asked_for_in_every_sink(range_sour
     assert counts(range_source / "warehouse.duckdb") == {("yellow", "2020-01"): full, ("yellow", "2020-02"): 100}
     with duckdb.connect(str(range_source / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT month, count(*) FROM yellow_tripdata GROUP BY 1 ORDER BY 1").fetchall() == [
-            ("2020-01", full), ("2020-02", 100)]
+            ("2020-01", full),
+            ("2020-02", 100),
+        ]
     after = dict(pg.query(f'SELECT month, loaded_at FROM "{pg.schema}"._ingested'))
     assert after["2020-01"] == before["2020-01"] and after["2020-02"] > before["2020-02"]
     started = [t.split("_")[0] for t in result.started]
@@ -166,8 +176,12 @@ def test_reingest_with_the_source_gone_keeps_the_old_month_in_every_sink(range_s
     with configured({("ingest", "sinks"): "duckdb,postgres"}):
         assert not run(IngestMonth(service="yellow", month=month("2020-02"))).failures
         lake_file = LakeFile(service="yellow", month=month("2020-02")).output().path
-        before = (pg.count("yellow_tripdata", "2020-02"), pg.markers(), counts(range_source / "warehouse.duckdb"),
-                  open(lake_file, "rb").read())
+        before = (
+            pg.count("yellow_tripdata", "2020-02"),
+            pg.markers(),
+            counts(range_source / "warehouse.duckdb"),
+            open(lake_file, "rb").read(),
+        )
         gone = mirror / "range" / "yellow" / "yellow_tripdata_2020-02.csv.gz"
         saved = gone.read_bytes()
         gone.unlink()  # the source answers 404
@@ -177,9 +191,14 @@ def test_reingest_with_the_source_gone_keeps_the_old_month_in_every_sink(range_s
             gone.write_bytes(saved)
 
         assert str(result.failures["Download"]) == (
-            f"yellow 2020-02 ({http_server}/range/yellow/yellow_tripdata_2020-02.csv.gz): not published (HTTP 404)")
-        assert (pg.count("yellow_tripdata", "2020-02"), pg.markers(), counts(range_source / "warehouse.duckdb"),
-                open(lake_file, "rb").read()) == before
+            f"yellow 2020-02 ({http_server}/range/yellow/yellow_tripdata_2020-02.csv.gz): not published (HTTP 404)"
+        )
+        assert (
+            pg.count("yellow_tripdata", "2020-02"),
+            pg.markers(),
+            counts(range_source / "warehouse.duckdb"),
+            open(lake_file, "rb").read(),
+        ) == before
         with duckdb.connect(str(range_source / "warehouse.duckdb"), read_only=True) as con:
             assert con.execute("SELECT count(*) FROM yellow_tripdata").fetchone()[0] == before[0]
         assert IngestMonth(service="yellow", month=month("2020-02")).complete()
@@ -202,7 +221,8 @@ def test_republished_months_are_reported_without_downloads_and_reingested_on_req
         assert [t.split("_")[0] for t in result.started] == ["Republished"]  # no download, no reingest
         assert open(check.output().path).read() == (
             f"yellow 2020-02: republished: size {len(original)} -> {republished.stat().st_size}, "
-            f"last_modified {then} -> Tue, 14 Nov 2023 22:13:20 GMT\n")
+            f"last_modified {then} -> Tue, 14 Nov 2023 22:13:20 GMT\n"
+        )
         assert sum(_Handler.hits.values()) == 4  # one body-less request per month in the lake, zones included
 
         fixed = run(Republished(services="yellow,zones", first=month("2020-01"), last=month("2020-04"), reingest=True))
@@ -212,20 +232,33 @@ def test_republished_months_are_reported_without_downloads_and_reingested_on_req
     assert not fixed.failures
     assert [t.split("_")[0] for t in fixed.started].count("Download") == 1  # February only
     full = data_rows(csv)
-    assert counts(range_source / "warehouse.duckdb") == {("yellow", "2020-01"): full, ("yellow", "2020-02"): 100,
-                                                         ("yellow", "2020-03"): full, ("zones", ""): 265}
+    assert counts(range_source / "warehouse.duckdb") == {
+        ("yellow", "2020-01"): full,
+        ("yellow", "2020-02"): 100,
+        ("yellow", "2020-03"): full,
+        ("zones", ""): 265,
+    }
 
 
 def test_a_range_over_any_single_step_decides_in_bulk_too(range_source, run):
     assert not run(IngestRange(services="green", first=month("2020-01"), last=month("2020-02"))).failures
-    lake = PublishedMonths(of=LakeFile, of_params={"service": "green"}, param_name="month",
-                           start=month("2020-01"), stop=month("2020-05"), months_back=1000, task_limit=10)
+    lake = PublishedMonths(
+        of=LakeFile,
+        of_params={"service": "green"},
+        param_name="month",
+        start=month("2020-01"),
+        stop=month("2020-05"),
+        months_back=1000,
+        task_limit=10,
+    )
 
     missing = lake.requires()
 
     assert [t.month for t in missing] == [month("2020-03"), month("2020-04")]
-    assert LakeFile.bulk_complete.__func__(lambda **kw: LakeFile(service="green", **kw),
-                                           [month(m) for m in RANGE_MONTHS]) == [month("2020-01"), month("2020-02")]
+    assert LakeFile.bulk_complete.__func__(lambda **kw: LakeFile(service="green", **kw), [month(m) for m in RANGE_MONTHS]) == [
+        month("2020-01"),
+        month("2020-02"),
+    ]
 
 
 def test_reingest_of_the_zones_runs_and_replaces_their_lake_file(range_source, run, mirror):

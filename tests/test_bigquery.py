@@ -15,10 +15,11 @@ import pyarrow.dataset as pads
 import pytest
 from google.cloud import bigquery as bq
 
-from conftest import configured, data_rows
 from pipeline import IngestMonth, IngestZones
 from pipeline.catalog import SERVICES
 from pipeline.warehouses.bigquery import BigQueryError, BigQueryMarker, client, exposed
+
+from conftest import configured, data_rows
 
 MONTHS = [("yellow", "2021-01"), ("yellow", "2020-01"), ("green", "2019-01")]
 # The BigQuery type each Arrow type of the catalog must be declared as (written out, not imported).
@@ -48,10 +49,12 @@ def test_two_services_three_months_tables_created_once_markers_and_a_rerun_does_
         "hivePartitioningOptions": {"mode": "CUSTOM", "sourceUriPrefix": f"{root}/yellow/{{month:STRING}}"},
     }
     assert [(f["name"], f["type"]) for f in yellow["schema"]["fields"]] == [
-        (field.name, BQ[field.type]) for field in SERVICES["yellow"].schema]
+        (field.name, BQ[field.type]) for field in SERVICES["yellow"].schema
+    ]
     # Each marker names the file as served: its sha256.
-    assert exposed(client()) == {(s, m): hashlib.sha256((mirror / "releases" / s / f"{s}_tripdata_{m}.csv.gz").read_bytes()).hexdigest()
-                                 for s, m in MONTHS}
+    assert exposed(client()) == {
+        (s, m): hashlib.sha256((mirror / "releases" / s / f"{s}_tripdata_{m}.csv.gz").read_bytes()).hexdigest() for s, m in MONTHS
+    }
     markers = {(r["service"], r["month"]): r["rows"] for r in client().list_rows(f"test.{dataset()}._ingested")}
     assert markers == {(s, m): data_rows(mirror_files[f"{s}/{s}_tripdata_{m}.csv.gz"]) for s, m in MONTHS}
 
@@ -71,37 +74,37 @@ def test_all_months_of_the_lake_read_as_one_table_with_the_declared_schema(bigqu
     declared = bigquery.creates("external_yellow_tripdata")[0]["schema"]["fields"]
     files = gcs.server["root"] / gcs.name / "lake" / "yellow"  # fake-gcs-server keeps objects as files
 
-    lake = pads.dataset(files, format="parquet", partitioning=pads.partitioning(
-        pa.schema([("month", pa.string())]), flavor="hive"))
+    lake = pads.dataset(files, format="parquet", partitioning=pads.partitioning(pa.schema([("month", pa.string())]), flavor="hive"))
 
     assert [(f.name, BQ[f.type]) for f in lake.schema if f.name != "month"] == [(f["name"], f["type"]) for f in declared]
     assert lake.count_rows() == sum(data_rows(mirror_files[f"yellow/yellow_tripdata_{m}.csv.gz"]) for m in months)
     per_month = lake.to_table(columns=["month"]).group_by("month").aggregate([([], "count_all")])
     assert dict(zip(per_month["month"].to_pylist(), per_month["count_all"].to_pylist())) == {
-        m: data_rows(mirror_files[f"yellow/yellow_tripdata_{m}.csv.gz"]) for m in months}
+        m: data_rows(mirror_files[f"yellow/yellow_tripdata_{m}.csv.gz"]) for m in months
+    }
 
 
 def test_zones_get_an_external_table_without_partitions(bigquery, gcs, run):
     assert not run(IngestZones()).failures
 
     (zones,) = bigquery.creates("external_taxi_zone_lookup")
-    assert zones["externalDataConfiguration"] == {
-        "sourceFormat": "PARQUET", "sourceUris": [f"gs://{gcs.name}/lake/zones/*.parquet"]}
+    assert zones["externalDataConfiguration"] == {"sourceFormat": "PARQUET", "sourceUris": [f"gs://{gcs.name}/lake/zones/*.parquet"]}
     assert BigQueryMarker("zones", None).exists()
 
 
 def test_an_existing_table_of_that_name_that_is_not_ours_is_refused_and_left_alone(bigquery, run):
     bq_client = client()
     bq_client.create_dataset(f"test.{dataset()}")
-    bq_client.create_table(bq.Table(f"test.{dataset()}.external_green_tripdata",
-                                    schema=[bq.SchemaField("VendorID", "STRING")]))
+    bq_client.create_table(bq.Table(f"test.{dataset()}.external_green_tripdata", schema=[bq.SchemaField("VendorID", "STRING")]))
     bigquery.requests.clear()
 
     result = run(IngestMonth(service="green", month=month("2019-01")))
 
     message = str(result.failures["ExposeBigQuery"])
-    assert message.startswith(f"table test.{dataset()}.external_green_tripdata exists but is not the green "
-                              "external table the pipeline wants: it is a TABLE table, not an EXTERNAL one.")
+    assert message.startswith(
+        f"table test.{dataset()}.external_green_tripdata exists but is not the green "
+        "external table the pipeline wants: it is a TABLE table, not an EXTERNAL one."
+    )
     assert bigquery.creates("external_green_tripdata") == []
     assert [f.name for f in bq_client.get_table(f"test.{dataset()}.external_green_tripdata").schema] == ["VendorID"]
     assert not BigQueryMarker("green", month("2019-01")).exists()
@@ -110,9 +113,10 @@ def test_an_existing_table_of_that_name_that_is_not_ours_is_refused_and_left_alo
 def test_an_external_table_over_other_files_or_types_is_refused(bigquery, gcs, run):
     bq_client = client()
     bq_client.create_dataset(f"test.{dataset()}")
-    other = bq.Table(f"test.{dataset()}.external_green_tripdata",
-                     schema=[bq.SchemaField(f.name, "STRING" if f.name == "VendorID" else BQ[f.type])
-                             for f in SERVICES["green"].schema])
+    other = bq.Table(
+        f"test.{dataset()}.external_green_tripdata",
+        schema=[bq.SchemaField(f.name, "STRING" if f.name == "VendorID" else BQ[f.type]) for f in SERVICES["green"].schema],
+    )
     config = bq.ExternalConfig("PARQUET")
     config.source_uris = [f"gs://{gcs.name}/elsewhere/*.parquet"]
     other.external_data_configuration = config
@@ -131,7 +135,8 @@ def test_a_missing_dataset_is_an_error_when_creating_it_is_off(bigquery, run):
         result = run(IngestMonth(service="green", month=month("2019-01")))
 
     assert str(result.failures["ExposeBigQuery"]) == (
-        f"dataset test.{dataset()} does not exist; create it in US, or set [bigquery] create_dataset = true")
+        f"dataset test.{dataset()} does not exist; create it in US, or set [bigquery] create_dataset = true"
+    )
     assert bigquery.creates() == []
 
 

@@ -4,6 +4,7 @@ all four services, and the verbatim samples."""
 import pytest
 
 from pipeline import catalog
+
 from conftest import DATA, S3
 
 REAL_FILES = sorted(S3.glob("*.csv")) + sorted(DATA.glob("*.csv"))
@@ -27,8 +28,7 @@ def test_fhv_names_match_case_insensitively_to_one_spelling():
     dtc_2019 = "dispatching_base_num,pickup_datetime,dropOff_datetime,PUlocationID,DOlocationID,SR_Flag,Affiliated_base_number\r"
     dtc_2020 = "dispatching_base_num,pickup_datetime,dropoff_datetime,PULocationID,DOLocationID,SR_Flag,Affiliated_base_number"
     assert catalog.resolve_header(catalog.FHV, dtc_2019, "a") == catalog.resolve_header(catalog.FHV, dtc_2020, "b")
-    assert [c.name for c in catalog.resolve_header(catalog.FHV, dtc_2019, "a")][2:5] == [
-        "dropoff_datetime", "PULocationID", "DOLocationID"]
+    assert [c.name for c in catalog.resolve_header(catalog.FHV, dtc_2019, "a")][2:5] == ["dropoff_datetime", "PULocationID", "DOLocationID"]
 
 
 def test_unknown_column_is_an_error_naming_column_and_file():

@@ -17,14 +17,18 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (INFO|WARNING|ERROR) [\w
 
 def settings_seen_from(cwd, env: dict | None = None) -> dict:
     """The settings a command run in ``cwd`` reads (the same import luigi's --module does)."""
-    code = ("import json, pipeline, luigi.configuration as c; g = c.get_config(); print(json.dumps({f'{s}.{k}': "
-            "g.get(s, k, None) for s, k in [('lake', 'root'), ('ingest', 'staging'), ('duckdb', 'path'), "
-            "('core', 'logging_conf_file'), ('core', 'lock_pid_dir'), ('retcode', 'task_failed'), ('ingest', 'sinks'), "
-            "('source', 'kind'), ('postgres', 'host')]}))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=60,
-                         env={**os.environ, **(env or {})})
+    code = (
+        "import json, pipeline, luigi.configuration as c; g = c.get_config(); print(json.dumps({f'{s}.{k}': "
+        "g.get(s, k, None) for s, k in [('lake', 'root'), ('ingest', 'staging'), ('duckdb', 'path'), "
+        "('core', 'logging_conf_file'), ('core', 'lock_pid_dir'), ('retcode', 'task_failed'), ('ingest', 'sinks'), "
+        "('source', 'kind'), ('postgres', 'host')]}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
     assert out.returncode == 0, out.stderr
     import json
+
     return json.loads(out.stdout)
 
 
@@ -42,8 +46,9 @@ def test_a_failed_month_run_from_another_directory_exits_30_logs_as_configured_a
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
 
-    out = cli("IngestMonth", "--service", "yellow", "--month", "2021-08",
-              *workspace_flags(workspace, f"{http_server}/releases"), cwd=elsewhere)
+    out = cli(
+        "IngestMonth", "--service", "yellow", "--month", "2021-08", *workspace_flags(workspace, f"{http_server}/releases"), cwd=elsewhere
+    )
 
     assert out.returncode == 30, out.stderr[-2000:]  # [retcode] read, though luigi.cfg is not here
     assert "yellow 2021-08 (" in out.stderr and "not published (HTTP 404)" in out.stderr
@@ -65,27 +70,43 @@ def test_profiles_combine_in_luigi_config_path_the_later_winning(tmp_path):
 
 def error_lines(out: subprocess.CompletedProcess) -> list[str]:
     """What a user reads: stderr without argparse's usage block and luigi's own warnings."""
-    return [line for line in out.stderr.splitlines()
-            if line.strip() and not line.startswith(("usage:", " ")) and "UserWarning" not in line]
+    return [line for line in out.stderr.splitlines() if line.strip() and not line.startswith(("usage:", " ")) and "UserWarning" not in line]
 
 
-@pytest.mark.parametrize("args,code,says", [
-    (["IngestMonth", "--service", "yellow", "--month", "2021-13"], 2,
-     "luigi: error: argument --month: '2021-13' is not a month: give YYYY-MM, for example 2021-01"),
-    (["IngestMonth", "--service", "yellow", "--month", "2021-01-15"], 2,
-     "luigi: error: argument --month: '2021-01-15' is not a month: give YYYY-MM, for example 2021-01"),
-    (["IngestMonth", "--service", "zones", "--month", "2021-01"], 2,
-     "luigi: error: argument --service: 'zones' is not one of yellow, green, fhv, fhvhv; "
-     "the zone lookup has no month: luigi --module pipeline IngestZones"),
-    (["IngestRange", "--services", "yellow,taxis", "--first", "2021-01", "--last", "2021-02"], 2,
-     "luigi: error: argument --services: unknown taxis; known: yellow, green, fhv, fhvhv, zones"),
-    (["IngestMonth", "--service", "yellow"], 40,
-     "ERROR luigi-interface: IngestMonth: --month is required (see --help)"),
-    (["Download", "--service", "zones", "--month", "2021-01"], 40,
-     "Download: zones is not monthly; drop --month (see --help)"),
-    (["IngestRange", "--services", "yellow", "--first", "2021-03", "--last", "2021-02"], 40,
-     "IngestRange: --first 2021-03 is after --last 2021-02 (see --help)"),
-], ids=["month-13", "a-day", "zones-as-a-service", "unknown-service", "no-month", "zones-with-a-month", "range-backwards"])
+@pytest.mark.parametrize(
+    "args,code,says",
+    [
+        (
+            ["IngestMonth", "--service", "yellow", "--month", "2021-13"],
+            2,
+            "luigi: error: argument --month: '2021-13' is not a month: give YYYY-MM, for example 2021-01",
+        ),
+        (
+            ["IngestMonth", "--service", "yellow", "--month", "2021-01-15"],
+            2,
+            "luigi: error: argument --month: '2021-01-15' is not a month: give YYYY-MM, for example 2021-01",
+        ),
+        (
+            ["IngestMonth", "--service", "zones", "--month", "2021-01"],
+            2,
+            "luigi: error: argument --service: 'zones' is not one of yellow, green, fhv, fhvhv; "
+            "the zone lookup has no month: luigi --module pipeline IngestZones",
+        ),
+        (
+            ["IngestRange", "--services", "yellow,taxis", "--first", "2021-01", "--last", "2021-02"],
+            2,
+            "luigi: error: argument --services: unknown taxis; known: yellow, green, fhv, fhvhv, zones",
+        ),
+        (["IngestMonth", "--service", "yellow"], 40, "ERROR luigi-interface: IngestMonth: --month is required (see --help)"),
+        (["Download", "--service", "zones", "--month", "2021-01"], 40, "Download: zones is not monthly; drop --month (see --help)"),
+        (
+            ["IngestRange", "--services", "yellow", "--first", "2021-03", "--last", "2021-02"],
+            40,
+            "IngestRange: --first 2021-03 is after --last 2021-02 (see --help)",
+        ),
+    ],
+    ids=["month-13", "a-day", "zones-as-a-service", "unknown-service", "no-month", "zones-with-a-month", "range-backwards"],
+)
 def test_a_command_line_mistake_is_one_line_and_a_documented_exit_code(args, code, says):
     out = cli(*args, "--local-scheduler")
 
@@ -113,8 +134,10 @@ def test_no_luigid_to_report_to_says_so_and_how_to_run_without_one(tmp_path):
 
     assert out.returncode == 40
     assert "Traceback" not in out.stderr
-    assert out.stderr.rstrip().endswith(f"no central scheduler (luigid) answers at http://127.0.0.1:{port}: start one "
-                                        "(README, \"The central scheduler\"), or add --local-scheduler")
+    assert out.stderr.rstrip().endswith(
+        f"no central scheduler (luigid) answers at http://127.0.0.1:{port}: start one "
+        '(README, "The central scheduler"), or add --local-scheduler'
+    )
 
 
 def test_every_output_has_a_readable_name_for_logs(workspace):

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 import pipeline  # noqa: F401  (registers the tasks the compose commands name)
+
 from conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
@@ -30,8 +31,7 @@ def in_repo(container_path: str) -> Path:
 
 def test_the_dockerfile_copies_files_that_exist_and_installs_the_scheduler_extra():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    copied = [word for line in dockerfile.splitlines() if line.startswith("COPY ")
-              for word in line.split()[1:-1]]
+    copied = [word for line in dockerfile.splitlines() if line.startswith("COPY ") for word in line.split()[1:-1]]
     assert copied and all((ROOT / name).exists() for name in copied), copied
     assert "'.[scheduler]'" in dockerfile
     assert "scheduler =" in (ROOT / "setup.cfg").read_text()
@@ -80,8 +80,9 @@ def test_the_password_is_a_secret_file_that_is_never_committed():
     assert secret.removeprefix("./") in header  # the header says how to create it
     assert SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres-password"
     assert "postgres-password" in SERVICES["worker"]["secrets"]
-    assert not any("PASSWORD" in key and not key.endswith("_FILE")
-                   for service in SERVICES.values() for key in service.get("environment", {}))
+    assert not any(
+        "PASSWORD" in key and not key.endswith("_FILE") for service in SERVICES.values() for key in service.get("environment", {})
+    )
 
 
 def test_the_bucket_the_worker_uses_is_the_one_the_stack_creates():

@@ -13,11 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import DATA, configured, set_source
 from pipeline import Download, IngestMonth, ToParquet
 from pipeline.catalog import SERVICES
 from pipeline.convert import ConversionError, SourceCorrupt, convert_parquet
 from pipeline.lake import lake_path
+
+from conftest import DATA, configured, set_source
 
 YELLOW = "yellow/yellow_tripdata_2021-01.csv.gz"
 GENUINE_GREEN = DATA / "parquet" / "green_tripdata_2020-04.parquet"  # the TLC's own file (SOURCES.md)
@@ -44,7 +45,7 @@ def file_mirror(root: Path, rel: str, content: bytes) -> str:
 
 
 def set_field(index: int, value: bytes):
-    return lambda fields: [*fields[:index], value, *fields[index + 1:]]
+    return lambda fields: [*fields[:index], value, *fields[index + 1 :]]
 
 
 def test_an_integer_a_csv_float64_cannot_hold_exactly_is_refused_not_rounded(workspace, run, mirror_files):
@@ -55,8 +56,12 @@ def test_an_integer_a_csv_float64_cannot_hold_exactly_is_refused_not_rounded(wor
     error = run(ToParquet(service="yellow", month=month("2021-01"))).failures["ToParquet"]
 
     assert isinstance(error, ConversionError)
-    assert str(error).startswith("yellow 2021-01 (") and "yellow_tripdata_2021-01.csv.gz): column VendorID, data row 3: " \
-        "value 9007199254740992 may have been rounded: a csv file's integer codes are read exactly up to 2**53 only" in str(error)
+    assert (
+        str(error).startswith("yellow 2021-01 (")
+        and "yellow_tripdata_2021-01.csv.gz): column VendorID, data row 3: "
+        "value 9007199254740992 may have been rounded: a csv file's integer codes are read exactly up to 2**53 only"
+        in str(error)
+    )
     assert not ToParquet(service="yellow", month=month("2021-01")).complete()
 
 
@@ -67,8 +72,11 @@ def test_the_largest_exact_integer_arrives_unchanged(workspace, run, mirror_file
     assert not run(IngestMonth(service="yellow", month=month("2021-01"))).failures
 
     vendors = pq.read_table(lake_path(SERVICES["yellow"], month("2021-01")), columns=["VendorID"]).column(0).to_pylist()
-    assert vendors[:3] == [int(mirror_files[YELLOW].split(b"\r\n")[1].split(b",")[0]), 2**53 - 1,
-                           int(mirror_files[YELLOW].split(b"\r\n")[3].split(b",")[0])]
+    assert vendors[:3] == [
+        int(mirror_files[YELLOW].split(b"\r\n")[1].split(b",")[0]),
+        2**53 - 1,
+        int(mirror_files[YELLOW].split(b"\r\n")[3].split(b",")[0]),
+    ]
 
 
 def test_an_int64_overflow_names_its_row_and_value(workspace, run, mirror_files):
@@ -80,12 +88,16 @@ def test_an_int64_overflow_names_its_row_and_value(workspace, run, mirror_files)
     assert "column PULocationID, data row 5: value 9223372036854775808 may have been rounded" in str(error)
 
 
-@pytest.mark.parametrize("zone,stored,wall_clock", [
-    ("UTC", datetime.datetime(2021, 1, 1, 5, 15), datetime.datetime(2021, 1, 1, 0, 15)),  # EST, UTC-5
-    ("UTC", datetime.datetime(2021, 7, 1, 5, 15), datetime.datetime(2021, 7, 1, 1, 15)),  # EDT, UTC-4
-    ("America/New_York", datetime.datetime(2021, 1, 1, 5, 15), datetime.datetime(2021, 1, 1, 0, 15)),
-    ("Asia/Tokyo", datetime.datetime(2021, 1, 1, 5, 15), datetime.datetime(2021, 1, 1, 0, 15)),
-], ids=["utc-winter", "utc-summer", "new-york", "tokyo"])
+@pytest.mark.parametrize(
+    "zone,stored,wall_clock",
+    [
+        ("UTC", datetime.datetime(2021, 1, 1, 5, 15), datetime.datetime(2021, 1, 1, 0, 15)),  # EST, UTC-5
+        ("UTC", datetime.datetime(2021, 7, 1, 5, 15), datetime.datetime(2021, 7, 1, 1, 15)),  # EDT, UTC-4
+        ("America/New_York", datetime.datetime(2021, 1, 1, 5, 15), datetime.datetime(2021, 1, 1, 0, 15)),
+        ("Asia/Tokyo", datetime.datetime(2021, 1, 1, 5, 15), datetime.datetime(2021, 1, 1, 0, 15)),
+    ],
+    ids=["utc-winter", "utc-summer", "new-york", "tokyo"],
+)
 def test_a_zoned_parquet_time_becomes_new_york_wall_clock_time(tmp_path, zone, stored, wall_clock):
     # pyarrow stores a zoned timestamp as the UTC instant; ``stored`` is that instant.
     src, dst = tmp_path / "month.parquet", tmp_path / "out.parquet"
@@ -107,8 +119,9 @@ def test_a_csv_row_with_a_field_too_many_in_the_first_block_names_its_row(worksp
     error = run(ToParquet(service="yellow", month=month("2021-01"))).failures["ToParquet"]
 
     assert isinstance(error, ConversionError)
-    assert str(error).startswith("yellow 2021-01 (") and "yellow_tripdata_2021-01.csv.gz): " \
-        "data row 3 (line 4): 19 fields, the header has 18" in str(error)
+    assert str(error).startswith(
+        "yellow 2021-01 ("
+    ) and "yellow_tripdata_2021-01.csv.gz): data row 3 (line 4): 19 fields, the header has 18" in str(error)
 
 
 def test_a_bad_value_deep_in_the_file_names_its_row_not_the_block_before(workspace, run, mirror_files):
@@ -117,15 +130,14 @@ def test_a_bad_value_deep_in_the_file_names_its_row_not_the_block_before(workspa
 
     error = run(ToParquet(service="yellow", month=month("2021-01"))).failures["ToParquet"]
 
-    assert "yellow_tripdata_2021-01.csv.gz): data row 20001 (line 20002): column trip_distance: 'abc' is not a double" \
-        in str(error)
+    assert "yellow_tripdata_2021-01.csv.gz): data row 20001 (line 20002): column trip_distance: 'abc' is not a double" in str(error)
 
 
 def corrupt_a_data_page(good: Path, bad: Path) -> None:
     """``good`` with the header of one data page overwritten: the footer still reads."""
     page = pq.ParquetFile(good).metadata.row_group(0).column(5).data_page_offset
     data = bytearray(good.read_bytes())
-    data[page:page + 64] = b"\xff" * 64
+    data[page : page + 64] = b"\xff" * 64
     bad.write_bytes(bytes(data))
 
 

@@ -60,18 +60,23 @@ LUIGID = [
     "mkdir -p data/luigid && LUIGI_CONFIG_PATH=config/luigid.cfg luigid --address 127.0.0.1 --port 8082 --logdir data/luigid",
     "luigi --module pipeline IngestMonth --service yellow --month 2021-01 --scheduler-host localhost",
     "cd $REPO && mkdir -p data/logs && LUIGI_CONFIG_PATH=config/cron.cfg .venv/bin/luigi --module pipeline IngestRecent "
-    ">> data/logs/cron.log 2>&1 || echo \"nyc-tlc-luigi: IngestRecent exited $?\"",
+    '>> data/logs/cron.log 2>&1 || echo "nyc-tlc-luigi: IngestRecent exited $?"',
 ]
-BENCH_HELP = ["python bench/parquet_step.py", "python bench/parquet_step.py --rows 7667792",
-              "python bench/parquet_step.py --source tlc --rows 7667792", "python bench/postgres_load.py",
-              "python bench/postgres_load.py --rows 7667792 --skip pandas"]
+BENCH_HELP = [
+    "python bench/parquet_step.py",
+    "python bench/parquet_step.py --rows 7667792",
+    "python bench/parquet_step.py --source tlc --rows 7667792",
+    "python bench/postgres_load.py",
+    "python bench/postgres_load.py --rows 7667792 --skip pandas",
+]
 NOT_RUN = {
     "python3 -m venv .venv && .venv/bin/pip install -e '.[test]'": ".ci/run runs the README's two commands as written",
     ".venv/bin/pytest": ".ci/run runs the README's two commands as written",
     ". .venv/bin/activate": "the test puts the venv's commands first on PATH, which is what it does",
     "export PGPASSWORD=root": "the test's server has a password of its own, given in PGPASSWORD the same way",
-    "psql -c 'SELECT source_month, count(*), avg(total_amount) FROM yellow_tripdata GROUP BY 1'":
-        "a client of the user's own server; the Postgres tests read the tables with psycopg2",
+    "psql -c 'SELECT source_month, count(*), avg(total_amount) FROM yellow_tripdata GROUP BY 1'": (
+        "a client of the user's own server; the Postgres tests read the tables with psycopg2"
+    ),
     "gcloud auth application-default login": "needs a Google account; the GCS tests use the emulators' credentials",
     "export GOOGLE_APPLICATION_CREDENTIALS=/path/to/service-account.json": "needs a Google service account",
     "pip install -e '.[scheduler]'": "the test extra already installs what the scheduler extra adds",
@@ -117,9 +122,10 @@ def project(tmp_path, mirror):
     for name in ("python", "luigid"):
         (bin_ / name).write_text(f'#!/bin/sh\nexec "{VENV_BIN / name}" "$@"\n')
     (bin_ / "luigi").write_text(
-        '#!/bin/sh\n# the command as written, with the test\'s servers named by one more profile\n'
+        "#!/bin/sh\n# the command as written, with the test's servers named by one more profile\n"
         'LUIGI_CONFIG_PATH="${LUIGI_CONFIG_PATH:+$LUIGI_CONFIG_PATH:}$TEST_PROFILE" '
-        f'exec "{VENV_BIN / "luigi"}" "$@"\n')
+        f'exec "{VENV_BIN / "luigi"}" "$@"\n'
+    )
     for script in bin_.iterdir():
         script.chmod(0o755)
     return {"home": home, "source": source, "profile": tmp_path / "test-servers.cfg"}
@@ -129,11 +135,17 @@ def run_as_written(project: dict, command: str, settings: dict | None, env: dict
     """``command`` in bash in the project folder; ``settings`` ({section: {key: value}}) make the
     test's profile (None: no profile, the command's own settings only)."""
     if settings is not None:
-        project["profile"].write_text("".join(
-            f"[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in keys.items()) for section, keys in settings.items()))
+        project["profile"].write_text(
+            "".join(f"[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in keys.items()) for section, keys in settings.items())
+        )
     home = project["home"]
-    env = {**os.environ, "NYC_TLC_HOME": str(home), "PATH": f"{home / '.venv' / 'bin'}:{os.environ['PATH']}",
-           "TEST_PROFILE": str(project["profile"]) if settings is not None else "", **(env or {})}
+    env = {
+        **os.environ,
+        "NYC_TLC_HOME": str(home),
+        "PATH": f"{home / '.venv' / 'bin'}:{os.environ['PATH']}",
+        "TEST_PROFILE": str(project["profile"]) if settings is not None else "",
+        **(env or {}),
+    }
     env.pop("LUIGI_CONFIG_PATH", None)
     return subprocess.run(["bash", "-c", command], cwd=home, env=env, capture_output=True, text=True, timeout=300)
 
@@ -175,9 +187,16 @@ def test_the_samples_commands_need_nothing_swapped(project):
 
 def test_the_postgres_commands(project, pg, mirror_files):
     server = pg.server
-    settings = {**mirror_source(project), "postgres": {
-        "host": server["host"], "port": server["port"], "user": server["user"], "database": server["database"],
-        "schema": pg.schema}}
+    settings = {
+        **mirror_source(project),
+        "postgres": {
+            "host": server["host"],
+            "port": server["port"],
+            "user": server["user"],
+            "database": server["database"],
+            "schema": pg.schema,
+        },
+    }
 
     for command in POSTGRES:
         ok(run_as_written(project, command, settings, {"PGPASSWORD": server["password"]}), command)
@@ -189,8 +208,12 @@ def test_the_postgres_commands(project, pg, mirror_files):
 def test_the_gcp_command(project, bigquery, gcs, gcs_server, mirror_files):
     from pipeline.warehouses.bigquery import client
 
-    settings = {**mirror_source(project), "lake": {"root": gcs.lake}, "gcs": {"project": "test"},
-                "bigquery": {"project": "test", "dataset": "docs_gcp"}}
+    settings = {
+        **mirror_source(project),
+        "lake": {"root": gcs.lake},
+        "gcs": {"project": "test"},
+        "bigquery": {"project": "test", "dataset": "docs_gcp"},
+    }
     env = {"STORAGE_EMULATOR_HOST": gcs_server["url"], "BIGQUERY_EMULATOR_HOST": bigquery.url}
 
     ok(run_as_written(project, GCP[0], settings, env), GCP[0])
@@ -209,8 +232,9 @@ def test_luigid_a_month_reported_to_it_and_the_crontab_line(project):
     env = {**os.environ, "PATH": f"{home / '.venv' / 'bin'}:{os.environ['PATH']}"}
     env.pop("LUIGI_CONFIG_PATH", None)
     # Its own process group, so that stopping it stops luigid and not only the shell.
-    luigid = subprocess.Popen(["bash", "-c", LUIGID[0]], cwd=home, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    luigid = subprocess.Popen(
+        ["bash", "-c", LUIGID[0]], cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         _wait_http("http://127.0.0.1:8082/api/task_list", luigid, 30, "luigid")
         settings = mirror_source(project)

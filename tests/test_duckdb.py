@@ -9,9 +9,10 @@ import sys
 import duckdb
 import pytest
 
-from conftest import configured, data_rows
 from pipeline import IngestMonth
 from pipeline.warehouses import duckdb_views
+
+from conftest import configured, data_rows
 
 
 def month(text):
@@ -24,30 +25,46 @@ def test_after_the_project_folder_moves_its_views_are_exposed_again(workspace, r
     moved = workspace.parent / (workspace.name + "-moved")
     shutil.move(workspace, moved)
 
-    with configured({("lake", "root"): str(moved / "lake"), ("ingest", "staging"): str(moved / "staging"),
-                     ("duckdb", "path"): str(moved / "warehouse.duckdb")}):
+    with configured(
+        {
+            ("lake", "root"): str(moved / "lake"),
+            ("ingest", "staging"): str(moved / "staging"),
+            ("duckdb", "path"): str(moved / "warehouse.duckdb"),
+        }
+    ):
         assert not IngestMonth(service="green", month=month("2019-01")).complete()
         result = run(IngestMonth(service="green", month=month("2019-01")))
         assert not result.failures
         assert sorted(t.split("_")[0] for t in result.started) == ["ExposeDuckDB", "IngestMonth"]  # nothing redone
         assert IngestMonth(service="green", month=month("2019-01")).complete()
     with duckdb.connect(str(moved / "warehouse.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM green_tripdata").fetchone()[0] == \
-            data_rows(mirror_files["green/green_tripdata_2019-01.csv.gz"])
+        assert con.execute("SELECT count(*) FROM green_tripdata").fetchone()[0] == data_rows(
+            mirror_files["green/green_tripdata_2019-01.csv.gz"]
+        )
 
 
 def test_a_lake_root_with_a_glob_character_is_refused_by_name(workspace, run):
     root = workspace / "lake[2021]"
     with configured({("lake", "root"): str(root)}):
         error = run(IngestMonth(service="green", month=month("2019-01"))).failures["ExposeDuckDB"]
-    assert str(error) == (f"[lake] root {root} holds a glob character ([ ]), which DuckDB's read_parquet would "
-                          "take as a pattern; move the lake to a path without one")
+    assert str(error) == (
+        f"[lake] root {root} holds a glob character ([ ]), which DuckDB's read_parquet would "
+        "take as a pattern; move the lake to a path without one"
+    )
 
 
 def test_a_session_holding_the_warehouse_is_named_when_the_wait_ends(workspace, monkeypatch):
     path = workspace / "warehouse.duckdb"
-    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
-                               "print('open', flush=True); time.sleep(60)", str(path)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('open', flush=True); time.sleep(60)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline() == "open\n"
         monkeypatch.setattr(duckdb_views, "LOCK_WAIT_SECONDS", 1.0)

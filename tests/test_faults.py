@@ -13,6 +13,7 @@ import pytest
 from pipeline import Download, IngestMonth, ToParquet, catalog
 from pipeline.convert import ConversionError
 from pipeline.download import MonthNotPublished, SourceError
+
 from conftest import cli, cli_popen, configured, set_source, workspace_flags
 
 
@@ -36,24 +37,31 @@ def test_unpublished_month_is_a_clear_404_not_retried(workspace, run, http_serve
     result = run(task)
     error = result.failures["Download"]
     assert isinstance(error, MonthNotPublished)
-    assert str(error) == (f"yellow 2021-08 ({http_server}/releases/yellow/yellow_tripdata_2021-08.csv.gz): "
-                          "not published (HTTP 404)")
+    assert str(error) == (f"yellow 2021-08 ({http_server}/releases/yellow/yellow_tripdata_2021-08.csv.gz): not published (HTTP 404)")
     assert_nothing_complete(workspace, task)
 
 
-@pytest.mark.parametrize("route,service,text,message", [
-    ("html", "yellow", "2021-01", "got an HTML/XML page, not the data file"),
-    # the first 24,610 bytes of the real green 2019-10 release asset, served whole with 200
-    ("broken", "green", "2019-10", "truncated or corrupt gzip (Truncated compressed stream)"),
-    ("broken", "yellow", "2021-01", "header has column(s) the yellow catalog does not know: 'pickup_location_id'"),
-    ("broken", "yellow", "2021-03", "header lacks required yellow column(s) VendorID, tpep_dropoff_datetime, "
-     "passenger_count, trip_distance, RatecodeID, store_and_fwd_flag, PULocationID, DOLocationID, payment_type, "
-     "fare_amount, extra, mta_tax, tip_amount, tolls_amount, total_amount"),
-    ("broken", "green", "2019-01", "0 data rows; a whole green file has at least 1, so this one is cut short or empty"),
-    ("down", "green", "2019-01", "server error HTTP 503 (gave up after 3 tries)"),
-    ("short", "yellow", "2021-01", "IncompleteRead"),
-], ids=["html-page", "truncated-gzip", "changed-header", "missing-columns", "header-only", "server-down",
-        "connection-dropped"])
+@pytest.mark.parametrize(
+    "route,service,text,message",
+    [
+        ("html", "yellow", "2021-01", "got an HTML/XML page, not the data file"),
+        # the first 24,610 bytes of the real green 2019-10 release asset, served whole with 200
+        ("broken", "green", "2019-10", "truncated or corrupt gzip (Truncated compressed stream)"),
+        ("broken", "yellow", "2021-01", "header has column(s) the yellow catalog does not know: 'pickup_location_id'"),
+        (
+            "broken",
+            "yellow",
+            "2021-03",
+            "header lacks required yellow column(s) VendorID, tpep_dropoff_datetime, "
+            "passenger_count, trip_distance, RatecodeID, store_and_fwd_flag, PULocationID, DOLocationID, payment_type, "
+            "fare_amount, extra, mta_tax, tip_amount, tolls_amount, total_amount",
+        ),
+        ("broken", "green", "2019-01", "0 data rows; a whole green file has at least 1, so this one is cut short or empty"),
+        ("down", "green", "2019-01", "server error HTTP 503 (gave up after 3 tries)"),
+        ("short", "yellow", "2021-01", "IncompleteRead"),
+    ],
+    ids=["html-page", "truncated-gzip", "changed-header", "missing-columns", "header-only", "server-down", "connection-dropped"],
+)
 def test_bad_download_fails_naming_month_and_url_and_leaves_nothing(workspace, run, http_server, route, service, text, message):
     set_source(f"{http_server}/{route}")
     url = f"{http_server}/{route}/{catalog.RELEASES.path(catalog.SERVICES[service], month(text))}"
@@ -73,8 +81,11 @@ def test_a_download_that_trickles_fails_clearly_after_its_tries_instead_of_hangi
         error = run(Download(service="green", month=month("2019-01"))).failures["Download"]
 
     assert time.monotonic() - started < 15  # the file would take 60 s at this pace, and 3 tries more
-    assert re.fullmatch(rf"green 2019-01 \({re.escape(url)}\): too slow: \d+ bytes in the last 1 s, below "
-                        r"\[source\] min_rate_kib \(1 KiB/s\) \(gave up after 3 tries\)", str(error)), str(error)
+    assert re.fullmatch(
+        rf"green 2019-01 \({re.escape(url)}\): too slow: \d+ bytes in the last 1 s, below "
+        r"\[source\] min_rate_kib \(1 KiB/s\) \(gave up after 3 tries\)",
+        str(error),
+    ), str(error)
     assert files_under(workspace / "staging") == []
 
 
@@ -97,8 +108,10 @@ def test_a_zone_lookup_cut_short_without_a_length_is_refused(workspace, run, htt
 
     set_source(f"{http_server}/cut")
     error = run(IngestZones()).failures["Download"]
-    assert str(error) == (f"zones ({http_server}/cut/misc/taxi_zone_lookup.csv): 262 data rows; a whole zones "
-                          "file has at least 265, so this one is cut short or empty")
+    assert str(error) == (
+        f"zones ({http_server}/cut/misc/taxi_zone_lookup.csv): 262 data rows; a whole zones "
+        "file has at least 265, so this one is cut short or empty"
+    )
     assert not IngestZones().complete()
     assert files_under(workspace / "staging") == []
 
@@ -161,8 +174,7 @@ def test_killed_mid_download_leaves_nothing_complete_and_rerun_finishes(workspac
     legacy.write_bytes(b"partial")
     os.utime(legacy, (an_hour_ago, an_hour_ago))
 
-    done = cli("IngestMonth", "--service", "yellow", "--month", "2021-01",
-               *workspace_flags(workspace, f"{http_server}/releases"))
+    done = cli("IngestMonth", "--service", "yellow", "--month", "2021-01", *workspace_flags(workspace, f"{http_server}/releases"))
     assert done.returncode == 0, done.stderr
     assert Download(service="yellow", month=month("2021-01")).complete()
     assert IngestMonth(service="yellow", month=month("2021-01")).complete()
@@ -181,8 +193,7 @@ def test_a_run_cut_between_the_data_file_and_its_record_finishes_on_the_next_run
     again = run(Download(service="green", month=month("2019-01")))
 
     assert not again.failures and task.complete()
-    assert files_under(workspace / "staging") == ["raw/green/green_tripdata_2019-01.csv.gz",
-                                                  "raw/green/green_tripdata_2019-01.csv.gz.json"]
+    assert files_under(workspace / "staging") == ["raw/green/green_tripdata_2019-01.csv.gz", "raw/green/green_tripdata_2019-01.csv.gz.json"]
 
 
 def lake_readers_rows(lake: Path, service: str) -> tuple[int, int]:
@@ -192,8 +203,9 @@ def lake_readers_rows(lake: Path, service: str) -> tuple[int, int]:
 
     pyarrow_rows = ds.dataset(lake / service, partitioning="hive").count_rows()
     with duckdb.connect() as con:
-        duck_rows = con.execute("SELECT count(*) FROM read_parquet(?, hive_partitioning = true)",
-                                [str(lake / service / "**")]).fetchone()[0]
+        duck_rows = con.execute("SELECT count(*) FROM read_parquet(?, hive_partitioning = true)", [str(lake / service / "**")]).fetchone()[
+            0
+        ]
     return pyarrow_rows, duck_rows
 
 
@@ -304,4 +316,5 @@ def test_an_unreachable_source_says_how_to_use_a_mirror_or_the_samples(workspace
     assert isinstance(error, SourceError) and str(error).startswith("yellow 2021-01 (http://127.0.0.1:")
     assert "ConnectionError" in str(error) and str(error).endswith(
         "Is the network up? A mirror is set with [source] base_url (--source-base-url); offline, "
-        "LUIGI_CONFIG_PATH=config/samples.cfg runs on the samples the repo ships (gave up after 3 tries)")
+        "LUIGI_CONFIG_PATH=config/samples.cfg runs on the samples the repo ships (gave up after 3 tries)"
+    )

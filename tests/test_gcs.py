@@ -12,12 +12,13 @@ import time
 
 import pytest
 
-from conftest import configured, data_rows
 from pipeline import IngestMonth
-from pipeline.download import Download
 from pipeline.convert import ToParquet
+from pipeline.download import Download
 from pipeline.lake import LakeFile
 from pipeline.targets.gcs import GCSError, GCSFileSystem, GCSTarget, crc32c_of
+
+from conftest import configured, data_rows
 
 
 def month(value: str) -> datetime.date:
@@ -43,11 +44,14 @@ def test_three_months_land_whole_with_checksums_and_metadata_and_a_rerun_runs_no
             source = json.load(f)
         assert blob.crc32c == crc32c_of(staged)  # the object is byte for byte the local file
         served = mirror / "releases" / service / f"{service}_tripdata_{m}.csv.gz"
-        assert blob.metadata == {"rows": str(data_rows(mirror_files[f"{service}/{service}_tripdata_{m}.csv.gz"])),
-                                 "source_sha256": hashlib.sha256(served.read_bytes()).hexdigest(),
-                                 "source_url": source["url"], "source_size": str(served.stat().st_size),
-                                 "source_etag": "",  # the test server sends none
-                                 "source_last_modified": email.utils.formatdate(served.stat().st_mtime, usegmt=True)}
+        assert blob.metadata == {
+            "rows": str(data_rows(mirror_files[f"{service}/{service}_tripdata_{m}.csv.gz"])),
+            "source_sha256": hashlib.sha256(served.read_bytes()).hexdigest(),
+            "source_url": source["url"],
+            "source_size": str(served.stat().st_size),
+            "source_etag": "",  # the test server sends none
+            "source_last_modified": email.utils.formatdate(served.stat().st_mtime, usegmt=True),
+        }
         assert blob.size == os.path.getsize(staged)
 
     again = run(*tasks)
@@ -130,8 +134,10 @@ def test_a_bucket_that_does_not_exist_is_named_in_the_error(gcs, run):
         result = run(IngestMonth(service="green", month=month("2019-01")))
 
     message = str(result.failures["LakeFile"])
-    assert message.startswith("uploading to gs://no-such-bucket-here/lake/green/month=2019-01/green_tripdata_2019-01.parquet: "
-                              "bucket no-such-bucket-here or the object does not exist (404")
+    assert message.startswith(
+        "uploading to gs://no-such-bucket-here/lake/green/month=2019-01/green_tripdata_2019-01.parquet: "
+        "bucket no-such-bucket-here or the object does not exist (404"
+    )
 
 
 def test_the_duckdb_sink_refuses_a_gcs_lake_clearly(gcs, run):

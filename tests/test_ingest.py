@@ -12,13 +12,20 @@ import pytest
 from pipeline import IngestMonth, IngestZones, catalog
 from pipeline.convert import ToParquet
 from pipeline.lake import lake_path
+
 from conftest import data_rows
 
 MONTHS = [
-    ("yellow", "2021-01"), ("yellow", "2020-01"), ("yellow", "2020-07"), ("yellow", "2019-03"),
-    ("green", "2019-01"), ("green", "2019-10"),
-    ("fhv", "2019-01"), ("fhv", "2019-02"),
-    ("fhvhv", "2019-02"), ("fhvhv", "2021-06"),
+    ("yellow", "2021-01"),
+    ("yellow", "2020-01"),
+    ("yellow", "2020-07"),
+    ("yellow", "2019-03"),
+    ("green", "2019-01"),
+    ("green", "2019-10"),
+    ("fhv", "2019-01"),
+    ("fhv", "2019-02"),
+    ("fhvhv", "2019-02"),
+    ("fhvhv", "2021-06"),
 ]
 
 
@@ -76,18 +83,23 @@ def test_zones_keep_na_strings(workspace, run):
     result = run(IngestZones())
     assert result.failures == {}
     with warehouse(workspace) as con:
-        rows = con.execute("SELECT LocationID, Borough, Zone, service_zone FROM taxi_zone_lookup "
-                           "WHERE LocationID >= 264 ORDER BY 1").fetchall()
+        rows = con.execute(
+            "SELECT LocationID, Borough, Zone, service_zone FROM taxi_zone_lookup WHERE LocationID >= 264 ORDER BY 1"
+        ).fetchall()
         assert rows == [(264, "Unknown", "NV", "N/A"), (265, "Unknown", "NA", "N/A")]
         assert con.execute("SELECT count(*) FROM taxi_zone_lookup").fetchone()[0] == 265
 
 
-@pytest.mark.parametrize("service,texts", [
-    ("yellow", ["2019-03", "2020-01", "2020-07", "2021-01"]),  # CRLF and LF; empty codes in 2020-01
-    ("fhv", ["2019-01", "2019-02"]),  # TLC 6-column header vs the DTC 7-column mixed-case one
-    ("fhvhv", ["2019-02", "2021-06"]),  # the header changed between these
-    ("green", ["2019-01", "2019-10"]),
-], ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "service,texts",
+    [
+        ("yellow", ["2019-03", "2020-01", "2020-07", "2021-01"]),  # CRLF and LF; empty codes in 2020-01
+        ("fhv", ["2019-01", "2019-02"]),  # TLC 6-column header vs the DTC 7-column mixed-case one
+        ("fhvhv", ["2019-02", "2021-06"]),  # the header changed between these
+        ("green", ["2019-01", "2019-10"]),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
 def test_months_of_a_service_open_as_one_dataset(workspace, run, mirror_files, service, texts):
     svc = catalog.SERVICES[service]
     result = run(*[IngestMonth(service=service, month=month(t)) for t in texts])

@@ -11,12 +11,13 @@ import luigi
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import IngestMonth, IngestZones
+from pipeline.catalog import SERVICES
+from pipeline.lake import lake_path
+from pipeline.warehouses.postgres import LoadPostgres, PostgresError, PostgresMarker
+
 import servers
 from conftest import PG_PASSWORD, cli, configured, data_rows, workspace_flags
-from pipeline import IngestMonth, IngestZones
-from pipeline.lake import lake_path
-from pipeline.catalog import SERVICES
-from pipeline.warehouses.postgres import LoadPostgres, PostgresError, PostgresMarker
 
 MONTHS = [("yellow", "2021-01"), ("green", "2019-01"), ("fhv", "2019-02"), ("fhvhv", "2021-06")]
 
@@ -34,8 +35,7 @@ def lake_rows(service: str, month_: str | None) -> list[tuple]:
 def pg_rows(pg, service: str, month_: str | None) -> list[tuple]:
     columns = ", ".join(f'"{name}"' for name in SERVICES[service].schema.names)
     where = " WHERE source_month = %s" if month_ else ""
-    return pg.query(f'SELECT {columns} FROM "{pg.schema}"."{SERVICES[service].table}"{where}',
-                    *([month(month_)] if month_ else []))
+    return pg.query(f'SELECT {columns} FROM "{pg.schema}"."{SERVICES[service].table}"{where}', *([month(month_)] if month_ else []))
 
 
 def same_rows(a: list[tuple], b: list[tuple]) -> bool:
@@ -59,9 +59,10 @@ def test_zones_keep_na_and_n_a_as_strings(pg, run, mirror_files):
     assert not run(IngestZones()).failures
 
     assert pg.count("taxi_zone_lookup") == data_rows(mirror_files["misc/taxi_zone_lookup.csv"]) == 265
-    assert pg.query(f'SELECT "LocationID", "Borough", "Zone", service_zone FROM "{pg.schema}".taxi_zone_lookup '
-                    "WHERE \"LocationID\" IN (264, 265) ORDER BY 1") == [
-        (264, "Unknown", "NV", "N/A"), (265, "Unknown", "NA", "N/A")]
+    assert pg.query(
+        f'SELECT "LocationID", "Borough", "Zone", service_zone FROM "{pg.schema}".taxi_zone_lookup '
+        'WHERE "LocationID" IN (264, 265) ORDER BY 1'
+    ) == [(264, "Unknown", "NV", "N/A"), (265, "Unknown", "NA", "N/A")]
     assert pg.markers() == {("zones", ""): 265}
     assert same_rows(pg_rows(pg, "zones", None), lake_rows("zones", None))
 
@@ -69,8 +70,12 @@ def test_zones_keep_na_and_n_a_as_strings(pg, run, mirror_files):
 def test_the_tables_have_the_catalog_types_and_are_partitioned_by_source_month(pg, run):
     assert not run(IngestMonth(service="yellow", month=month("2021-01"))).failures
 
-    types = dict(pg.query("SELECT column_name, data_type FROM information_schema.columns "
-                          "WHERE table_schema = %s AND table_name = 'yellow_tripdata'", pg.schema))
+    types = dict(
+        pg.query(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = %s AND table_name = 'yellow_tripdata'",
+            pg.schema,
+        )
+    )
     assert types["VendorID"] == "bigint"
     assert types["tpep_pickup_datetime"] == "timestamp without time zone"
     assert types["trip_distance"] == "double precision"
@@ -79,8 +84,9 @@ def test_the_tables_have_the_catalog_types_and_are_partitioned_by_source_month(p
     assert len(types) == len(SERVICES["yellow"].columns) + 1
     assert pg.query("SELECT pg_get_partkeydef(%s::regclass)", f"{pg.schema}.yellow_tripdata") == [("LIST (source_month)",)]
     # Rows whose pickup lies outside the file's month are real, and stay with their source month.
-    early = pg.query(f'SELECT count(*) FROM "{pg.schema}".yellow_tripdata '
-                     "WHERE source_month = '2021-01-01' AND tpep_pickup_datetime < '2021-01-01'")[0][0]
+    early = pg.query(
+        f"SELECT count(*) FROM \"{pg.schema}\".yellow_tripdata WHERE source_month = '2021-01-01' AND tpep_pickup_datetime < '2021-01-01'"
+    )[0][0]
     assert early > 0
 
 
@@ -96,8 +102,7 @@ def test_a_second_run_loads_nothing_and_the_month_is_there_once(pg, run, mirror_
 
 def test_loading_a_month_again_replaces_exactly_that_month(pg, run, mirror_files):
     jan, jul = "2020-01", "2020-07"
-    assert not run(IngestMonth(service="yellow", month=month(jan)),
-                   IngestMonth(service="yellow", month=month(jul))).failures
+    assert not run(IngestMonth(service="yellow", month=month(jan)), IngestMonth(service="yellow", month=month(jul))).failures
     before = pg.query(f'SELECT loaded_at FROM "{pg.schema}"._ingested WHERE month = %s', jan)
     # On purpose: forget the month's marker, so the next run loads the month again.
     pg.query(f'DELETE FROM "{pg.schema}"._ingested WHERE month = %s RETURNING 1', jan)
@@ -159,9 +164,11 @@ def test_a_connection_cut_in_the_middle_of_the_copy_keeps_nothing_and_the_rerun_
 
 
 def test_an_existing_table_that_does_not_fit_is_refused_and_left_alone(pg, run):
-    pg.query(f'CREATE SCHEMA "{pg.schema}"; CREATE TABLE "{pg.schema}".green_tripdata '
-             '("VendorID" bigint, lpep_pickup_datetime text, passenger_count bigint); '
-             f'INSERT INTO "{pg.schema}".green_tripdata VALUES (1, \'x\', 2); SELECT 1')
+    pg.query(
+        f'CREATE SCHEMA "{pg.schema}"; CREATE TABLE "{pg.schema}".green_tripdata '
+        '("VendorID" bigint, lpep_pickup_datetime text, passenger_count bigint); '
+        f"INSERT INTO \"{pg.schema}\".green_tripdata VALUES (1, 'x', 2); SELECT 1"
+    )
 
     result = run(IngestMonth(service="green", month=month("2019-01")))
 
@@ -187,8 +194,7 @@ def test_a_database_that_is_down_is_retried_then_named_in_a_clear_error(pg, work
 
     # Through the CLI: a scheduling error, its exit code, the server named, the password nowhere.
     flags = workspace_flags(workspace, f"{http_server}/releases")
-    cmd = cli("IngestMonth", "--service", "yellow", "--month", "2021-01", *flags,
-              "--ingest-sinks", "postgres", *pg.flags(port=dead))
+    cmd = cli("IngestMonth", "--service", "yellow", "--month", "2021-01", *flags, "--ingest-sinks", "postgres", *pg.flags(port=dead))
     assert cmd.returncode == 35, cmd.stderr[-2000:]
     assert f"cannot connect to Postgres at postgres@127.0.0.1:{dead}/postgres" in cmd.stderr
     assert PG_PASSWORD not in cmd.stdout + cmd.stderr
@@ -222,11 +228,13 @@ def test_a_wrong_password_fails_at_once_with_a_clear_error(pg, caplog, monkeypat
         with pytest.raises(PostgresError) as error:
             PostgresMarker("yellow", month("2021-01")).exists()
 
-    assert str(error.value) == (f"cannot connect to Postgres at postgres@127.0.0.1:{pg.server['port']}/postgres: "
-                                "IO: [libpq] Failed to connect: connection to server at \"127.0.0.1\", port "
-                                f"{pg.server['port']} failed: FATAL: password authentication failed for user "
-                                "\"postgres\" (not retried: check [postgres] user and database, and PGPASSWORD "
-                                "or ~/.pgpass)")
+    assert str(error.value) == (
+        f"cannot connect to Postgres at postgres@127.0.0.1:{pg.server['port']}/postgres: "
+        'IO: [libpq] Failed to connect: connection to server at "127.0.0.1", port '
+        f"{pg.server['port']} failed: FATAL: password authentication failed for user "
+        '"postgres" (not retried: check [postgres] user and database, and PGPASSWORD '
+        "or ~/.pgpass)"
+    )
     assert not [r for r in caplog.records if "try 2 of" in r.getMessage()]
     assert "not-the-password" not in str(error.value)
 
@@ -258,8 +266,11 @@ def test_first_loads_of_two_services_into_a_new_schema_at_once_both_succeed(pg):
                 t.start()
             for t in threads:
                 t.join()
-        assert sorted(r[0] for r in pg.query("SELECT tablename FROM pg_tables WHERE schemaname = %s", schema)) == \
-            ["_ingested", "green_tripdata", "yellow_tripdata"]
+        assert sorted(r[0] for r in pg.query("SELECT tablename FROM pg_tables WHERE schemaname = %s", schema)) == [
+            "_ingested",
+            "green_tripdata",
+            "yellow_tripdata",
+        ]
         pg.query(f'DROP SCHEMA "{schema}" CASCADE; SELECT 1')
     assert failures == []
 
@@ -275,10 +286,14 @@ def test_a_reload_behind_a_long_reader_gives_up_after_lock_timeout_and_keeps_the
         with configured({("postgres", "lock_timeout"): "1"}):
             error = run(LoadPostgres(service="green", month=month("2019-01"))).failures["LoadPostgres"]
         message = str(error)
-        assert message.startswith(f"green 2019-01: loading {lake_path(SERVICES['green'], month('2019-01'))} into "
-                                  f"{pg.schema}.green_tripdata at postgres@127.0.0.1:{pg.server['port']}/postgres failed")
-        assert (f"other sessions were using {pg.schema}.green_tripdata for more than [postgres] lock_timeout (1 s), so "
-                "the month could not be swapped in; the earlier load of the month is still there") in message
+        assert message.startswith(
+            f"green 2019-01: loading {lake_path(SERVICES['green'], month('2019-01'))} into "
+            f"{pg.schema}.green_tripdata at postgres@127.0.0.1:{pg.server['port']}/postgres failed"
+        )
+        assert (
+            f"other sessions were using {pg.schema}.green_tripdata for more than [postgres] lock_timeout (1 s), so "
+            "the month could not be swapped in; the earlier load of the month is still there"
+        ) in message
     finally:
         reader.rollback()
         reader.close()

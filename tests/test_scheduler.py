@@ -29,29 +29,50 @@ def central(workspace, base_url: str, luigid: dict) -> list[str]:
 def test_a_month_against_luigid_every_step_done_in_its_graph_and_history(pg, workspace, http_server, luigid):
     flags = central(workspace, f"{http_server}/releases", luigid)
 
-    done = cli("IngestMonth", "--service", "green", "--month", "2019-10", *flags,
-               "--ingest-sinks", "duckdb,postgres", *pg.flags())
+    done = cli("IngestMonth", "--service", "green", "--month", "2019-10", *flags, "--ingest-sinks", "duckdb,postgres", *pg.flags())
 
     assert done.returncode == 0, done.stderr[-3000:]
-    ingest = next(task_id for task_id, task in api(luigid, "task_list", status="DONE").items()
-                  if task["name"] == "IngestMonth" and task["params"] == {"service": "green", "month": "2019-10", "source_sha256": ""})
+    ingest = next(
+        task_id
+        for task_id, task in api(luigid, "task_list", status="DONE").items()
+        if task["name"] == "IngestMonth" and task["params"] == {"service": "green", "month": "2019-10", "source_sha256": ""}
+    )
     graph = api(luigid, "dep_graph", task_id=ingest)
     assert sorted((task["name"], task["status"]) for task in graph.values()) == [
-        ("Download", "DONE"), ("ExposeDuckDB", "DONE"), ("IngestMonth", "DONE"), ("LakeFile", "DONE"),
-        ("LoadPostgres", "DONE"), ("ToParquet", "DONE")]
-    assert graph[ingest]["deps"] and all(graph[dep]["name"] in ("LakeFile", "ExposeDuckDB", "LoadPostgres")
-                                         for dep in graph[ingest]["deps"])
+        ("Download", "DONE"),
+        ("ExposeDuckDB", "DONE"),
+        ("IngestMonth", "DONE"),
+        ("LakeFile", "DONE"),
+        ("LoadPostgres", "DONE"),
+        ("ToParquet", "DONE"),
+    ]
+    assert graph[ingest]["deps"] and all(
+        graph[dep]["name"] in ("LakeFile", "ExposeDuckDB", "LoadPostgres") for dep in graph[ingest]["deps"]
+    )
     # The task history the profile records (the embedded database).
     with sqlite3.connect(luigid["dir"] / "data" / "luigid" / "task-history.db") as db:
-        recorded = {name for (name,) in db.execute(
-            "SELECT DISTINCT t.name FROM tasks t JOIN task_events e ON e.task_id = t.id "
-            "WHERE e.event_name = 'DONE'")}
+        recorded = {
+            name
+            for (name,) in db.execute(
+                "SELECT DISTINCT t.name FROM tasks t JOIN task_events e ON e.task_id = t.id WHERE e.event_name = 'DONE'"
+            )
+        }
     assert {"Download", "ToParquet", "LakeFile", "ExposeDuckDB", "LoadPostgres", "IngestMonth"} <= recorded
 
 
 def test_the_course_backfill_in_one_command_against_luigid_and_again_with_nothing_to_do(workspace, http_server, luigid):
-    command = ["IngestRange", "--services", "yellow,green,zones", "--first", "2019-01", "--last", "2021-07",
-               *central(workspace, f"{http_server}/course", luigid), "--workers", "2"]
+    command = [
+        "IngestRange",
+        "--services",
+        "yellow,green,zones",
+        "--first",
+        "2019-01",
+        "--last",
+        "2021-07",
+        *central(workspace, f"{http_server}/course", luigid),
+        "--workers",
+        "2",
+    ]
 
     first = cli(*command)
 
@@ -69,8 +90,13 @@ def test_the_course_backfill_in_one_command_against_luigid_and_again_with_nothin
 
 
 def test_two_workers_share_one_range_and_ingest_every_month_once(pg, workspace, http_server, luigid, mirror_files):
-    flags = [*central(workspace, f"{http_server}/range", luigid), "--ingest-sinks", "duckdb,postgres", *pg.flags(),
-             "--no-lock"]  # two workers on one machine; on two machines each has its own lock
+    flags = [
+        *central(workspace, f"{http_server}/range", luigid),
+        "--ingest-sinks",
+        "duckdb,postgres",
+        *pg.flags(),
+        "--no-lock",
+    ]  # two workers on one machine; on two machines each has its own lock
     command = ["IngestRange", "--services", "yellow,green", "--first", "2020-01", "--last", "2020-04", *flags]
     logs = [workspace / f"worker{n}.log" for n in (1, 2)]
     workers = [cli_popen(*command, output=open(log, "w")) for log in logs]
@@ -88,8 +114,9 @@ def test_two_workers_share_one_range_and_ingest_every_month_once(pg, workspace, 
             assert output.count(f"{service} {m}: loading ") == 1
     with duckdb.connect(str(workspace / "warehouse.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM _ingested").fetchone()[0] == 8
-    assert all("running   IngestMonth" in log.read_text() or "running   LakeFile" in log.read_text() for log in logs), \
+    assert all("running   IngestMonth" in log.read_text() or "running   LakeFile" in log.read_text() for log in logs), (
         "both workers should have taken part"
+    )
 
 
 def test_cron_exit_codes_done_failed_and_already_running(workspace, http_server, luigid):
@@ -107,8 +134,7 @@ def test_cron_exit_codes_done_failed_and_already_running(workspace, http_server,
 
     # A run still going (its download stalls) and the same command started again.
     slow_lock = workspace / "slow-locks"
-    slow_flags = [*central(workspace, f"{http_server}/slow", luigid), "--lock-pid-dir", str(slow_lock),
-                  "--source-kind", "releases"]
+    slow_flags = [*central(workspace, f"{http_server}/slow", luigid), "--lock-pid-dir", str(slow_lock), "--source-kind", "releases"]
     slow_cmd = ["IngestMonth", "--service", "yellow", "--month", "2021-01", *slow_flags]
     first = cli_popen(*slow_cmd, env=cron)
     try:

@@ -10,12 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import tlc_parquet
-from conftest import configured, data_rows
 from pipeline import IngestMonth, IngestZones
 from pipeline.catalog import SERVICES, SchemaMismatch
 from pipeline.convert import ConversionError, convert_parquet
 from pipeline.lake import lake_path
+
+import tlc_parquet
+from conftest import configured, data_rows
 
 
 def month(value: str) -> datetime.date:
@@ -40,8 +41,10 @@ def test_releases_and_tlc_months_land_in_one_schema_with_their_row_counts(worksp
     result = run(*[IngestMonth(service="yellow", month=month(m)) for m in months])
 
     assert not result.failures
-    expected = {"2021-01": data_rows(mirror_files["yellow/yellow_tripdata_2021-01.csv.gz"]),
-                **{m: tlc_parquet.rows(tlc, f"yellow_tripdata_{m}.parquet") for m in months}}
+    expected = {
+        "2021-01": data_rows(mirror_files["yellow/yellow_tripdata_2021-01.csv.gz"]),
+        **{m: tlc_parquet.rows(tlc, f"yellow_tripdata_{m}.parquet") for m in months},
+    }
     schemas = {m: pq.read_schema(lake_path(SERVICES["yellow"], month(m))).remove_metadata() for m in expected}
     assert all(schema == SERVICES["yellow"].schema for schema in schemas.values())
     assert {m: pq.ParquetFile(lake_path(SERVICES["yellow"], month(m))).metadata.num_rows for m in expected} == expected
@@ -93,8 +96,10 @@ def test_the_tlc_zone_lookup_keeps_its_2024_names(tlc, run):
     assert not run(IngestZones()).failures
 
     zones = lake_table("zones", None).to_pylist()
-    assert zones[-2:] == [{"LocationID": 264, "Borough": "Unknown", "Zone": "N/A", "service_zone": "N/A"},
-                          {"LocationID": 265, "Borough": "N/A", "Zone": "Outside of NYC", "service_zone": "N/A"}]
+    assert zones[-2:] == [
+        {"LocationID": 264, "Borough": "Unknown", "Zone": "N/A", "service_zone": "N/A"},
+        {"LocationID": 265, "Borough": "N/A", "Zone": "Outside of NYC", "service_zone": "N/A"},
+    ]
 
 
 def test_a_lossy_cast_fails_naming_file_column_and_value(tlc, run):
@@ -126,10 +131,13 @@ def test_a_truncated_parquet_file_is_not_taken(tlc, http_server, run):
     assert not IngestMonth(service="yellow", month=month("2021-02")).complete()
 
 
-@pytest.mark.parametrize("column,values,type_,says", [
-    ("tpep_pickup_datetime", [1_609_459_200_000_000_500], pa.timestamp("ns"), "timestamp[ns] into timestamp[us]"),
-    ("VendorID", [2**63 + 5], pa.uint64(), "uint64 into int64"),
-])
+@pytest.mark.parametrize(
+    "column,values,type_,says",
+    [
+        ("tpep_pickup_datetime", [1_609_459_200_000_000_500], pa.timestamp("ns"), "timestamp[ns] into timestamp[us]"),
+        ("VendorID", [2**63 + 5], pa.uint64(), "uint64 into int64"),
+    ],
+)
 def test_a_cast_that_would_lose_information_is_refused(tmp_path, column, values, type_, says):
     src, dst = tmp_path / "month.parquet", tmp_path / "out.parquet"
     # A whole yellow file (every column, nulls), with the tested column in the tested type.

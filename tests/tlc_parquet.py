@@ -30,17 +30,31 @@ TS = pa.timestamp("us")
 I32, I64, F64, STR = pa.int32(), pa.int64(), pa.float64(), pa.string()
 
 YELLOW_TYPES = {
-    "VendorID": I64, "tpep_pickup_datetime": TS, "tpep_dropoff_datetime": TS, "passenger_count": F64,
-    "trip_distance": F64, "RatecodeID": F64, "store_and_fwd_flag": STR, "PULocationID": I64,
-    "DOLocationID": I64, "payment_type": I64, "fare_amount": F64, "extra": F64, "mta_tax": F64,
-    "tip_amount": F64, "tolls_amount": F64, "improvement_surcharge": F64, "total_amount": F64,
+    "VendorID": I64,
+    "tpep_pickup_datetime": TS,
+    "tpep_dropoff_datetime": TS,
+    "passenger_count": F64,
+    "trip_distance": F64,
+    "RatecodeID": F64,
+    "store_and_fwd_flag": STR,
+    "PULocationID": I64,
+    "DOLocationID": I64,
+    "payment_type": I64,
+    "fare_amount": F64,
+    "extra": F64,
+    "mta_tax": F64,
+    "tip_amount": F64,
+    "tolls_amount": F64,
+    "improvement_surcharge": F64,
+    "total_amount": F64,
     "congestion_surcharge": F64,
 }
 
 
 def _read(csv: bytes, types: dict[str, pa.DataType]) -> pa.Table:
-    return pacsv.read_csv(io.BytesIO(csv), convert_options=pacsv.ConvertOptions(
-        column_types=types, null_values=[""], strings_can_be_null=True))
+    return pacsv.read_csv(
+        io.BytesIO(csv), convert_options=pacsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=True)
+    )
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -74,62 +88,106 @@ def build(csv_of: dict[str, bytes]) -> dict[str, bytes]:
     n21, n20, n07 = yellow_2021.num_rows, yellow_2020.num_rows, yellow_0720.num_rows
     fees = lambda n: pa.array([1.25 if i % 4 == 0 else 0.0 for i in range(n)], F64)  # noqa: E731
 
-    newer = lambda t: _retype(t, VendorID=I32, PULocationID=I32, DOLocationID=I32,  # noqa: E731
-                               passenger_count=I64, RatecodeID=I64)
+    def newer(t):
+        return _retype(t, VendorID=I32, PULocationID=I32, DOLocationID=I32, passenger_count=I64, RatecodeID=I64)
+
     files = {
         "yellow_tripdata_2021-02.parquet": _with(yellow_2021, airport_fee=fees(n21)),
         "yellow_tripdata_2020-10.parquet": _with(yellow_0720, airport_fee=pa.nulls(n07, I32)),
         "yellow_tripdata_2023-03.parquet": _with(newer(yellow_2020), Airport_fee=fees(n20)),
-        "yellow_tripdata_2025-01.parquet": _with(newer(yellow_0720), Airport_fee=fees(n07),
-                                                 cbd_congestion_fee=pa.array([0.75] * n07, F64)),
+        "yellow_tripdata_2025-01.parquet": _with(newer(yellow_0720), Airport_fee=fees(n07), cbd_congestion_fee=pa.array([0.75] * n07, F64)),
     }
-    lossy = yellow_0720.set_column(3, "passenger_count", pa.array(
-        [1.5 if i == 1 else v for i, v in enumerate(yellow_0720.column("passenger_count").to_pylist())], F64))
+    lossy = yellow_0720.set_column(
+        3, "passenger_count", pa.array([1.5 if i == 1 else v for i, v in enumerate(yellow_0720.column("passenger_count").to_pylist())], F64)
+    )
     files["yellow_tripdata_2022-05.parquet"] = _with(lossy, airport_fee=fees(n07))
-    files["yellow_tripdata_2010-01.parquet"] = pa.table({
-        "vendor_id": ["VTS", "CMT"], "pickup_datetime": pa.array([datetime.datetime(2010, 1, 1, 0, 1)] * 2, TS),
-        "dropoff_datetime": pa.array([datetime.datetime(2010, 1, 1, 0, 9)] * 2, TS),
-        "passenger_count": pa.array([1, 2], I64), "trip_distance": [1.2, 3.4],
-        "pickup_longitude": [-73.99, -73.95], "pickup_latitude": [40.75, 40.77], "total_amount": [7.5, 11.0]})
+    files["yellow_tripdata_2010-01.parquet"] = pa.table(
+        {
+            "vendor_id": ["VTS", "CMT"],
+            "pickup_datetime": pa.array([datetime.datetime(2010, 1, 1, 0, 1)] * 2, TS),
+            "dropoff_datetime": pa.array([datetime.datetime(2010, 1, 1, 0, 9)] * 2, TS),
+            "passenger_count": pa.array([1, 2], I64),
+            "trip_distance": [1.2, 3.4],
+            "pickup_longitude": [-73.99, -73.95],
+            "pickup_latitude": [40.75, 40.77],
+            "total_amount": [7.5, 11.0],
+        }
+    )
 
-    green = _read(csv_of["green/green_tripdata_2019-01.csv.gz"], {
-        "VendorID": I32, "lpep_pickup_datetime": TS, "lpep_dropoff_datetime": TS, "RatecodeID": I64,
-        "PULocationID": I32, "DOLocationID": I32, "passenger_count": I64, "ehail_fee": F64,
-        "payment_type": I64, "trip_type": I64})
+    green = _read(
+        csv_of["green/green_tripdata_2019-01.csv.gz"],
+        {
+            "VendorID": I32,
+            "lpep_pickup_datetime": TS,
+            "lpep_dropoff_datetime": TS,
+            "RatecodeID": I64,
+            "PULocationID": I32,
+            "DOLocationID": I32,
+            "passenger_count": I64,
+            "ehail_fee": F64,
+            "payment_type": I64,
+            "trip_type": I64,
+        },
+    )
     files["green_tripdata_2024-01.parquet"] = green
 
     # fhv 2019-02: the TLC rows, with the re-issue's names and types and one dropoff in 3019.
-    fhv = _read(_whole_lines((DATA / "s3_2020-09_first1024B" / "fhv_tripdata_2019-02.first1024B.csv").read_bytes()),
-                {"pickup_datetime": TS, "dropoff_datetime": TS, "PULocationID": F64, "DOLocationID": F64, "SR_Flag": F64})
+    fhv = _read(
+        _whole_lines((DATA / "s3_2020-09_first1024B" / "fhv_tripdata_2019-02.first1024B.csv").read_bytes()),
+        {"pickup_datetime": TS, "dropoff_datetime": TS, "PULocationID": F64, "DOLocationID": F64, "SR_Flag": F64},
+    )
     drop = fhv.column("dropoff_datetime").to_pylist()
     drop[2] = drop[2].replace(year=3019)
-    files["fhv_tripdata_2019-02.parquet"] = pa.table({
-        "dispatching_base_num": fhv.column("dispatching_base_num"), "pickup_datetime": fhv.column("pickup_datetime"),
-        "dropOff_datetime": pa.array(drop, TS), "PUlocationID": fhv.column("PULocationID"),
-        "DOlocationID": fhv.column("DOLocationID"), "SR_Flag": fhv.column("SR_Flag"),
-        "Affiliated_base_number": fhv.column("dispatching_base_num")})
+    files["fhv_tripdata_2019-02.parquet"] = pa.table(
+        {
+            "dispatching_base_num": fhv.column("dispatching_base_num"),
+            "pickup_datetime": fhv.column("pickup_datetime"),
+            "dropOff_datetime": pa.array(drop, TS),
+            "PUlocationID": fhv.column("PULocationID"),
+            "DOlocationID": fhv.column("DOLocationID"),
+            "SR_Flag": fhv.column("SR_Flag"),
+            "Affiliated_base_number": fhv.column("dispatching_base_num"),
+        }
+    )
 
     # fhvhv 2021-06: the sample's trips in the 24-column Parquet layout.
-    hv = _read(csv_of["fhvhv/fhvhv_tripdata_2021-06.csv.gz"], {"pickup_datetime": TS, "dropoff_datetime": TS,
-                                                               "PULocationID": I64, "DOLocationID": I64})
+    hv = _read(
+        csv_of["fhvhv/fhvhv_tripdata_2021-06.csv.gz"],
+        {"pickup_datetime": TS, "dropoff_datetime": TS, "PULocationID": I64, "DOLocationID": I64},
+    )
     n = hv.num_rows
     pickup = hv.column("pickup_datetime")
     seconds = pc.divide(pc.cast(pc.subtract(hv.column("dropoff_datetime"), pickup), I64), 1_000_000)
     miles = pa.array([round(1.1 + (i % 7) * 0.8, 2) for i in range(n)], F64)
     flag = pa.array(["N"] * n, STR)
-    files["fhvhv_tripdata_2021-06.parquet"] = pa.table({
-        "hvfhs_license_num": pa.array(["HV0003"] * n, STR), "dispatching_base_num": hv.column("dispatching_base_num"),
-        "originating_base_num": hv.column("dispatching_base_num"),
-        "request_datetime": pc.subtract(pickup, pa.scalar(datetime.timedelta(minutes=4))),
-        "on_scene_datetime": pc.subtract(pickup, pa.scalar(datetime.timedelta(minutes=1))),
-        "pickup_datetime": pickup, "dropoff_datetime": hv.column("dropoff_datetime"),
-        "PULocationID": hv.column("PULocationID"), "DOLocationID": hv.column("DOLocationID"),
-        "trip_miles": miles, "trip_time": seconds, "base_passenger_fare": pc.multiply(miles, 3.0),
-        "tolls": pa.array([0.0] * n, F64), "bcf": pc.multiply(miles, 0.08), "sales_tax": pc.multiply(miles, 0.26),
-        "congestion_surcharge": pa.array([2.75] * n, F64), "airport_fee": pa.nulls(n, F64),
-        "tips": pa.array([0.0] * n, F64), "driver_pay": pc.multiply(miles, 2.2),
-        "shared_request_flag": flag, "shared_match_flag": flag, "access_a_ride_flag": pa.array([" "] * n, STR),
-        "wav_request_flag": flag, "wav_match_flag": flag})
+    files["fhvhv_tripdata_2021-06.parquet"] = pa.table(
+        {
+            "hvfhs_license_num": pa.array(["HV0003"] * n, STR),
+            "dispatching_base_num": hv.column("dispatching_base_num"),
+            "originating_base_num": hv.column("dispatching_base_num"),
+            "request_datetime": pc.subtract(pickup, pa.scalar(datetime.timedelta(minutes=4))),
+            "on_scene_datetime": pc.subtract(pickup, pa.scalar(datetime.timedelta(minutes=1))),
+            "pickup_datetime": pickup,
+            "dropoff_datetime": hv.column("dropoff_datetime"),
+            "PULocationID": hv.column("PULocationID"),
+            "DOLocationID": hv.column("DOLocationID"),
+            "trip_miles": miles,
+            "trip_time": seconds,
+            "base_passenger_fare": pc.multiply(miles, 3.0),
+            "tolls": pa.array([0.0] * n, F64),
+            "bcf": pc.multiply(miles, 0.08),
+            "sales_tax": pc.multiply(miles, 0.26),
+            "congestion_surcharge": pa.array([2.75] * n, F64),
+            "airport_fee": pa.nulls(n, F64),
+            "tips": pa.array([0.0] * n, F64),
+            "driver_pay": pc.multiply(miles, 2.2),
+            "shared_request_flag": flag,
+            "shared_match_flag": flag,
+            "access_a_ride_flag": pa.array([" "] * n, STR),
+            "wav_request_flag": flag,
+            "wav_match_flag": flag,
+        }
+    )
 
     mirror = {f"trip-data/{name}": _parquet(table) for name, table in files.items()}
     mirror["misc/taxi+_zone_lookup.csv"] = (DATA / "taxi+_zone_lookup.2024-07.csv").read_bytes()

@@ -53,7 +53,7 @@ def split(url: str) -> tuple[str, str]:
     """gs://bucket/some/name -> ("bucket", "some/name")."""
     if not url.startswith(SCHEME):
         raise ValueError(f"{url}: not a gs:// URL")
-    bucket, _, name = url[len(SCHEME):].partition("/")
+    bucket, _, name = url[len(SCHEME) :].partition("/")
     if not bucket:
         raise ValueError(f"{url}: no bucket name")
     return bucket, name
@@ -98,8 +98,10 @@ def _named(url: str, doing: str) -> Iterator[None]:
     except gexc.NotFound as e:
         raise GCSError(f"{doing} {url}: bucket {bucket} or the object does not exist ({e.code} {e.message})") from e
     except gexc.Forbidden as e:
-        raise GCSError(f"{doing} {url}: access denied to bucket {bucket} ({e.code} {e.message}); "
-                       "check the credentials (GOOGLE_APPLICATION_CREDENTIALS) and their roles") from e
+        raise GCSError(
+            f"{doing} {url}: access denied to bucket {bucket} ({e.code} {e.message}); "
+            "check the credentials (GOOGLE_APPLICATION_CREDENTIALS) and their roles"
+        ) from e
     except gexc.GoogleAPIError as e:
         raise GCSError(f"{doing} {url}: {e}") from e
     except OSError as e:  # connection errors after the retries gave up
@@ -154,12 +156,13 @@ class GCSFileSystem(luigi.target.FileSystem):
         blob.metadata = metadata
         local_crc = crc32c_of(local_path)
         with _named(url, "uploading to"):
-            blob.upload_from_filename(local_path, content_type="application/vnd.apache.parquet",
-                                      checksum="crc32c", **bounded())
+            blob.upload_from_filename(local_path, content_type="application/vnd.apache.parquet", checksum="crc32c", **bounded())
             blob.reload(**bounded())
         if blob.crc32c != local_crc:
-            raise GCSError(f"uploading to {url}: the object's crc32c {blob.crc32c} is not the local file's "
-                           f"{local_crc} ({local_path}); the upload was corrupted")
+            raise GCSError(
+                f"uploading to {url}: the object's crc32c {blob.crc32c} is not the local file's "
+                f"{local_crc} ({local_path}); the upload was corrupted"
+            )
         return blob
 
     def stat(self, url: str) -> storage.Blob:

@@ -63,8 +63,9 @@ def client() -> bq.Client:
         from google.api_core.client_options import ClientOptions
         from google.auth.credentials import AnonymousCredentials
 
-        return bq.Client(project=cfg.project or None, credentials=AnonymousCredentials(),
-                         client_options=ClientOptions(api_endpoint=emulator))
+        return bq.Client(
+            project=cfg.project or None, credentials=AnonymousCredentials(), client_options=ClientOptions(api_endpoint=emulator)
+        )
     return bq.Client(project=cfg.project or None)
 
 
@@ -93,8 +94,7 @@ def wanted_external_table(client_: bq.Client, svc: catalog.Service) -> bq.Table:
     """The external table over every month of the service in the lake."""
     from google.cloud import bigquery as bq
 
-    table = bq.Table(external_table_id(client_, svc),
-                     schema=[bq.SchemaField(c.name, BQ_TYPES[c.type]) for c in svc.columns])
+    table = bq.Table(external_table_id(client_, svc), schema=[bq.SchemaField(c.name, BQ_TYPES[c.type]) for c in svc.columns])
     config = bq.ExternalConfig("PARQUET")
     if svc.monthly:
         config.source_uris = [f"{lake_root().rstrip('/')}/{svc.name}/*"]
@@ -126,8 +126,11 @@ def differences(have: bq.Table, want: bq.Table) -> list[str]:
     if have_fields != want_fields:
         extra = sorted(set(have_fields) - set(want_fields))
         missing = sorted(set(want_fields) - set(have_fields))
-        problems.append(f"its columns differ from the catalog's (missing or other type: {missing}; "
-                        f"not in the catalog: {extra})" if extra or missing else "its columns are in another order")
+        problems.append(
+            f"its columns differ from the catalog's (missing or other type: {missing}; not in the catalog: {extra})"
+            if extra or missing
+            else "its columns are in another order"
+        )
     return problems
 
 
@@ -138,8 +141,7 @@ def _hive(config: bq.ExternalConfig) -> Optional[tuple[str, str]]:
 
 def _fields(table: bq.Table, skip: bool) -> list[tuple[str, str]]:
     """(name, type) of the columns, types in the API's legacy names, without the hive key if ``skip``."""
-    return [(f.name, _SAME_TYPE.get(f.field_type, f.field_type)) for f in table.schema
-            if not (skip and f.name == PARTITION_KEY)]
+    return [(f.name, _SAME_TYPE.get(f.field_type, f.field_type)) for f in table.schema if not (skip and f.name == PARTITION_KEY)]
 
 
 def ensure_dataset(client_: bq.Client) -> None:
@@ -152,8 +154,9 @@ def ensure_dataset(client_: bq.Client) -> None:
             return
         except gexc.NotFound:
             if not cfg.create_dataset:
-                raise BigQueryError(f"dataset {name} does not exist; create it in {cfg.location}, "
-                                    "or set [bigquery] create_dataset = true") from None
+                raise BigQueryError(
+                    f"dataset {name} does not exist; create it in {cfg.location}, or set [bigquery] create_dataset = true"
+                ) from None
         dataset = bq.Dataset(name)
         dataset.location = cfg.location
         client_.create_dataset(dataset, exists_ok=True)
@@ -167,14 +170,18 @@ def ensure_external_table(client_: bq.Client, svc: catalog.Service) -> None:
             have = client_.get_table(want.reference)
         except gexc.NotFound:
             client_.create_table(want)
-            logger.info("created external table %s over %s", want.full_table_id or want.reference,
-                        want.external_data_configuration.source_uris[0])
+            logger.info(
+                "created external table %s over %s", want.full_table_id or want.reference, want.external_data_configuration.source_uris[0]
+            )
             return
     problems = differences(have, want)
     if problems:
-        raise BigQueryError(f"table {have.project}.{have.dataset_id}.{have.table_id} exists but is not the "
-                            f"{svc.name} external table the pipeline wants: " + "; ".join(problems)
-                            + ". Drop or rename it, or set [bigquery] dataset to another dataset.")
+        raise BigQueryError(
+            f"table {have.project}.{have.dataset_id}.{have.table_id} exists but is not the "
+            f"{svc.name} external table the pipeline wants: "
+            + "; ".join(problems)
+            + ". Drop or rename it, or set [bigquery] dataset to another dataset."
+        )
 
 
 def marker_table_id(client_: bq.Client) -> str:
@@ -184,9 +191,13 @@ def marker_table_id(client_: bq.Client) -> str:
 def marker_schema() -> list[bq.SchemaField]:
     from google.cloud import bigquery as bq
 
-    return [bq.SchemaField("service", "STRING", mode="REQUIRED"), bq.SchemaField("month", "STRING", mode="REQUIRED"),
-            bq.SchemaField("rows", "INTEGER"), bq.SchemaField("source_sha256", "STRING"),
-            bq.SchemaField("exposed_at", "TIMESTAMP")]
+    return [
+        bq.SchemaField("service", "STRING", mode="REQUIRED"),
+        bq.SchemaField("month", "STRING", mode="REQUIRED"),
+        bq.SchemaField("rows", "INTEGER"),
+        bq.SchemaField("source_sha256", "STRING"),
+        bq.SchemaField("exposed_at", "TIMESTAMP"),
+    ]
 
 
 def exposed(client_: bq.Client) -> dict[tuple[str, str], str]:
@@ -206,15 +217,21 @@ def record(client_: bq.Client, service: str, month: str, rows: int, sha256: str)
     table = marker_table_id(client_)
     with _named(f"marker table {table}"):
         client_.create_table(bq.Table(table, schema=marker_schema()), exists_ok=True)
-        params = [bq.ScalarQueryParameter("service", "STRING", service), bq.ScalarQueryParameter("month", "STRING", month),
-                  bq.ScalarQueryParameter("rows", "INT64", rows), bq.ScalarQueryParameter("sha256", "STRING", sha256)]
+        params = [
+            bq.ScalarQueryParameter("service", "STRING", service),
+            bq.ScalarQueryParameter("month", "STRING", month),
+            bq.ScalarQueryParameter("rows", "INT64", rows),
+            bq.ScalarQueryParameter("sha256", "STRING", sha256),
+        ]
         client_.query(
             f"MERGE `{table}` T USING (SELECT @service AS service, @month AS month) S "
             "ON T.service = S.service AND T.month = S.month "
             "WHEN MATCHED THEN UPDATE SET rows = @rows, source_sha256 = @sha256, exposed_at = CURRENT_TIMESTAMP() "
             "WHEN NOT MATCHED THEN INSERT (service, month, rows, source_sha256, exposed_at) "
             "VALUES (@service, @month, @rows, @sha256, CURRENT_TIMESTAMP())",
-            job_config=bq.QueryJobConfig(query_parameters=params), location=settings.bigquery().location).result()
+            job_config=bq.QueryJobConfig(query_parameters=params),
+            location=settings.bigquery().location,
+        ).result()
 
 
 class BigQueryMarker(MonthMarker):
@@ -238,8 +255,10 @@ class ExposeBigQuery(SourcePin, DatasetTask):
 
     def run(self):
         if not is_remote():
-            raise BigQueryError(f"{self.label}: the bigquery sink reads the lake from GCS, and [lake] root is "
-                                f"{lake_root()}; set it to gs://bucket/prefix (config/gcp.cfg)")
+            raise BigQueryError(
+                f"{self.label}: the bigquery sink reads the lake from GCS, and [lake] root is "
+                f"{lake_root()}; set it to gs://bucket/prefix (config/gcp.cfg)"
+            )
         client_ = client()
         ensure_dataset(client_)
         ensure_external_table(client_, self.svc)

@@ -42,7 +42,8 @@ def _connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
             if time.monotonic() > deadline:
                 raise WarehouseBusy(
                     f"the DuckDB warehouse {path} has been held by another process for {LOCK_WAIT_SECONDS:g} s ({e}); "
-                    "close that session, and query while ingesting with duckdb.connect(path, read_only=True)") from None
+                    "close that session, and query while ingesting with duckdb.connect(path, read_only=True)"
+                ) from None
             time.sleep(0.2)
 
 
@@ -62,8 +63,10 @@ def lake_literal(svc: catalog.Service) -> str:
 def view_sql(svc: catalog.Service) -> str:
     root = os.path.abspath(lake_root())
     if GLOB_CHARACTERS & set(root):
-        raise ValueError(f"[lake] root {root} holds a glob character ({' '.join(sorted(GLOB_CHARACTERS & set(root)))}), "
-                         "which DuckDB's read_parquet would take as a pattern; move the lake to a path without one")
+        raise ValueError(
+            f"[lake] root {root} holds a glob character ({' '.join(sorted(GLOB_CHARACTERS & set(root)))}), "
+            "which DuckDB's read_parquet would take as a pattern; move the lake to a path without one"
+        )
     source = f"read_parquet({lake_literal(svc)}"
     if svc.monthly:
         source += f", hive_partitioning = true, hive_types = {{'{PARTITION_KEY}': VARCHAR}}"
@@ -102,8 +105,10 @@ def _exposed(path: str) -> dict[tuple[str, str], str]:
         # SELECT *: a marker table written before source_sha256 existed lacks the column.
         cursor = con.execute(f"SELECT * FROM {MARKER_TABLE}")
         names = [d[0] for d in cursor.description]
-        recorded = {(row["service"], row["month"]): row.get("source_sha256") or ""
-                    for row in (dict(zip(names, values)) for values in cursor.fetchall())}
+        recorded = {
+            (row["service"], row["month"]): row.get("source_sha256") or ""
+            for row in (dict(zip(names, values)) for values in cursor.fetchall())
+        }
         views = dict(con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal").fetchall())
     except duckdb.CatalogException:  # no marker table yet: nothing ingested
         return {}
@@ -115,8 +120,12 @@ def _exposed(path: str) -> dict[tuple[str, str], str]:
         if lake_literal(svc) in views.get(svc.table, ""):
             current.add(service)
         else:
-            logger.warning("view %s in %s does not read the configured lake %s; its months will be exposed again",
-                           svc.table, path, os.path.abspath(lake_root()))
+            logger.warning(
+                "view %s in %s does not read the configured lake %s; its months will be exposed again",
+                svc.table,
+                path,
+                os.path.abspath(lake_root()),
+            )
     return {key: sha for key, sha in recorded.items() if key[0] in current}
 
 
@@ -134,9 +143,11 @@ class ExposeDuckDB(SourcePin, DatasetTask):
 
     def run(self):
         if is_remote():
-            raise ValueError(f"{self.label}: the duckdb sink reads the lake from local disk, and [lake] root is "
-                             f"{lake_root()}; set [ingest] sinks to the warehouses that read a gs:// lake "
-                             "(bigquery, postgres) or none")
+            raise ValueError(
+                f"{self.label}: the duckdb sink reads the lake from local disk, and [lake] root is "
+                f"{lake_root()}; set [ingest] sinks to the warehouses that read a gs:// lake "
+                "(bigquery, postgres) or none"
+            )
         marker = self.output()
         record = lake_record(self.input())
         expected = record.rows
@@ -144,18 +155,24 @@ class ExposeDuckDB(SourcePin, DatasetTask):
         con = _connect(marker.path, read_only=False)
         try:
             con.begin()
-            con.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (service VARCHAR, month VARCHAR, "
-                        "rows BIGINT, exposed_at TIMESTAMP, source_sha256 VARCHAR, PRIMARY KEY (service, month))")
+            con.execute(
+                f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (service VARCHAR, month VARCHAR, "
+                "rows BIGINT, exposed_at TIMESTAMP, source_sha256 VARCHAR, PRIMARY KEY (service, month))"
+            )
             con.execute(f"ALTER TABLE {MARKER_TABLE} ADD COLUMN IF NOT EXISTS source_sha256 VARCHAR")
             con.execute(view_sql(self.svc))
             where = f" WHERE {PARTITION_KEY} = ?" if self.svc.monthly else ""
             params = [marker.month] if self.svc.monthly else []
             seen = con.execute(f'SELECT count(*) FROM "{self.svc.table}"{where}', params).fetchone()[0]
             if seen != expected:
-                raise RuntimeError(f"{self.label}: view {self.svc.table} in {marker.path} shows {seen} rows, "
-                                   f"the lake file {self.input().path} holds {expected}")
-            con.execute(f"INSERT OR REPLACE INTO {MARKER_TABLE} (service, month, rows, exposed_at, source_sha256) "
-                        "VALUES (?, ?, ?, now(), ?)", [self.service, marker.month, expected, record.source_sha256])
+                raise RuntimeError(
+                    f"{self.label}: view {self.svc.table} in {marker.path} shows {seen} rows, "
+                    f"the lake file {self.input().path} holds {expected}"
+                )
+            con.execute(
+                f"INSERT OR REPLACE INTO {MARKER_TABLE} (service, month, rows, exposed_at, source_sha256) VALUES (?, ?, ?, now(), ?)",
+                [self.service, marker.month, expected, record.source_sha256],
+            )
             con.commit()
         finally:
             con.close()

@@ -71,8 +71,7 @@ def identifier(name: str, what: str) -> str:
     """A validated, double-quoted identifier. Validation leaves no quote or space to escape,
     so a setting can never reach the SQL as anything but a name."""
     if not _IDENTIFIER.match(name):
-        raise PostgresError(f"{what} {name!r} is not a valid Postgres identifier "
-                            "(a letter or _, then letters, digits or _; at most 63)")
+        raise PostgresError(f"{what} {name!r} is not a valid Postgres identifier (a letter or _, then letters, digits or _; at most 63)")
     return f'"{name}"'
 
 
@@ -93,8 +92,14 @@ def _conninfo() -> str:
     """A libpq connection string of the `[postgres]` settings that are set; libpq takes the rest
     (the password included) from its environment variables and password file."""
     cfg = settings.postgres()
-    pairs = {"host": cfg.host, "port": cfg.port, "dbname": cfg.database, "user": cfg.user,
-             "connect_timeout": str(cfg.connect_timeout), "application_name": "nyc-tlc-luigi"}
+    pairs = {
+        "host": cfg.host,
+        "port": cfg.port,
+        "dbname": cfg.database,
+        "user": cfg.user,
+        "connect_timeout": str(cfg.connect_timeout),
+        "application_name": "nyc-tlc-luigi",
+    }
     return " ".join(f"{key}={_libpq_quote(value)}" for key, value in pairs.items() if value)
 
 
@@ -105,8 +110,14 @@ def _libpq_quote(value: str) -> str:
 
 # The server answered and refused: no retry can heal these. libpq reports a failed connection
 # as text only (no SQLSTATE), so they are told apart by its words.
-_REFUSALS = ("password authentication failed", "no password supplied", "does not exist",
-             "permission denied", "no pg_hba.conf entry", "authentication failed")
+_REFUSALS = (
+    "password authentication failed",
+    "no password supplied",
+    "does not exist",
+    "permission denied",
+    "no pg_hba.conf entry",
+    "authentication failed",
+)
 
 
 class _Unreachable(PostgresError, retry.Transient):
@@ -124,8 +135,10 @@ def connect() -> adbc.Connection:
         except Error as e:
             reason = _reason(e)
             if any(words in reason for words in _REFUSALS):
-                raise PostgresError(f"cannot connect to Postgres at {server()}: {reason} (not retried: check "
-                                    "[postgres] user and database, and PGPASSWORD or ~/.pgpass)") from None
+                raise PostgresError(
+                    f"cannot connect to Postgres at {server()}: {reason} (not retried: check "
+                    "[postgres] user and database, and PGPASSWORD or ~/.pgpass)"
+                ) from None
             raise _Unreachable(f"cannot connect to Postgres at {server()}: {reason}") from None
 
     cfg = settings.postgres()
@@ -174,20 +187,27 @@ class Warehouse:
             cur.execute("SELECT count(*) FROM pg_namespace WHERE nspname = $1", [self.schema_name])
             if not cur.fetchone()[0]:
                 cur.execute(f"CREATE SCHEMA {self.schema}")
-            cur.execute(f"CREATE TABLE IF NOT EXISTS {self.marker} (service text NOT NULL, month text NOT NULL, "
-                        "rows bigint NOT NULL, source_sha256 text, source_url text, "
-                        "loaded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (service, month))")
-            cur.execute("SELECT attname, format_type(atttypid, atttypmod), pg_get_partkeydef(attrelid) "
-                        "FROM pg_attribute WHERE attrelid = to_regclass(format('%I.%I', $1::text, $2::text)) "
-                        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum", [self.schema_name, self.svc.table])
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.marker} (service text NOT NULL, month text NOT NULL, "
+                "rows bigint NOT NULL, source_sha256 text, source_url text, "
+                "loaded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (service, month))"
+            )
+            cur.execute(
+                "SELECT attname, format_type(atttypid, atttypmod), pg_get_partkeydef(attrelid) "
+                "FROM pg_attribute WHERE attrelid = to_regclass(format('%I.%I', $1::text, $2::text)) "
+                "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                [self.schema_name, self.svc.table],
+            )
             found = cur.fetchall()
             if not found:
                 return self._create(cur)
             self._check({name: type_ for name, type_, _ in found}, found[0][2])
 
     def _create(self, cur: adbc.Cursor) -> None:
-        columns = ", ".join(f'{identifier(name, "column")} {type_}' + (" NOT NULL" if name == MONTH_COLUMN else "")
-                            for name, type_ in table_columns(self.svc))
+        columns = ", ".join(
+            f"{identifier(name, 'column')} {type_}" + (" NOT NULL" if name == MONTH_COLUMN else "")
+            for name, type_ in table_columns(self.svc)
+        )
         partitioning = f" PARTITION BY LIST ({MONTH_COLUMN})" if self.svc.monthly else ""
         cur.execute(f"CREATE TABLE {self.table} ({columns}){partitioning}")
         logger.info("created table %s at %s", self.name, server())
@@ -195,20 +215,25 @@ class Warehouse:
     def _check(self, have: dict[str, str], partition_key: Optional[str]) -> None:
         want = dict(table_columns(self.svc))
         problems = [f"column {name} ({type_}) is missing" for name, type_ in want.items() if name not in have]
-        problems += [f"column {name} is {have[name]}, the catalog says {type_}"
-                     for name, type_ in want.items() if name in have and have[name] != type_]
+        problems += [
+            f"column {name} is {have[name]}, the catalog says {type_}"
+            for name, type_ in want.items()
+            if name in have and have[name] != type_
+        ]
         problems += [f"column {name} is not in the catalog" for name in have if name not in want]
         wanted_key = f"LIST ({MONTH_COLUMN})" if self.svc.monthly else None
         if partition_key != wanted_key:
-            problems.append(f"it is partitioned by {partition_key or 'nothing'}, the pipeline needs "
-                            f"{wanted_key or 'a plain table'}")
+            problems.append(f"it is partitioned by {partition_key or 'nothing'}, the pipeline needs {wanted_key or 'a plain table'}")
         if problems:
             raise PostgresError(
                 f"table {self.name} at {server()} exists but does not fit the {self.svc.name} catalog: "
-                + "; ".join(problems) + ". Drop or rename it, or set [postgres] schema to another schema.")
+                + "; ".join(problems)
+                + ". Drop or rename it, or set [postgres] schema to another schema."
+            )
 
-    def load(self, conn: adbc.Connection, month: Optional[datetime.date], parquet: str, source: LakeRecord,
-             progress: Callable[[int, int], None]) -> int:
+    def load(
+        self, conn: adbc.Connection, month: Optional[datetime.date], parquet: str, source: LakeRecord, progress: Callable[[int, int], None]
+    ) -> int:
         """Replace the month's rows (or the whole zone table) with the Parquet file's, and write the
         marker, in one transaction. Returns the row count Postgres holds for it afterwards."""
         expected = source.rows
@@ -221,8 +246,7 @@ class Warehouse:
                 # A plain table shaped like the parent: the COPY locks nothing that readers use.
                 # Its CHECK proves the partition bound, so ATTACH below need not scan the rows.
                 cur.execute(f"CREATE TABLE {self.qualified(loading)} (LIKE {self.table})")
-                cur.execute(f"ALTER TABLE {self.qualified(loading)} "
-                            f"ADD CHECK ({MONTH_COLUMN} = DATE '{month.isoformat()}')")
+                cur.execute(f"ALTER TABLE {self.qualified(loading)} ADD CHECK ({MONTH_COLUMN} = DATE '{month.isoformat()}')")
             else:
                 loading = self.svc.table
                 cur.execute(f"TRUNCATE {self.table}")
@@ -235,16 +259,19 @@ class Warehouse:
             cur.execute(f"SELECT count(*) FROM {self.qualified(loading)}")
             held = cur.fetchone()[0]
             if not held == copied == expected:
-                raise PostgresError(f"{self.name} holds {held} rows for {month_str or 'the zones'} after COPY "
-                                    f"reported {copied}; the Parquet file {parquet} has {expected}")
-            cur.execute(f"INSERT INTO {self.marker} (service, month, rows, source_sha256, source_url) "
-                        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (service, month) DO UPDATE SET rows = EXCLUDED.rows, "
-                        "source_sha256 = EXCLUDED.source_sha256, source_url = EXCLUDED.source_url, loaded_at = now()",
-                        [self.svc.name, month_str, held, source.source_sha256, source.source_url])
+                raise PostgresError(
+                    f"{self.name} holds {held} rows for {month_str or 'the zones'} after COPY "
+                    f"reported {copied}; the Parquet file {parquet} has {expected}"
+                )
+            cur.execute(
+                f"INSERT INTO {self.marker} (service, month, rows, source_sha256, source_url) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (service, month) DO UPDATE SET rows = EXCLUDED.rows, "
+                "source_sha256 = EXCLUDED.source_sha256, source_url = EXCLUDED.source_url, loaded_at = now()",
+                [self.svc.name, month_str, held, source.source_sha256, source.source_url],
+            )
         return held
 
-    def _copy(self, cur: adbc.Cursor, table: str, parquet: str, month: Optional[datetime.date],
-              progress: Callable[[int], None]) -> int:
+    def _copy(self, cur: adbc.Cursor, table: str, parquet: str, month: Optional[datetime.date], progress: Callable[[int], None]) -> int:
         """COPY the Parquet file's rows (and the source month) into ``table``; returns the row count."""
         file = pq.ParquetFile(parquet)
         schema = self.svc.schema
@@ -261,19 +288,19 @@ class Warehouse:
                 progress(rows)
                 yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
-        return cur.adbc_ingest(table, pa.RecordBatchReader.from_batches(schema, batches()),
-                               mode="append", db_schema_name=self.schema_name)
+        return cur.adbc_ingest(table, pa.RecordBatchReader.from_batches(schema, batches()), mode="append", db_schema_name=self.schema_name)
 
     def _swap_in(self, cur: adbc.Cursor, loading: str, partition: str, month: datetime.date) -> str:
         """Make the loaded table the month's partition, in place of an earlier load of the month."""
-        cur.execute("SELECT count(*) FROM pg_inherits WHERE inhrelid = to_regclass(format('%I.%I', $1::text, $2::text)) "
-                    "AND inhparent = to_regclass(format('%I.%I', $1::text, $3::text))",
-                    [self.schema_name, partition, self.svc.table])
+        cur.execute(
+            "SELECT count(*) FROM pg_inherits WHERE inhrelid = to_regclass(format('%I.%I', $1::text, $2::text)) "
+            "AND inhparent = to_regclass(format('%I.%I', $1::text, $3::text))",
+            [self.schema_name, partition, self.svc.table],
+        )
         if cur.fetchone()[0]:
             cur.execute(f"DROP TABLE {self.qualified(partition)}")
         cur.execute(f"ALTER TABLE {self.qualified(loading)} RENAME TO {identifier(partition, 'table')}")
-        cur.execute(f"ALTER TABLE {self.table} ATTACH PARTITION {self.qualified(partition)} "
-                    f"FOR VALUES IN (DATE '{month.isoformat()}')")
+        cur.execute(f"ALTER TABLE {self.table} ATTACH PARTITION {self.qualified(partition)} FOR VALUES IN (DATE '{month.isoformat()}')")
         return partition
 
 
@@ -331,20 +358,26 @@ class LoadPostgres(SourcePin, DatasetTask):
         conn = connect()
         try:
             warehouse.ensure(conn)
-            rows = warehouse.load(conn, self.month, parquet, record,
-                                  lambda done, total: self.report(done, total, f"copied {done:,} of {total:,} rows"))
+            rows = warehouse.load(
+                conn, self.month, parquet, record, lambda done, total: self.report(done, total, f"copied {done:,} of {total:,} rows")
+            )
         except Error as e:
             reason = _reason(e)
             if "lock timeout" in reason:
-                reason = (f"other sessions were using {warehouse.name} for more than [postgres] lock_timeout "
-                          f"({settings.postgres().lock_timeout:g} s), so the month could not be swapped in; the "
-                          f"earlier load of the month is still there. Run again when they are done ({reason})")
-            raise PostgresError(f"{self.label}: loading {lake_file} into {warehouse.name} at {server()} failed, "
-                                f"and nothing of it was kept (one transaction): {reason}") from e
+                reason = (
+                    f"other sessions were using {warehouse.name} for more than [postgres] lock_timeout "
+                    f"({settings.postgres().lock_timeout:g} s), so the month could not be swapped in; the "
+                    f"earlier load of the month is still there. Run again when they are done ({reason})"
+                )
+            raise PostgresError(
+                f"{self.label}: loading {lake_file} into {warehouse.name} at {server()} failed, "
+                f"and nothing of it was kept (one transaction): {reason}"
+            ) from e
         finally:
             with contextlib.suppress(Error):
                 conn.close()
         seconds = time.monotonic() - started
-        logger.info("%s: %s holds its %s rows (%.1f s, %.0f rows/s)", self.label, warehouse.name,
-                    f"{rows:,}", seconds, rows / max(seconds, 1e-9))
+        logger.info(
+            "%s: %s holds its %s rows (%.1f s, %.0f rows/s)", self.label, warehouse.name, f"{rows:,}", seconds, rows / max(seconds, 1e-9)
+        )
         self.report(1, 1, f"{rows:,} rows in {warehouse.name}")
