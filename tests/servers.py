@@ -1,4 +1,6 @@
-"""Real servers the tests (and the benchmarks) start and stop themselves, on 127.0.0.1 only.
+"""Real servers the tests (and the benchmarks) start and stop themselves, on 127.0.0.1 only: the
+HTTP server of the mirrors (with the routes that misbehave as real downloads do), fake-gcs-server,
+bqemulator, Postgres.
 
 A plain module rather than fixtures, so that bench/ can start the same throwaway Postgres.
 """
@@ -7,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import gzip
 import http.client
 import http.server
 import json
@@ -15,6 +18,7 @@ import pwd
 import re
 import shutil
 import socket
+import socketserver
 import subprocess
 import sys
 import tempfile
@@ -342,3 +346,116 @@ class BigQueryRecorder:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class MirrorHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the mirror; a first path segment picks a misbehaviour:
+    /releases/...  the files as they are      /broken/...  bad files
+    /range/...     consecutive months, for backfills
+    /course/...    every month of yellow and green the releases hold (small samples)
+    /tlc/...       the TLC's Parquet layout (trip-data/, misc/)
+    /html/...      an HTML error page with 200
+    /flaky/...     503 on the first request for a path, then the file
+    /down/...      always 503
+    /short/...     announces the full length, sends half, closes
+    /slow/...      sends half, then stalls (for killing a download midway)
+    /trickle/...   announces the full length, then one byte every 0.2 s (never stalls a read)
+    /dribble/...   chunked transfer: the first byte alone, then the rest (a valid file whose
+                   first chunk is shorter than its magic)
+    /onthefly/...  gzips the body on the fly (Content-Encoding: gzip) when the client accepts it
+    /cut/...       the first 263 lines only, with no Content-Length (a text file cut short)
+    /loop/...      redirects to itself
+    """
+
+    hits: dict[str, int] = {}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        mode, _, rest = self.path.lstrip("/").partition("/")
+        self.hits[self.path] = self.hits.get(self.path, 0) + 1
+        if mode in ("releases", "broken", "range", "course", "tlc"):
+            return super().do_GET()
+        file = Path(self.directory) / "releases" / rest
+        if mode == "html":
+            return self._send(200, b"<!DOCTYPE html><html><body>Not Found</body></html>", "text/html")
+        if mode == "down" or (mode == "flaky" and self.hits[self.path] == 1):
+            return self._send(503, b"busy", "text/plain")
+        if mode == "loop":
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.send_header("Content-Length", "0")
+            return self.end_headers()
+        if not file.exists():
+            return self._send(404, b"Not Found", "text/plain")
+        body = file.read_bytes()
+        if mode == "flaky":
+            return self._send(200, body, "application/octet-stream")
+        if mode == "onthefly":
+            if "gzip" not in self.headers.get("Accept-Encoding", ""):
+                return self._send(200, body, "text/csv")
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            zipped = gzip.compress(body)
+            self.send_header("Content-Length", str(len(zipped)))
+            self.end_headers()
+            return self.wfile.write(zipped)
+        if mode == "dribble":
+            self.protocol_version = "HTTP/1.1"
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (body[:1], body[1:], b""):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.flush()
+                time.sleep(0.2)
+            self.close_connection = True
+            return
+        if mode in ("trickle", "cut"):
+            self.send_response(200)
+            if mode == "cut":
+                body = b"".join(body.splitlines(keepends=True)[:263])
+            else:
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            pieces = [body] if mode == "cut" else [body[i : i + 1] for i in range(min(len(body), 200))]
+            for piece in pieces:
+                self.wfile.write(piece)
+                self.wfile.flush()
+                time.sleep(0.2)
+            self.close_connection = True
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        if mode == "slow":
+            time.sleep(60)
+        self.close_connection = True
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+@contextlib.contextmanager
+def http_mirror(root: Path) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 serving the mirrors under ``root`` (MirrorHandler's routes);
+    yields its base URL."""
+    server = _ThreadingServer(("127.0.0.1", 0), lambda *a, **kw: MirrorHandler(*a, directory=str(root), **kw))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

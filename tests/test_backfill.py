@@ -13,17 +13,15 @@ import re
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from mirror import RANGE_MONTHS, data_rows, month
 
 from pipeline import IngestMonth, IngestRange, IngestZones, Reingest
 from pipeline.backfill import PublishedMonths
 from pipeline.lake import LakeFile
 from pipeline.warehouses import duckdb_views
 
-from conftest import RANGE_MONTHS, _Handler, configured, data_rows, set_source
-
-
-def month(value: str) -> datetime.date:
-    return datetime.date.fromisoformat(value + "-01")
+from conftest import configured, set_source
+from servers import MirrorHandler
 
 
 @pytest.fixture
@@ -62,13 +60,13 @@ def test_the_same_backfill_again_decides_in_bulk_and_runs_nothing(range_source, 
     queries = []
     original = duckdb_views._exposed
     monkeypatch.setattr(duckdb_views, "_exposed", lambda path: queries.append(path) or original(path))
-    _Handler.hits.clear()
+    MirrorHandler.hits.clear()
 
     again = run(IngestRange(services="yellow,green", first=month("2020-01"), last=month("2020-04")))
 
     assert again.started == [] and not again.failures
     assert len(queries) == 2  # one marker query per service for its 4 months, not one per month
-    assert _Handler.hits == {}  # nothing missing, so the source is not even asked
+    assert MirrorHandler.hits == {}  # nothing missing, so the source is not even asked
 
 
 def test_a_month_missing_in_the_middle_is_an_error_not_the_end(range_source, run, http_server, mirror):
@@ -102,7 +100,7 @@ def test_months_missing_before_a_month_already_done_are_a_gap_not_the_end(range_
 
 def test_a_range_far_into_the_future_costs_a_handful_of_requests_and_one_warning(range_source, run, caplog):
     caplog.set_level(logging.WARNING, logger="pipeline.backfill")
-    _Handler.hits.clear()
+    MirrorHandler.hits.clear()
 
     result = run(IngestRange(services="yellow", first=month("2020-01"), last=month("2099-12")))
 
@@ -110,7 +108,7 @@ def test_a_range_far_into_the_future_costs_a_handful_of_requests_and_one_warning
     assert [IngestMonth(service="yellow", month=month(m)).complete() for m in RANGE_MONTHS] == [True] * 4
     asked = sum(
         n
-        for path, n in _Handler.hits.items()
+        for path, n in MirrorHandler.hits.items()
         if (m := re.fullmatch(r"/range/yellow/yellow_tripdata_(\d{4}-\d{2})\.csv\.gz", path)) and m[1] > "2020-04"
     )
     assert 0 < asked <= 12
@@ -214,7 +212,7 @@ def test_republished_months_are_reported_without_downloads_and_reingested_on_req
     republished.write_bytes(gzip.compress(b"".join(csv.splitlines(keepends=True)[:101])))  # header + 100 rows
     os.utime(republished, (1700000000, 1700000000))
     try:
-        _Handler.hits.clear()
+        MirrorHandler.hits.clear()
         check = Republished(services="yellow,zones", first=month("2020-01"), last=month("2020-04"))
         result = run(check)
         assert not result.failures
@@ -223,7 +221,7 @@ def test_republished_months_are_reported_without_downloads_and_reingested_on_req
             f"yellow 2020-02: republished: size {len(original)} -> {republished.stat().st_size}, "
             f"last_modified {then} -> Tue, 14 Nov 2023 22:13:20 GMT\n"
         )
-        assert sum(_Handler.hits.values()) == 4  # one body-less request per month in the lake, zones included
+        assert sum(MirrorHandler.hits.values()) == 4  # one body-less request per month in the lake, zones included
 
         fixed = run(Republished(services="yellow,zones", first=month("2020-01"), last=month("2020-04"), reingest=True))
     finally:

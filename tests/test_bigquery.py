@@ -7,27 +7,23 @@ catalog's schema). Datasets, the marker table, MERGE and tabledata.list run on t
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 from google.cloud import bigquery as bq
+from mirror import data_rows, month
 
 from pipeline import IngestMonth, IngestZones
 from pipeline.catalog import SERVICES
 from pipeline.warehouses.bigquery import BigQueryError, BigQueryMarker, client, exposed
 
-from conftest import configured, data_rows
+from conftest import configured
 
 MONTHS = [("yellow", "2021-01"), ("yellow", "2020-01"), ("green", "2019-01")]
 # The BigQuery type each Arrow type of the catalog must be declared as (written out, not imported).
 BQ = {pa.timestamp("us"): "DATETIME", pa.int64(): "INTEGER", pa.float64(): "FLOAT", pa.string(): "STRING"}
-
-
-def month(value: str) -> datetime.date:
-    return datetime.date.fromisoformat(value + "-01")
 
 
 def test_two_services_three_months_tables_created_once_markers_and_a_rerun_does_nothing(bigquery, gcs, run, mirror_files, mirror):

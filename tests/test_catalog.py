@@ -2,10 +2,9 @@
 all four services, and the verbatim samples."""
 
 import pytest
+from mirror import DATA, S3
 
 from pipeline import catalog
-
-from conftest import DATA, S3
 
 REAL_FILES = sorted(S3.glob("*.csv")) + sorted(DATA.glob("*.csv"))
 

@@ -24,8 +24,9 @@ from pathlib import Path
 import duckdb
 import luigi
 import pytest
+from mirror import data_rows
 
-from conftest import ROOT, data_rows
+from conftest import ROOT
 from servers import _wait_http
 
 VENV_BIN = Path(sys.executable).parent

@@ -1,22 +1,18 @@
 """The embedded DuckDB warehouse at its edges: a project folder that moves, a lake path DuckDB
 would take as a pattern, and a query session that holds the file."""
 
-import datetime
 import shutil
 import subprocess
 import sys
 
 import duckdb
 import pytest
+from mirror import data_rows, month
 
 from pipeline import IngestMonth
 from pipeline.warehouses import duckdb_views
 
-from conftest import configured, data_rows
-
-
-def month(text):
-    return datetime.date.fromisoformat(text + "-01")
+from conftest import configured
 
 
 def test_after_the_project_folder_moves_its_views_are_exposed_again(workspace, run, mirror_files):

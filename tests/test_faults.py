@@ -1,7 +1,6 @@
 """Bad input gets a clear error and loses nothing: the step fails with a message that says what
 and where, no output is left that looks complete, and a re-run against good input finishes."""
 
-import datetime
 import os
 import re
 import signal
@@ -9,16 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+from mirror import month
 
 from pipeline import Download, IngestMonth, ToParquet, catalog
 from pipeline.convert import ConversionError
 from pipeline.download import MonthNotPublished, SourceError
 
 from conftest import cli, cli_popen, configured, set_source, workspace_flags
-
-
-def month(text):
-    return datetime.date.fromisoformat(text + "-01")
 
 
 def files_under(path: Path) -> list[str]:

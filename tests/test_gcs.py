@@ -3,7 +3,6 @@ the test suite. Same tasks as the local lake, switched by `[lake] root` alone.""
 
 from __future__ import annotations
 
-import datetime
 import email.utils
 import hashlib
 import json
@@ -11,6 +10,7 @@ import os
 import time
 
 import pytest
+from mirror import data_rows, month
 
 from pipeline import IngestMonth
 from pipeline.convert import ToParquet
@@ -18,12 +18,7 @@ from pipeline.download import Download
 from pipeline.lake import LakeFile
 from pipeline.targets.gcs import GCSError, GCSFileSystem, GCSTarget, crc32c_of
 
-from conftest import configured, data_rows
-
-
-def month(value: str) -> datetime.date:
-    return datetime.date.fromisoformat(value + "-01")
-
+from conftest import configured
 
 MONTHS = [("yellow", "2021-01"), ("yellow", "2020-01"), ("green", "2019-01")]
 

@@ -8,12 +8,11 @@ import luigi
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from mirror import data_rows, month
 
 from pipeline import IngestMonth, IngestZones, catalog
 from pipeline.convert import ToParquet
 from pipeline.lake import lake_path
-
-from conftest import data_rows
 
 MONTHS = [
     ("yellow", "2021-01"),
@@ -27,10 +26,6 @@ MONTHS = [
     ("fhvhv", "2019-02"),
     ("fhvhv", "2021-06"),
 ]
-
-
-def month(text):
-    return datetime.date.fromisoformat(text + "-01")
 
 
 def warehouse(workspace):

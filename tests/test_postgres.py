@@ -4,12 +4,12 @@ database that is down, and the password kept out of everything a user sees."""
 
 from __future__ import annotations
 
-import datetime
 import logging
 
 import luigi
 import pyarrow.parquet as pq
 import pytest
+from mirror import data_rows, month
 
 from pipeline import IngestMonth, IngestZones
 from pipeline.catalog import SERVICES
@@ -17,13 +17,9 @@ from pipeline.lake import lake_path
 from pipeline.warehouses.postgres import LoadPostgres, PostgresError, PostgresMarker
 
 import servers
-from conftest import PG_PASSWORD, cli, configured, data_rows, workspace_flags
+from conftest import PG_PASSWORD, cli, configured, workspace_flags
 
 MONTHS = [("yellow", "2021-01"), ("green", "2019-01"), ("fhv", "2019-02"), ("fhvhv", "2021-06")]
-
-
-def month(value: str) -> datetime.date:
-    return datetime.date.fromisoformat(value + "-01")
 
 
 def lake_rows(service: str, month_: str | None) -> list[tuple]:

@@ -10,8 +10,9 @@ import urllib.parse
 import urllib.request
 
 import duckdb
+from mirror import COURSE_MONTHS, RANGE_MONTHS, data_rows
 
-from conftest import COURSE_MONTHS, RANGE_MONTHS, ROOT, cli, cli_popen, data_rows, workspace_flags
+from conftest import ROOT, cli, cli_popen, workspace_flags
 
 
 def api(luigid: dict, method: str, **data) -> dict:

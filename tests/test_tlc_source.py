@@ -3,12 +3,11 @@ server: every month drifts in physical types and spellings, and all land in one 
 
 from __future__ import annotations
 
-import datetime
-
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from mirror import data_rows, month
 
 from pipeline import IngestMonth, IngestZones
 from pipeline.catalog import SERVICES, SchemaMismatch
@@ -16,11 +15,7 @@ from pipeline.convert import ConversionError, convert_parquet
 from pipeline.lake import lake_path
 
 import tlc_parquet
-from conftest import configured, data_rows
-
-
-def month(value: str) -> datetime.date:
-    return datetime.date.fromisoformat(value + "-01")
+from conftest import configured
 
 
 @pytest.fixture
