@@ -39,8 +39,9 @@ def run_pipeline(src: Path, work: Path) -> tuple[int, dict]:
     import luigi.configuration
 
     from pipeline import catalog
-    from pipeline.convert import ToParquet, parquet_rows
+    from pipeline.convert import ToParquet
     from pipeline.download import Download
+    from pipeline.lake import parquet_record
 
     kind = "tlc" if src.suffix == ".parquet" else "releases"
     month = luigi.date_interval.Month.parse(MONTH).date_a
@@ -58,7 +59,7 @@ def run_pipeline(src: Path, work: Path) -> tuple[int, dict]:
         if not luigi.build([step(**params)], local_scheduler=True, log_level="WARNING"):
             raise SystemExit(f"pipeline run failed at {step.__name__}")
         steps[step.__name__] = time.perf_counter() - started
-    return parquet_rows(ToParquet(**params).output().path), steps
+    return parquet_record(ToParquet(**params).output().path).rows, steps
 
 
 def run_reference(src: Path, work: Path) -> tuple[int, dict]:

@@ -35,7 +35,7 @@ from pipeline import catalog, settings
 from pipeline.convert import ToParquet
 from pipeline.download import Download, published, source_url
 from pipeline.flows import IngestMonth, IngestZones
-from pipeline.lake import LakeFile, LakeRecord, lake_record
+from pipeline.lake import LakeFile, LakeRecord
 from pipeline.params import Month, Services, UsageError
 
 logger = logging.getLogger("pipeline.backfill")
@@ -238,7 +238,7 @@ class Republished(MonthRange, luigi.Task):
                 continue
             svc = catalog.SERVICES[params["service"]]
             label = Download(**params).label
-            why = difference(lake_record(target), published(source_url(svc, params.get("month"))))
+            why = difference(target.record(), published(source_url(svc, params.get("month"))))
             if why:
                 logger.warning("%s: %s since it was ingested", label, why)
                 found.append(

@@ -320,10 +320,6 @@ def convert(
         )
 
 
-def parquet_rows(path: str) -> int:
-    return pq.ParquetFile(path).metadata.num_rows
-
-
 class ToParquet(DatasetTask):
     """Convert the downloaded file to Parquet in the catalog's schema (staging area)."""
 

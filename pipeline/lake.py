@@ -4,7 +4,9 @@
     {root}/zones/taxi_zone_lookup.parquet
 
 `[lake] root` is a local directory (the embedded default) or gs://bucket/prefix: the same tasks
-serve both, the target type follows the root. One predictable path per service and month. The
+serve both, the target type follows the root, and both kinds of lake file offer the same
+operations (put, record, local_path). What a lake file records of its source (LakeRecord: rows,
+source sha256 and URL, the source's validators) is read here and nowhere else. One predictable path per service and month. The
 `month=` folder is a hive-style partition key, so warehouses that read the lake (DuckDB here, a
 BigQuery external table) get the source month as a column and can skip every other month's file.
 """
@@ -33,8 +35,6 @@ logger = logging.getLogger("pipeline.lake")
 
 PARTITION_KEY = "month"
 
-LakeTarget = Union[luigi.LocalTarget, GCSTarget]
-
 
 def lake_root() -> str:
     return settings.lake().root
@@ -51,33 +51,27 @@ def _join(*parts: str) -> str:
 def lake_path(svc: catalog.Service, month: Optional[datetime.date]) -> str:
     name = svc.file_stem(month) + ".parquet"
     if svc.monthly:
-        return _join(lake_root(), svc.name, f"{PARTITION_KEY}={catalog.month_str(month)}", name)
-    return _join(lake_root(), svc.name, name)
+        return _join(service_folder(svc), f"{PARTITION_KEY}={catalog.month_str(month)}", name)
+    return _join(service_folder(svc), name)
+
+
+def service_folder(svc: catalog.Service) -> str:
+    """The folder of the service's files; for a monthly service, its `month=` folders under it
+    are the hive partitions (what a hive-partitioned reader is given as its prefix)."""
+    return _join(lake_root().rstrip("/"), svc.name)
 
 
 def lake_glob(svc: catalog.Service) -> str:
-    """Every month of a service in the lake."""
+    """Every month of a service in the lake, as one pattern (DuckDB's read_parquet)."""
     if svc.monthly:
-        return _join(lake_root(), svc.name, f"{PARTITION_KEY}=*", "*.parquet")
-    return _join(lake_root(), svc.name, "*.parquet")
+        return _join(service_folder(svc), f"{PARTITION_KEY}=*", "*.parquet")
+    return _join(service_folder(svc), "*.parquet")
 
 
-def lake_target(path: str) -> LakeTarget:
-    return GCSTarget(path) if path.startswith(SCHEME) else luigi.LocalTarget(path)
-
-
-@contextlib.contextmanager
-def local_copy(target: LakeTarget) -> Iterator[str]:
-    """A local path to the lake file: the file itself, or a checked download of the object that
-    is removed afterwards (warehouses that load rows read the lake this way)."""
-    if isinstance(target, luigi.LocalTarget):
-        yield target.path
-        return
-    os.makedirs(settings.ingest().staging, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=settings.ingest().staging, prefix="lake-") as tmp:
-        path = os.path.join(tmp, posixpath.basename(target.path))
-        target.download(path)
-        yield path
+def lake_wildcard(svc: catalog.Service) -> str:
+    """Every file of a service in the lake, with the single trailing `*` that BigQuery's source
+    URIs allow (it matches across folders)."""
+    return _join(service_folder(svc), "*") if svc.monthly else lake_glob(svc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,14 +97,63 @@ class LakeRecord:
         return cls(**{**{k: v for k, v in values.items() if k in fields}, "rows": int(values.get("rows") or 0)})
 
 
-def lake_record(target: LakeTarget) -> LakeRecord:
-    """The record of a lake file (or of a Parquet file in staging): from the object's metadata
-    on GCS (no download), from the footer's `tlc.*` keys on disk."""
-    if isinstance(target, GCSTarget):
-        return LakeRecord.of(target.fs.stat(target.path).metadata or {})
-    parquet = pq.ParquetFile(target.path)
+def parquet_record(path: str) -> LakeRecord:
+    """The record a Parquet file written by ToParquet carries: its footer's `tlc.*` keys and its
+    row count. The one place a lake file's row count and source are read (a GCS object carries
+    the same record as its metadata, written from here)."""
+    parquet = pq.ParquetFile(path)
     footer = {k.decode().removeprefix("tlc."): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
     return LakeRecord.of({**footer, "rows": str(parquet.metadata.num_rows)})
+
+
+class LocalLakeFile(luigi.LocalTarget):
+    """A lake file on local disk. The same three operations as GCSLakeFile, so that no step
+    asks which kind of lake it has."""
+
+    def put(self, src: str) -> None:
+        """``src`` (a Parquet file in staging) in place of this file, by an atomic rename."""
+        with atomic_path(self, lake_root()) as tmp:
+            shutil.copyfile(src, tmp)
+            if os.path.getsize(tmp) != os.path.getsize(src):
+                raise OSError(f"copy of {src} to {tmp} is incomplete")
+
+    def record(self) -> LakeRecord:
+        return parquet_record(self.path)
+
+    @contextlib.contextmanager
+    def local_path(self) -> Iterator[str]:
+        """The file's path on local disk: the file itself."""
+        yield self.path
+
+
+class GCSLakeFile(GCSTarget):
+    """A lake file in a GCS bucket (see LocalLakeFile)."""
+
+    def put(self, src: str) -> None:
+        """``src`` uploaded whole (an object replaces an earlier one atomically), with its record
+        as the object's metadata."""
+        self.upload(src, parquet_record(src).metadata())
+
+    def record(self) -> LakeRecord:
+        """From the object's metadata: no download."""
+        return LakeRecord.of(self.fs.stat(self.path).metadata or {})
+
+    @contextlib.contextmanager
+    def local_path(self) -> Iterator[str]:
+        """A checked download of the object in the staging area, removed afterwards (warehouses
+        that load rows read the lake this way)."""
+        os.makedirs(settings.ingest().staging, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=settings.ingest().staging, prefix="lake-") as tmp:
+            path = os.path.join(tmp, posixpath.basename(self.path))
+            self.download(path)
+            yield path
+
+
+LakeTarget = Union[LocalLakeFile, GCSLakeFile]
+
+
+def lake_target(path: str) -> LakeTarget:
+    return GCSLakeFile(path) if path.startswith(SCHEME) else LocalLakeFile(path)
 
 
 class LakeFile(SourcePin, DatasetTask):
@@ -120,23 +163,17 @@ class LakeFile(SourcePin, DatasetTask):
     def requires(self):
         return self.clone(ToParquet)
 
-    def output(self):
+    def output(self) -> LakeTarget:
         return lake_target(lake_path(self.svc, self.month))
 
     def complete(self):
         # Asked one by one when pinned (Reingest's few months); backfills ask unpinned, in bulk.
         target = self.output()
-        return target.exists() and (not self.source_sha256 or lake_record(target).source_sha256 == self.source_sha256)
+        return target.exists() and (not self.source_sha256 or target.record().source_sha256 == self.source_sha256)
 
     def run(self):
         src, target = self.input().path, self.output()
         logger.info("%s: putting %s in the lake at %s", self.label, src, target.path)
         self.report(0, 1, f"to the lake at {target.path}")
-        if isinstance(target, GCSTarget):
-            target.upload(src, lake_record(luigi.LocalTarget(src)).metadata())
-        else:
-            with atomic_path(target, lake_root()) as tmp:
-                shutil.copyfile(src, tmp)
-                if os.path.getsize(tmp) != os.path.getsize(src):
-                    raise OSError(f"{self.label}: copy to {tmp} is incomplete")
+        target.put(src)
         self.report(1, 1, f"in the lake at {target.path}")

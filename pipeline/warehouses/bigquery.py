@@ -29,7 +29,7 @@ from google.api_core import exceptions as gexc
 
 from pipeline import catalog, settings
 from pipeline.dataset_task import DatasetTask, SourcePin
-from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_glob, lake_record, lake_root
+from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_root, lake_wildcard, service_folder
 from pipeline.targets.marker import MonthMarker
 
 # google-cloud-bigquery is imported in the functions that use it, not here: it adds half a
@@ -96,14 +96,12 @@ def wanted_external_table(client_: bq.Client, svc: catalog.Service) -> bq.Table:
 
     table = bq.Table(external_table_id(client_, svc), schema=[bq.SchemaField(c.name, BQ_TYPES[c.type]) for c in svc.columns])
     config = bq.ExternalConfig("PARQUET")
+    config.source_uris = [lake_wildcard(svc)]
     if svc.monthly:
-        config.source_uris = [f"{lake_root().rstrip('/')}/{svc.name}/*"]
         hive = bq.HivePartitioningOptions()
         hive.mode = "CUSTOM"
-        hive.source_uri_prefix = f"{lake_root().rstrip('/')}/{svc.name}/{{{PARTITION_KEY}:STRING}}"
+        hive.source_uri_prefix = f"{service_folder(svc)}/{{{PARTITION_KEY}:STRING}}"  # the key, declared STRING
         config.hive_partitioning = hive
-    else:
-        config.source_uris = [lake_glob(svc)]
     table.external_data_configuration = config
     table.description = f"NYC TLC {svc.name}: every month in the lake, read in place (nyc-tlc-luigi)"
     return table
@@ -262,7 +260,7 @@ class ExposeBigQuery(SourcePin, DatasetTask):
         client_ = client()
         ensure_dataset(client_)
         ensure_external_table(client_, self.svc)
-        lake = lake_record(self.input())
+        lake = self.input().record()
         rows = lake.rows
         record(client_, self.service, self.output().month, rows, lake.source_sha256)
         logger.info("%s: %s rows queryable through %s", self.label, f"{rows:,}", external_table_id(client_, self.svc))

@@ -17,7 +17,7 @@ import duckdb
 
 from pipeline import catalog, settings
 from pipeline.dataset_task import DatasetTask, SourcePin
-from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_glob, lake_record, lake_root
+from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_glob, lake_root
 from pipeline.targets.marker import MonthMarker
 
 logger = logging.getLogger("pipeline.duckdb")
@@ -149,7 +149,7 @@ class ExposeDuckDB(SourcePin, DatasetTask):
                 "(bigquery, postgres) or none"
             )
         marker = self.output()
-        record = lake_record(self.input())
+        record = self.input().record()
         expected = record.rows
         os.makedirs(os.path.dirname(os.path.abspath(marker.path)), exist_ok=True)
         con = _connect(marker.path, read_only=False)

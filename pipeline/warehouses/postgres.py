@@ -31,13 +31,12 @@ import time
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import adbc_driver_manager
-import luigi
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import catalog, retry, settings
 from pipeline.dataset_task import DatasetTask, SourcePin
-from pipeline.lake import LakeFile, LakeRecord, lake_record, local_copy
+from pipeline.lake import LakeFile, LakeRecord
 from pipeline.targets.marker import MonthMarker
 
 # The driver is imported where a connection is made: it adds about 50 MB to every process
@@ -346,11 +345,10 @@ class LoadPostgres(SourcePin, DatasetTask):
         return PostgresMarker(self.service, self.month, self.source_sha256)
 
     def run(self):
-        with local_copy(self.input()) as parquet:
-            self._load(parquet)
+        with self.input().local_path() as parquet:
+            self._load(parquet, self.input().record())
 
-    def _load(self, parquet: str) -> None:
-        record = lake_record(luigi.LocalTarget(parquet))
+    def _load(self, parquet: str, record: LakeRecord) -> None:
         warehouse = Warehouse(self.svc)
         lake_file = self.input().path
         logger.info("%s: loading %s into %s at %s", self.label, lake_file, warehouse.name, server())
