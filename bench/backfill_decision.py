@@ -79,10 +79,10 @@ def set_up(work: Path) -> None:
                 if path != real:
                     os.makedirs(os.path.dirname(path), exist_ok=True)
                     shutil.copyfile(real, path)
-                con.execute("INSERT OR REPLACE INTO _ingested VALUES (?, ?, 1, now())", [service, m.strftime("%Y-%m")])
+                month_ = m.strftime("%Y-%m")
+                con.execute("INSERT OR REPLACE INTO _ingested (service, month, rows, marked_at) VALUES (?, ?, 1, now())", [service, month_])
                 cur.execute(
-                    "INSERT INTO public._ingested (service, month, rows) VALUES ($1, $2, 1) ON CONFLICT DO NOTHING",
-                    [service, m.strftime("%Y-%m")],
+                    "INSERT INTO public._ingested (service, month, rows) VALUES ($1, $2, 1) ON CONFLICT DO NOTHING", [service, month_]
                 )
     conn.commit()
     conn.close()

@@ -14,12 +14,12 @@ from typing import Optional
 
 import luigi
 import luigi.configuration
-import mirror as mirrors
 import psycopg2
 import pytest
 
 import pipeline  # noqa: F401  (reads the settings files, once, before any fixture sets a value)
 
+import mirror as mirrors
 import servers
 
 ROOT = Path(__file__).resolve().parent.parent

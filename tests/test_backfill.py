@@ -13,7 +13,6 @@ import re
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-from mirror import RANGE_MONTHS, data_rows, month
 
 from pipeline import IngestMonth, IngestRange, IngestZones, Reingest
 from pipeline.backfill import PublishedMonths
@@ -21,6 +20,7 @@ from pipeline.lake import LakeFile
 from pipeline.warehouses import duckdb_views
 
 from conftest import configured, set_source
+from mirror import RANGE_MONTHS, data_rows, month
 from servers import MirrorHandler
 
 
@@ -142,7 +142,7 @@ def test_bad_ranges_are_refused_clearly():
 def test_reingest_replaces_exactly_the_months_asked_for_in_every_sink(range_source, pg, run, mirror, mirror_files):
     with configured({("ingest", "sinks"): "duckdb,postgres"}):
         assert not run(IngestRange(services="yellow", first=month("2020-01"), last=month("2020-02"))).failures
-        before = dict(pg.query(f'SELECT month, loaded_at FROM "{pg.schema}"._ingested'))
+        before = dict(pg.query(f'SELECT month, marked_at FROM "{pg.schema}"._ingested'))
         # The source re-publishes February with fewer rows (the TLC does re-issue files).
         republished = mirror / "range" / "yellow" / "yellow_tripdata_2020-02.csv.gz"
         original = republished.read_bytes()
@@ -163,7 +163,7 @@ def test_reingest_replaces_exactly_the_months_asked_for_in_every_sink(range_sour
             ("2020-01", full),
             ("2020-02", 100),
         ]
-    after = dict(pg.query(f'SELECT month, loaded_at FROM "{pg.schema}"._ingested'))
+    after = dict(pg.query(f'SELECT month, marked_at FROM "{pg.schema}"._ingested'))
     assert after["2020-01"] == before["2020-01"] and after["2020-02"] > before["2020-02"]
     started = [t.split("_")[0] for t in result.started]
     assert sorted(set(started)) == ["Download", "ExposeDuckDB", "IngestMonth", "LakeFile", "LoadPostgres", "Reingest", "ToParquet"]

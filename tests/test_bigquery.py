@@ -13,13 +13,13 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 from google.cloud import bigquery as bq
-from mirror import data_rows, month
 
 from pipeline import IngestMonth, IngestZones
 from pipeline.catalog import SERVICES
 from pipeline.warehouses.bigquery import BigQueryError, BigQueryMarker, client, exposed
 
 from conftest import configured
+from mirror import data_rows, month
 
 MONTHS = [("yellow", "2021-01"), ("yellow", "2020-01"), ("green", "2019-01")]
 # The BigQuery type each Arrow type of the catalog must be declared as (written out, not imported).

@@ -2,9 +2,10 @@
 all four services, and the verbatim samples."""
 
 import pytest
-from mirror import DATA, S3
 
 from pipeline import catalog
+
+from mirror import DATA, S3
 
 REAL_FILES = sorted(S3.glob("*.csv")) + sorted(DATA.glob("*.csv"))
 

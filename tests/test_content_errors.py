@@ -12,7 +12,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from mirror import DATA, month
 
 from pipeline import Download, IngestMonth, ToParquet
 from pipeline.catalog import SERVICES
@@ -20,6 +19,7 @@ from pipeline.convert import ConversionError, SourceCorrupt, convert_parquet
 from pipeline.lake import lake_path
 
 from conftest import configured, set_source
+from mirror import DATA, month
 
 YELLOW = "yellow/yellow_tripdata_2021-01.csv.gz"
 GENUINE_GREEN = DATA / "parquet" / "green_tripdata_2020-04.parquet"  # the TLC's own file (SOURCES.md)

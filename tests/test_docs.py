@@ -24,9 +24,9 @@ from pathlib import Path
 import duckdb
 import luigi
 import pytest
-from mirror import data_rows
 
 from conftest import ROOT
+from mirror import data_rows
 from servers import _wait_http
 
 VENV_BIN = Path(sys.executable).parent

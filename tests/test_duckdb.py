@@ -7,12 +7,12 @@ import sys
 
 import duckdb
 import pytest
-from mirror import data_rows, month
 
 from pipeline import IngestMonth
 from pipeline.warehouses import duckdb_views
 
 from conftest import configured
+from mirror import data_rows, month
 
 
 def test_after_the_project_folder_moves_its_views_are_exposed_again(workspace, run, mirror_files):

@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
-from mirror import month
 
 from pipeline import Download, IngestMonth, ToParquet, catalog
 from pipeline.convert import ConversionError
 from pipeline.download import MonthNotPublished, SourceError
 
 from conftest import cli, cli_popen, configured, set_source, workspace_flags
+from mirror import month
 
 
 def files_under(path: Path) -> list[str]:

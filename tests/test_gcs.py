@@ -10,7 +10,6 @@ import os
 import time
 
 import pytest
-from mirror import data_rows, month
 
 from pipeline import IngestMonth
 from pipeline.convert import ToParquet
@@ -19,6 +18,7 @@ from pipeline.lake import LakeFile
 from pipeline.targets.gcs import GCSError, GCSFileSystem, GCSTarget, crc32c_of
 
 from conftest import configured
+from mirror import data_rows, month
 
 MONTHS = [("yellow", "2021-01"), ("yellow", "2020-01"), ("green", "2019-01")]
 

@@ -8,11 +8,12 @@ import luigi
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from mirror import data_rows, month
 
 from pipeline import IngestMonth, IngestZones, catalog
 from pipeline.convert import ToParquet
 from pipeline.lake import lake_path
+
+from mirror import data_rows, month
 
 MONTHS = [
     ("yellow", "2021-01"),

@@ -9,7 +9,6 @@ import logging
 import luigi
 import pyarrow.parquet as pq
 import pytest
-from mirror import data_rows, month
 
 from pipeline import IngestMonth, IngestZones
 from pipeline.catalog import SERVICES
@@ -18,6 +17,7 @@ from pipeline.warehouses.postgres import LoadPostgres, PostgresError, PostgresMa
 
 import servers
 from conftest import PG_PASSWORD, cli, configured, workspace_flags
+from mirror import data_rows, month
 
 MONTHS = [("yellow", "2021-01"), ("green", "2019-01"), ("fhv", "2019-02"), ("fhvhv", "2021-06")]
 
@@ -99,7 +99,7 @@ def test_a_second_run_loads_nothing_and_the_month_is_there_once(pg, run, mirror_
 def test_loading_a_month_again_replaces_exactly_that_month(pg, run, mirror_files):
     jan, jul = "2020-01", "2020-07"
     assert not run(IngestMonth(service="yellow", month=month(jan)), IngestMonth(service="yellow", month=month(jul))).failures
-    before = pg.query(f'SELECT loaded_at FROM "{pg.schema}"._ingested WHERE month = %s', jan)
+    before = pg.query(f'SELECT marked_at FROM "{pg.schema}"._ingested WHERE month = %s', jan)
     # On purpose: forget the month's marker, so the next run loads the month again.
     pg.query(f'DELETE FROM "{pg.schema}"._ingested WHERE month = %s RETURNING 1', jan)
 
@@ -108,7 +108,7 @@ def test_loading_a_month_again_replaces_exactly_that_month(pg, run, mirror_files
     assert [t for t in again.started if t.startswith("LoadPostgres")] and not again.failures
     assert pg.count("yellow_tripdata", jan) == data_rows(mirror_files[f"yellow/yellow_tripdata_{jan}.csv.gz"])
     assert pg.count("yellow_tripdata", jul) == data_rows(mirror_files[f"yellow/yellow_tripdata_{jul}.csv.gz"])
-    assert pg.query(f'SELECT loaded_at FROM "{pg.schema}"._ingested WHERE month = %s', jan) > before
+    assert pg.query(f'SELECT marked_at FROM "{pg.schema}"._ingested WHERE month = %s', jan) > before
     assert pg.tables() == ["_ingested", "yellow_tripdata", "yellow_tripdata_2020_01", "yellow_tripdata_2020_07"]
 
 

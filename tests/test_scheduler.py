@@ -10,9 +10,9 @@ import urllib.parse
 import urllib.request
 
 import duckdb
-from mirror import COURSE_MONTHS, RANGE_MONTHS, data_rows
 
 from conftest import ROOT, cli, cli_popen, workspace_flags
+from mirror import COURSE_MONTHS, RANGE_MONTHS, data_rows
 
 
 def api(luigid: dict, method: str, **data) -> dict:

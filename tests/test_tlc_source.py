@@ -7,7 +7,6 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from mirror import data_rows, month
 
 from pipeline import IngestMonth, IngestZones
 from pipeline.catalog import SERVICES, SchemaMismatch
@@ -16,6 +15,7 @@ from pipeline.lake import lake_path
 
 import tlc_parquet
 from conftest import configured
+from mirror import data_rows, month
 
 
 @pytest.fixture

@@ -1,7 +1,10 @@
-"""What every warehouse's marker has in common: a row in its marker table that says a service's
-month (or the zones) is fully there, and which source file it came from (its sha256). Each
-warehouse says only how to read all its rows at once (`recorded`); one check and the bulk check
-(pipeline/completion.py) follow from that."""
+"""Where a month is marked done, in every warehouse: a row in the warehouse's marker table,
+`_ingested`, that says a service's month (or the zones) is fully there, with how many rows, from
+which source file (its sha256 and URL), and when. The table's shape is defined here, once
+(MARKER_COLUMNS); each warehouse maps its kinds to its own types, says how to read all its rows
+at once (`recorded`) and how to write one (`touch`, inside the load's own transaction where the
+warehouse has one, as luigi's PostgresTarget.touch does). One check and the bulk check
+(pipeline/completion.py) follow from `recorded`."""
 
 from __future__ import annotations
 
@@ -11,6 +14,20 @@ from typing import Hashable, Optional
 import luigi
 
 from pipeline import catalog
+
+MARKER_TABLE = "_ingested"
+# (name, kind): the marker's columns in every warehouse, (service, month) the key; kinds are
+# text, integer, timestamp. `marked_at` is the warehouse's own clock when the row was written.
+MARKER_COLUMNS = (
+    ("service", "text"),
+    ("month", "text"),
+    ("rows", "integer"),
+    ("source_sha256", "text"),
+    ("source_url", "text"),
+    ("marked_at", "timestamp"),
+)
+# What a caller gives `touch`, in MARKER_COLUMNS' order (marked_at is the warehouse's).
+WRITTEN = tuple(name for name, _ in MARKER_COLUMNS if name != "marked_at")
 
 
 class MonthMarker(luigi.Target):
@@ -37,6 +54,15 @@ class MonthMarker(luigi.Target):
         """Every (service, month) the marker table at ``where`` records, with the sha256 of the
         source file it was loaded from ("" where unknown), in one call."""
         raise NotImplementedError
+
+    def touch(self, connection, rows: int, source_sha256: str, source_url: str) -> None:
+        """Write this month's marker row (in place of an earlier one) through ``connection``, inside
+        the caller's transaction where the warehouse has one."""
+        raise NotImplementedError
+
+    def values(self, rows: int, source_sha256: str, source_url: str) -> list:
+        """The row `touch` writes, in WRITTEN's order."""
+        return [self.service, self.month, rows, source_sha256, source_url]
 
     def found_in(self, recorded: dict[tuple[str, str], str]) -> bool:
         key = (self.service, self.month)

@@ -30,7 +30,7 @@ from google.api_core import exceptions as gexc
 from pipeline import catalog, settings
 from pipeline.dataset_task import DatasetTask, SourcePin
 from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_root, lake_wildcard, service_folder
-from pipeline.targets.marker import MonthMarker
+from pipeline.targets.marker import MARKER_COLUMNS, MARKER_TABLE, WRITTEN, MonthMarker
 
 # google-cloud-bigquery is imported in the functions that use it, not here: it adds half a
 # second and some 70 MB to every process that imports the pipeline, and only the bigquery sink
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pipeline.bigquery")
 
-MARKER_TABLE = "_ingested"
+MARKER_TYPES = {"text": "STRING", "integer": "INTEGER", "timestamp": "TIMESTAMP"}
 BQ_TYPES = {catalog.TIMESTAMP: "DATETIME", catalog.INT: "INTEGER", catalog.FLOAT: "FLOAT", catalog.STRING: "STRING"}
 # The API answers with the legacy names; a definition written with the standard ones is the same.
 _SAME_TYPE = {"INT64": "INTEGER", "FLOAT64": "FLOAT", "BOOL": "BOOLEAN"}
@@ -190,46 +190,21 @@ def marker_schema() -> list[bq.SchemaField]:
     from google.cloud import bigquery as bq
 
     return [
-        bq.SchemaField("service", "STRING", mode="REQUIRED"),
-        bq.SchemaField("month", "STRING", mode="REQUIRED"),
-        bq.SchemaField("rows", "INTEGER"),
-        bq.SchemaField("source_sha256", "STRING"),
-        bq.SchemaField("exposed_at", "TIMESTAMP"),
+        bq.SchemaField(name, MARKER_TYPES[kind], mode="REQUIRED" if name in ("service", "month") else "NULLABLE")
+        for name, kind in MARKER_COLUMNS
     ]
 
 
 def exposed(client_: bq.Client) -> dict[tuple[str, str], str]:
     """Every (service, month) the marker table records, with its source's sha256: one
     tabledata.list, no query job."""
+    wanted = [field for field in marker_schema() if field.name in ("service", "month", "source_sha256")]
     with _named(f"marker table {marker_table_id(client_)}"):
         try:
-            rows = client_.list_rows(marker_table_id(client_), selected_fields=marker_schema()[:4])
+            rows = client_.list_rows(marker_table_id(client_), selected_fields=wanted)
             return {(row["service"], row["month"]): row["source_sha256"] or "" for row in rows}
         except gexc.NotFound:  # no dataset or no marker table yet: nothing exposed
             return {}
-
-
-def record(client_: bq.Client, service: str, month: str, rows: int, sha256: str) -> None:
-    from google.cloud import bigquery as bq
-
-    table = marker_table_id(client_)
-    with _named(f"marker table {table}"):
-        client_.create_table(bq.Table(table, schema=marker_schema()), exists_ok=True)
-        params = [
-            bq.ScalarQueryParameter("service", "STRING", service),
-            bq.ScalarQueryParameter("month", "STRING", month),
-            bq.ScalarQueryParameter("rows", "INT64", rows),
-            bq.ScalarQueryParameter("sha256", "STRING", sha256),
-        ]
-        client_.query(
-            f"MERGE `{table}` T USING (SELECT @service AS service, @month AS month) S "
-            "ON T.service = S.service AND T.month = S.month "
-            "WHEN MATCHED THEN UPDATE SET rows = @rows, source_sha256 = @sha256, exposed_at = CURRENT_TIMESTAMP() "
-            "WHEN NOT MATCHED THEN INSERT (service, month, rows, source_sha256, exposed_at) "
-            "VALUES (@service, @month, @rows, @sha256, CURRENT_TIMESTAMP())",
-            job_config=bq.QueryJobConfig(query_parameters=params),
-            location=settings.bigquery().location,
-        ).result()
 
 
 class BigQueryMarker(MonthMarker):
@@ -240,6 +215,36 @@ class BigQueryMarker(MonthMarker):
     @classmethod
     def recorded(cls, where: None) -> dict[tuple[str, str], str]:
         return exposed(client())
+
+    def touch(self, connection: bq.Client, rows: int, source_sha256: str, source_url: str) -> None:
+        """One MERGE (BigQuery has no transaction to join): one row per month however often it
+        runs. A marker table of an earlier version gets the columns it lacks first."""
+        from google.cloud import bigquery as bq
+
+        table_id = marker_table_id(connection)
+        with _named(f"marker table {table_id}"):
+            table = connection.create_table(bq.Table(table_id, schema=marker_schema()), exists_ok=True)
+            missing = [field for field in marker_schema() if field.name not in {f.name for f in table.schema}]
+            for field in missing:  # DDL costs nothing; one column a statement, as the emulator needs
+                connection.query(
+                    f"ALTER TABLE `{table_id}` ADD COLUMN IF NOT EXISTS {field.name} {field.field_type}",
+                    location=settings.bigquery().location,
+                ).result()
+            types = dict(MARKER_COLUMNS)
+            params = [
+                bq.ScalarQueryParameter(name, "INT64" if types[name] == "integer" else "STRING", value)
+                for name, value in zip(WRITTEN, self.values(rows, source_sha256, source_url))
+            ]
+            updates = ", ".join(f"{name} = @{name}" for name in WRITTEN[2:])
+            connection.query(
+                f"MERGE `{table_id}` T USING (SELECT @service AS service, @month AS month) S "
+                "ON T.service = S.service AND T.month = S.month "
+                f"WHEN MATCHED THEN UPDATE SET {updates}, marked_at = CURRENT_TIMESTAMP() "
+                f"WHEN NOT MATCHED THEN INSERT ({', '.join(WRITTEN)}, marked_at) "
+                f"VALUES ({', '.join('@' + name for name in WRITTEN)}, CURRENT_TIMESTAMP())",
+                job_config=bq.QueryJobConfig(query_parameters=params),
+                location=settings.bigquery().location,
+            ).result()
 
 
 class ExposeBigQuery(SourcePin, DatasetTask):
@@ -262,6 +267,6 @@ class ExposeBigQuery(SourcePin, DatasetTask):
         ensure_external_table(client_, self.svc)
         lake = self.input().record()
         rows = lake.rows
-        record(client_, self.service, self.output().month, rows, lake.source_sha256)
+        self.output().touch(client_, rows, lake.source_sha256, lake.source_url)
         logger.info("%s: %s rows queryable through %s", self.label, f"{rows:,}", external_table_id(client_, self.svc))
         self.report(1, 1, f"{rows:,} rows in {external_table_id(client_, self.svc)}")

@@ -18,12 +18,12 @@ import duckdb
 from pipeline import catalog, settings
 from pipeline.dataset_task import DatasetTask, SourcePin
 from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_glob, lake_root
-from pipeline.targets.marker import MonthMarker
+from pipeline.targets.marker import MARKER_COLUMNS, MARKER_TABLE, WRITTEN, MonthMarker
 
 logger = logging.getLogger("pipeline.duckdb")
 
-MARKER_TABLE = "_ingested"
 LOCK_WAIT_SECONDS = 30.0
+MARKER_TYPES = {"text": "VARCHAR", "integer": "BIGINT", "timestamp": "TIMESTAMP"}
 
 
 class WarehouseBusy(RuntimeError):
@@ -92,6 +92,16 @@ class DuckDBMarker(MonthMarker):
     def recorded(cls, where: str) -> dict[tuple[str, str], str]:
         return _exposed(where)
 
+    def touch(self, connection: duckdb.DuckDBPyConnection, rows: int, source_sha256: str, source_url: str) -> None:
+        columns = ", ".join(f"{name} {MARKER_TYPES[kind]}" for name, kind in MARKER_COLUMNS)
+        connection.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} ({columns}, PRIMARY KEY (service, month))")
+        for name, kind in MARKER_COLUMNS:  # a marker table of an earlier version lacks the newer columns
+            connection.execute(f"ALTER TABLE {MARKER_TABLE} ADD COLUMN IF NOT EXISTS {name} {MARKER_TYPES[kind]}")
+        connection.execute(
+            f"INSERT OR REPLACE INTO {MARKER_TABLE} ({', '.join(WRITTEN)}, marked_at) VALUES ({', '.join('?' * len(WRITTEN))}, now())",
+            self.values(rows, source_sha256, source_url),
+        )
+
 
 def _exposed(path: str) -> dict[tuple[str, str], str]:
     """Every (service, month) the warehouse's marker table records, with its source's sha256,
@@ -155,11 +165,6 @@ class ExposeDuckDB(SourcePin, DatasetTask):
         con = _connect(marker.path, read_only=False)
         try:
             con.begin()
-            con.execute(
-                f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (service VARCHAR, month VARCHAR, "
-                "rows BIGINT, exposed_at TIMESTAMP, source_sha256 VARCHAR, PRIMARY KEY (service, month))"
-            )
-            con.execute(f"ALTER TABLE {MARKER_TABLE} ADD COLUMN IF NOT EXISTS source_sha256 VARCHAR")
             con.execute(view_sql(self.svc))
             where = f" WHERE {PARTITION_KEY} = ?" if self.svc.monthly else ""
             params = [marker.month] if self.svc.monthly else []
@@ -169,10 +174,7 @@ class ExposeDuckDB(SourcePin, DatasetTask):
                     f"{self.label}: view {self.svc.table} in {marker.path} shows {seen} rows, "
                     f"the lake file {self.input().path} holds {expected}"
                 )
-            con.execute(
-                f"INSERT OR REPLACE INTO {MARKER_TABLE} (service, month, rows, exposed_at, source_sha256) VALUES (?, ?, ?, now(), ?)",
-                [self.service, marker.month, expected, record.source_sha256],
-            )
+            marker.touch(con, expected, record.source_sha256, record.source_url)
             con.commit()
         finally:
             con.close()

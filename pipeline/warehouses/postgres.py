@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from pipeline import catalog, retry, settings
 from pipeline.dataset_task import DatasetTask, SourcePin
 from pipeline.lake import LakeFile, LakeRecord
-from pipeline.targets.marker import MonthMarker
+from pipeline.targets.marker import MARKER_COLUMNS, MARKER_TABLE, WRITTEN, MonthMarker
 
 # The driver is imported where a connection is made: it adds about 50 MB to every process
 # that imports the pipeline, and only the postgres sink needs it.
@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pipeline.postgres")
 
-MARKER_TABLE = "_ingested"
 MONTH_COLUMN = "source_month"
+MARKER_TYPES = {"text": "text", "integer": "bigint", "timestamp": "timestamptz NOT NULL DEFAULT now()"}
 BATCH_ROWS = 64 * 1024  # Parquet rows per batch handed to COPY
 
 # Each catalog type as Postgres spells it (and as format_type() reports it back).
@@ -170,7 +170,6 @@ class Warehouse:
         self.schema_name = settings.postgres().schema
         self.schema = identifier(self.schema_name, "[postgres] schema")
         self.table = self.qualified(svc.table)
-        self.marker = self.qualified(MARKER_TABLE)
         self.name = f"{self.schema_name}.{svc.table}"
 
     def qualified(self, name: str) -> str:
@@ -186,11 +185,7 @@ class Warehouse:
             cur.execute("SELECT count(*) FROM pg_namespace WHERE nspname = $1", [self.schema_name])
             if not cur.fetchone()[0]:
                 cur.execute(f"CREATE SCHEMA {self.schema}")
-            cur.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.marker} (service text NOT NULL, month text NOT NULL, "
-                "rows bigint NOT NULL, source_sha256 text, source_url text, "
-                "loaded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (service, month))"
-            )
+            PostgresMarker.create(cur)
             cur.execute(
                 "SELECT attname, format_type(atttypid, atttypmod), pg_get_partkeydef(attrelid) "
                 "FROM pg_attribute WHERE attrelid = to_regclass(format('%I.%I', $1::text, $2::text)) "
@@ -262,12 +257,7 @@ class Warehouse:
                     f"{self.name} holds {held} rows for {month_str or 'the zones'} after COPY "
                     f"reported {copied}; the Parquet file {parquet} has {expected}"
                 )
-            cur.execute(
-                f"INSERT INTO {self.marker} (service, month, rows, source_sha256, source_url) "
-                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (service, month) DO UPDATE SET rows = EXCLUDED.rows, "
-                "source_sha256 = EXCLUDED.source_sha256, source_url = EXCLUDED.source_url, loaded_at = now()",
-                [self.svc.name, month_str, held, source.source_sha256, source.source_url],
-            )
+            PostgresMarker(self.svc.name, month).touch(cur, held, source.source_sha256, source.source_url)
         return held
 
     def _copy(self, cur: adbc.Cursor, table: str, parquet: str, month: Optional[datetime.date], progress: Callable[[int], None]) -> int:
@@ -321,12 +311,40 @@ class PostgresMarker(MonthMarker):
     def recorded(cls, where: None) -> dict[tuple[str, str], str]:
         return loaded()
 
+    @staticmethod
+    def table() -> str:
+        return f"{identifier(settings.postgres().schema, '[postgres] schema')}.{identifier(MARKER_TABLE, 'table')}"
+
+    @classmethod
+    def create(cls, cur: adbc.Cursor) -> None:
+        """The marker table where it is missing, and the columns an earlier version's lacks."""
+        columns = ", ".join(f"{name} {MARKER_TYPES[kind]}" for name, kind in MARKER_COLUMNS)
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {cls.table()} ({columns}, PRIMARY KEY (service, month))")
+        # Altered only where a column is missing: ALTER TABLE locks out the table's readers.
+        cur.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+            [settings.postgres().schema, MARKER_TABLE],
+        )
+        have = {name for (name,) in cur.fetchall()}
+        for name, kind in MARKER_COLUMNS:
+            if name not in have:
+                cur.execute(f"ALTER TABLE {cls.table()} ADD COLUMN {name} {MARKER_TYPES[kind]}")
+
+    def touch(self, connection: adbc.Cursor, rows: int, source_sha256: str, source_url: str) -> None:
+        """In the transaction that loaded the month's rows: both are there, or neither."""
+        updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in WRITTEN[2:])
+        connection.execute(
+            f"INSERT INTO {self.table()} ({', '.join(WRITTEN)}) VALUES ({', '.join(f'${i}' for i in range(1, len(WRITTEN) + 1))}) "
+            f"ON CONFLICT (service, month) DO UPDATE SET {updates}, marked_at = now()",
+            self.values(rows, source_sha256, source_url),
+        )
+
 
 def loaded() -> dict[tuple[str, str], str]:
     """Every (service, month) the marker table records, with its source's sha256: one
     connection, one query."""
     schema = settings.postgres().schema
-    marker = f"{identifier(schema, '[postgres] schema')}.{identifier(MARKER_TABLE, 'table')}"
+    marker = PostgresMarker.table()
     with contextlib.closing(connect()) as conn, conn.cursor() as cur:
         cur.execute("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", [schema, MARKER_TABLE])
         if not cur.fetchone()[0]:
