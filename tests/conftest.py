@@ -16,6 +16,7 @@ import luigi
 import luigi.configuration
 import psycopg2
 import pytest
+from luigi.execution_summary import LuigiStatusCode
 
 import pipeline  # noqa: F401  (reads the settings files, once, before any fixture sets a value)
 
@@ -261,33 +262,49 @@ def set_source(base_url: str) -> None:
 class RunResult:
     def __init__(self):
         self.started: list[str] = []
-        self.failures: dict[str, BaseException] = {}
+        self.failures: dict[str, BaseException] = {}  # the first failure of each task family
+        self.every_failure: list[tuple[str, BaseException]] = []  # (task id, error), all of them
+        self.broken: list[tuple[str, BaseException]] = []  # complete() or requires() raised: never scheduled
+        self.status = None  # luigi's own verdict (LuigiStatusCode)
 
 
 @pytest.fixture
 def run():
-    """Run tasks with luigi's own scheduler and worker, in-process; record what started and
-    the exception of every failed task."""
+    """Run tasks with luigi's own scheduler and worker, in-process; record what started, every
+    failed task's exception, and luigi's own verdict. A task that could not even be scheduled (its
+    complete() or requires() raised) fails the test, unless ``broken_ok``: otherwise it would look
+    exactly like a task with nothing to do."""
 
-    def _run(*tasks) -> RunResult:
+    def _run(*tasks, broken_ok: bool = False) -> RunResult:
         result = RunResult()
 
         def on_start(task):
             result.started.append(task.task_id)
 
         def on_failure(task, exception):
-            result.failures[task.task_family] = exception
+            result.every_failure.append((task.task_id, exception))
+            result.failures.setdefault(task.task_family, exception)
+
+        def on_broken(task, exception):
+            result.broken.append((task.task_id, exception))
 
         # A fresh process's view, as each CLI run has: luigi caches task instances (and a
         # range's requires()) per process.
         luigi.task_register.Register.clear_instance_cache()
-        luigi.Task.event_handler(luigi.Event.START)(on_start)
-        luigi.Task.event_handler(luigi.Event.FAILURE)(on_failure)
+        handlers = {luigi.Event.START: on_start, luigi.Event.FAILURE: on_failure, luigi.Event.BROKEN_TASK: on_broken}
+        for event, handler in handlers.items():
+            luigi.Task.event_handler(event)(handler)
         try:
-            luigi.build(list(tasks), local_scheduler=True, log_level="WARNING")
+            outcome = luigi.build(list(tasks), local_scheduler=True, log_level="WARNING", detailed_summary=True)
         finally:
-            luigi.Task._event_callbacks[luigi.Task][luigi.Event.START].discard(on_start)
-            luigi.Task._event_callbacks[luigi.Task][luigi.Event.FAILURE].discard(on_failure)
+            for event, handler in handlers.items():
+                luigi.Task._event_callbacks[luigi.Task][event].discard(handler)
+        result.status = outcome.status
+        scheduling_failed = outcome.status in (LuigiStatusCode.SCHEDULING_FAILED, LuigiStatusCode.FAILED_AND_SCHEDULING_FAILED)
+        if (scheduling_failed or result.broken) and not broken_ok:
+            pytest.fail(f"luigi could not schedule: {result.broken or outcome.summary_text}")
+        if outcome.status in (LuigiStatusCode.FAILED, LuigiStatusCode.FAILED_AND_SCHEDULING_FAILED) and not result.every_failure:
+            pytest.fail(f"luigi reports a failure the test did not see: {outcome.summary_text}")
         return result
 
     return _run
