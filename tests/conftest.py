@@ -285,13 +285,24 @@ def run():
             result.every_failure.append((task.task_id, exception))
             result.failures.setdefault(task.task_family, exception)
 
-        def on_broken(task, exception):
+        def on_broken(task, exception):  # requires() raised
             result.broken.append((task.task_id, exception))
+
+        def on_missing(task):  # luigi tells a complete() that raised only by this event, without the error
+            try:
+                task.complete()
+            except Exception as error:
+                result.broken.append((task.task_id, error))
 
         # A fresh process's view, as each CLI run has: luigi caches task instances (and a
         # range's requires()) per process.
         luigi.task_register.Register.clear_instance_cache()
-        handlers = {luigi.Event.START: on_start, luigi.Event.FAILURE: on_failure, luigi.Event.BROKEN_TASK: on_broken}
+        handlers = {
+            luigi.Event.START: on_start,
+            luigi.Event.FAILURE: on_failure,
+            luigi.Event.BROKEN_TASK: on_broken,
+            luigi.Event.DEPENDENCY_MISSING: on_missing,
+        }
         for event, handler in handlers.items():
             luigi.Task.event_handler(event)(handler)
         try:

@@ -13,7 +13,11 @@ class Broken(luigi.Task):
 
 
 class Fails(luigi.Task):
+    """A task with no output that fails when run."""
     n = luigi.IntParameter()
+
+    def complete(self):
+        return False
 
     def run(self):
         raise ValueError(f"failure {self.n}")
