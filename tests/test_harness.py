@@ -14,6 +14,7 @@ class Broken(luigi.Task):
 
 class Fails(luigi.Task):
     """A task with no output that fails when run."""
+
     n = luigi.IntParameter()
 
     def complete(self):
