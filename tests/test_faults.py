@@ -15,6 +15,7 @@ from pipeline.download import MonthNotPublished, SourceError
 
 from conftest import cli, cli_popen, configured, set_source, workspace_flags
 from mirror import month
+from servers import MirrorHandler
 
 
 def files_under(path: Path) -> list[str]:
@@ -30,7 +31,9 @@ def assert_nothing_complete(workspace, *tasks):
 
 def test_unpublished_month_is_a_clear_404_not_retried(workspace, run, http_server):
     task = Download(service="yellow", month=month("2021-08"))
+    MirrorHandler.hits.clear()
     result = run(task)
+    assert MirrorHandler.hits == {"/releases/yellow/yellow_tripdata_2021-08.csv.gz": 1}  # asked once, with 3 tries allowed
     error = result.failures["Download"]
     assert isinstance(error, MonthNotPublished)
     assert str(error) == (f"yellow 2021-08 ({http_server}/releases/yellow/yellow_tripdata_2021-08.csv.gz): not published (HTTP 404)")
