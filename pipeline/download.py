@@ -4,8 +4,10 @@ file, before it is marked complete.
 
 A download is checked as it streams and once more when it is on disk: an HTML page (a wrong URL
 often answers 200 with one), a file that does not start as gzip or Parquet, a byte count different
-from Content-Length, a gzip stream that ends early or fails its CRC, a Parquet file without its
-footer, or columns the catalog does not accept all fail the step. 404 means the month is not
+from Content-Length, a gzip stream that ends early or fails its CRC (to its end for a small file;
+a real month is inflated once, by ToParquet, which proves it whole and removes the download when
+it is not), a Parquet file without its footer, or columns the catalog does not accept all fail
+the step. 404 means the month is not
 published (not retried); connection errors and 5xx answers are retried with backoff.
 """
 
@@ -156,13 +158,20 @@ def _parquet_rows(path: str, where: str) -> tuple[str, int]:
     return ",".join(file.schema_arrow.names), file.metadata.num_rows
 
 
-def _read_through(path: str, gzipped: bool, where: str) -> tuple[str, int]:
-    """Read the whole file, through gunzip for a .gz (which proves the stream whole: its
-    end-of-stream marker and CRC), and return its header line and its number of lines after it."""
+# How much of a .gz the Download inflates: a small file (a zone lookup, a file cut short early) is
+# proved whole here; a real month is inflated once, by ToParquet, which proves it whole as it
+# converts it (a damaged stream there removes the download, so the next run fetches it again).
+GZIP_PROBE = 4 << 20
+
+
+def _read_through(path: str, gzipped: bool, where: str) -> tuple[str, Optional[int]]:
+    """Read the file, through gunzip for a .gz (which, to its end, proves the stream whole: its
+    end-of-stream marker and CRC), and return its header line and its number of lines after it;
+    for a .gz longer than GZIP_PROBE inflated, only its start is read, and the count is None."""
     raw = pa.OSFile(path)
     stream = pa.CompressedInputStream(raw, "gzip") if gzipped else raw
     head = b""
-    lines = 0
+    lines = read = 0
     last = b"\n"
     try:
         with stream:
@@ -171,6 +180,10 @@ def _read_through(path: str, gzipped: bool, where: str) -> tuple[str, int]:
                     head += chunk[:65536]
                 lines += chunk.count(b"\n")
                 last = chunk[-1:]
+                read += len(chunk)
+                if gzipped and read >= GZIP_PROBE:
+                    lines = None
+                    break
     except OSError as e:  # Arrow: "Truncated compressed stream", "incorrect data check", ...
         raise SourceError(f"{where}: truncated or corrupt gzip ({e}); the download is incomplete") from None
     if not head.strip():
@@ -183,7 +196,7 @@ def _read_through(path: str, gzipped: bool, where: str) -> tuple[str, int]:
         raise SourceError(f"{where}: header is not UTF-8 text: {e}") from None
     # Lines after the header, a last one without its newline included (blank ones too: this is
     # the upper bound that proves a file cut short; ToParquet counts the rows themselves).
-    return header, lines - 1 + (last != b"\n")
+    return header, None if lines is None else lines - 1 + (last != b"\n")
 
 
 @contextlib.contextmanager
@@ -262,7 +275,8 @@ def fetch(url: str, dest: str, svc: catalog.Service, where: str, progress: Calla
     else:
         header, rows = _read_through(dest, _suffix_of(url) == ".gz", where)
     catalog.resolve_header(svc, header, where)
-    catalog.check_rows(svc, rows, where)
+    if rows is not None:  # else ToParquet counts them
+        catalog.check_rows(svc, rows, where)
     # What the server said of this version of the file, so a republished one can be noticed.
     return {
         "url": redact(url),

@@ -19,7 +19,7 @@ from pipeline.convert import ConversionError, SourceCorrupt, convert_parquet
 from pipeline.lake import lake_path
 
 from conftest import configured, set_source
-from mirror import DATA, month
+from mirror import DATA, data_rows, month
 
 YELLOW = "yellow/yellow_tripdata_2021-01.csv.gz"
 GENUINE_GREEN = DATA / "parquet" / "green_tripdata_2020-04.parquet"  # the TLC's own file (SOURCES.md)
@@ -159,3 +159,25 @@ def test_a_parquet_file_damaged_inside_is_downloaded_again_on_the_next_run(works
         assert not run(task).failures
 
     assert pq.ParquetFile(lake_path(SERVICES["green"], month("2020-04"))).metadata.num_rows == 35644
+
+
+def test_a_month_cut_short_beyond_the_download_probe_fails_its_conversion_and_is_fetched_again(workspace, run, mirror_files):
+    from pipeline.download import GZIP_PROBE
+
+    # Bigger than the Download inflates, so the proof that the stream is whole is ToParquet's.
+    header, rows = mirror_files[YELLOW].split(b"\r\n", 1)
+    text = header + b"\r\n" + rows * 3
+    assert len(text) > GZIP_PROBE
+    whole = gzip.compress(text)
+    base = file_mirror(workspace, YELLOW, whole[: len(whole) * 7 // 10])
+    task = IngestMonth(service="yellow", month=month("2021-01"))
+    set_source(base)
+
+    error = run(task).failures["ToParquet"]
+
+    assert isinstance(error, SourceCorrupt) and "yellow_tripdata_2021-01.csv.gz): truncated or corrupt gzip after data row" in str(error)
+    assert str(error).endswith("the download was removed, so the next run fetches it again")
+    assert not Download(service="yellow", month=month("2021-01")).complete() and not task.complete()
+    (workspace / "mirror" / YELLOW).write_bytes(whole)
+    assert not run(task).failures
+    assert pq.ParquetFile(lake_path(SERVICES["yellow"], month("2021-01"))).metadata.num_rows == 3 * data_rows(mirror_files[YELLOW])
