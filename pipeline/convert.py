@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline import catalog
+from pipeline import catalog, settings
 from pipeline.dataset_task import DatasetTask
 from pipeline.download import Download
 
@@ -36,7 +36,6 @@ logger = logging.getLogger("pipeline.convert")
 # The streaming CSV reader's memory grows with its block size (it reads ahead several blocks),
 # so blocks are small and batches are gathered into row groups of a useful size for scans.
 BLOCK_SIZE = 1 << 20  # bytes of CSV text per parsed batch
-ROW_GROUP_ROWS = 256 * 1024
 READ_AHEAD = 4  # parsed batches queued between the reading thread and the writer
 PARQUET_BATCH_ROWS = 64 * 1024  # rows per batch read from a source Parquet file
 
@@ -165,21 +164,22 @@ def _write_row_groups(
     int_limit: float,
 ) -> int:
     """Conform the source batches (in file order, named ``columns``) to ``schema`` and write them
-    to ``dst`` in row groups of at least ROW_GROUP_ROWS, calling ``progress(rows)`` after each;
+    to ``dst`` in row groups of at least `[parquet] row_group_rows`, calling ``progress(rows)`` after each;
     return the row count, which also goes into the footer as `tlc.rows`. ``int_limit``: see
     _to_int."""
+    group_rows = settings.parquet().row_group_rows
     rows = 0
     pending: list[pa.RecordBatch] = []
     with pq.ParquetWriter(dst, schema, compression="zstd") as writer:
         for batch in batches:
             pending.append(_conform(batch, columns, schema, where, rows, int_limit))
             rows += batch.num_rows
-            if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
-                writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * ROW_GROUP_ROWS)
+            if sum(b.num_rows for b in pending) >= group_rows:
+                writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * group_rows)
                 pending.clear()
                 progress(rows)
         if pending:
-            writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * ROW_GROUP_ROWS)
+            writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * group_rows)
         writer.add_key_value_metadata({"tlc.rows": str(rows)})
     return rows
 

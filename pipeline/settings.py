@@ -125,6 +125,14 @@ class lake(luigi.Config):
     root = luigi.Parameter(default="data/lake", description="The data lake: a local directory, or gs://bucket/prefix")
 
 
+class parquet(luigi.Config):
+    row_group_rows = luigi.IntParameter(
+        default=256 * 1024,
+        description="Rows per row group in the Parquet files ToParquet writes (at least this many, but the last): bigger "
+        "groups compress and scan better, smaller ones hold less in memory while writing",
+    )
+
+
 class gcs(luigi.Config):
     """Google Cloud Storage, for a gs:// lake. Credentials are Application Default Credentials
     (GOOGLE_APPLICATION_CREDENTIALS, `gcloud auth application-default login`), never a setting."""

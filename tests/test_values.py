@@ -138,3 +138,15 @@ def test_the_recorded_sha256_and_size_are_those_of_the_file_as_served(workspace,
     assert record["sha256"] == hashlib.sha256(served).hexdigest() and record["size"] == len(served)
     assert footer["tlc.source_sha256"] == record["sha256"] and footer["tlc.source_size"] == str(len(served))
     assert footer["tlc.source_url"] == f"{http_server}/releases/yellow/yellow_tripdata_2021-01.csv.gz"
+
+
+def test_a_month_written_in_many_row_groups_keeps_every_value(workspace, run, mirror_files):
+    # Small groups, so that the flush every real month takes (256k rows a group) runs here too.
+    with configured({("parquet", "row_group_rows"): "1000"}):
+        assert not run(IngestMonth(service="yellow", month=month("2021-01"))).failures
+
+    groups = pq.ParquetFile(lake_path(SERVICES["yellow"], month("2021-01"))).metadata.num_row_groups
+    assert groups >= 22792 // 2000
+    assert_same_rows(
+        lake_rows("yellow", "2021-01"), truth_of_csv("yellow", mirror_files["yellow/yellow_tripdata_2021-01.csv.gz"]), "lake file"
+    )
