@@ -66,6 +66,10 @@ class PostgresError(RuntimeError):
     """The Postgres warehouse cannot take the data; the message says what and where."""
 
 
+class CountMismatch(PostgresError):
+    """A month's load holds another row count than the lake file records: rolled back."""
+
+
 def identifier(name: str, what: str) -> str:
     """A validated, double-quoted identifier. Validation leaves no quote or space to escape,
     so a setting can never reach the SQL as anything but a name."""
@@ -253,9 +257,9 @@ class Warehouse:
             cur.execute(f"SELECT count(*) FROM {self.qualified(loading)}")
             held = cur.fetchone()[0]
             if not held == copied == expected:
-                raise PostgresError(
+                raise CountMismatch(
                     f"{self.name} holds {held} rows for {month_str or 'the zones'} after COPY "
-                    f"reported {copied}; the Parquet file {parquet} has {expected}"
+                    f"reported {copied}; the lake file records {expected}"
                 )
             PostgresMarker(self.svc.name, month).touch(cur, held, source.source_sha256, source.source_url)
         return held
@@ -377,8 +381,8 @@ class LoadPostgres(SourcePin, DatasetTask):
             rows = warehouse.load(
                 conn, self.month, parquet, record, lambda done, total: self.report(done, total, f"copied {done:,} of {total:,} rows")
             )
-        except Error as e:
-            reason = _reason(e)
+        except (Error, CountMismatch) as e:
+            reason = str(e) if isinstance(e, CountMismatch) else _reason(e)
             if "lock timeout" in reason:
                 reason = (
                     f"other sessions were using {warehouse.name} for more than [postgres] lock_timeout "
