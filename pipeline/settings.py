@@ -85,7 +85,10 @@ def load(cwd: Path | None = None) -> None:
     """Read the settings files in their order (see the module's docstring) into luigi's
     configuration, with the relative paths they set made absolute."""
     if not EMBEDDED.is_file():
-        raise ProfileNotFound(f"{HOME_VARIABLE}={HOME}: no luigi.cfg there (the project folder holds it)")
+        raise ProfileNotFound(
+            f"no luigi.cfg in {HOME}: run from the project folder (the checkout, which holds luigi.cfg and config/), "
+            f"or name it in {HOME_VARIABLE}"
+        )
     found = profiles(os.environ.get("LUIGI_CONFIG_PATH", ""), cwd or Path.cwd())
     LuigiConfigParser._config_paths[:] = [str(EMBEDDED), *_LUIGIS, *map(str, found)]
     LuigiConfigParser.reload()

@@ -152,3 +152,10 @@ def test_every_output_has_a_readable_name_for_logs(workspace):
         for target in flatten(step(service="yellow", month=month).output()):
             name = str(target)
             assert " object at 0x" not in name and ("2021-01" in name or "yellow" in name), (step, name)
+
+
+def test_a_project_folder_without_luigi_cfg_is_refused_by_name(tmp_path):
+    out = cli("IngestZones", "--local-scheduler", env={"NYC_TLC_HOME": str(tmp_path)}, cwd=tmp_path)
+
+    assert out.returncode == 2
+    assert f"no luigi.cfg in {tmp_path}: run from the project folder" in out.stderr and "Traceback" not in out.stderr
