@@ -81,6 +81,8 @@ NOT_RUN = {
     "gcloud auth application-default login": "needs a Google account; the GCS tests use the emulators' credentials",
     "export GOOGLE_APPLICATION_CREDENTIALS=/path/to/service-account.json": "needs a Google service account",
     "pip install -e '.[scheduler]'": "the test extra already installs what the scheduler extra adds",
+    ".venv/bin/ruff check .": ".ci/run runs it before the tests, as written",
+    ".venv/bin/ruff format --check .": ".ci/run runs it before the tests, as written",
     **{command: "a benchmark takes minutes; each one's --help is run here" for command in BENCH_HELP},
 }
 COMMAND = re.compile(r"((?:[A-Z_]+=\S+ )*(?:luigi|luigid|python3?|mkdir|cd|\.venv/bin/\S+|\.|export|psql|gcloud|pip)(?: .*)?)$")
