@@ -42,9 +42,9 @@ EMBEDDED = HOME / "luigi.cfg"
 PATHS = (("core", "logging_conf_file"), ("core", "lock_pid_dir"), ("lake", "root"), ("ingest", "staging"), ("duckdb", "path"))
 
 
-class ProfileNotFound(SystemExit):
-    """LUIGI_CONFIG_PATH names a file that is not there: the command would silently run on other
-    settings. A SystemExit, so that luigi's command line ends with this one line (exit 2, as for
+class SettingsNotFound(SystemExit):
+    """A settings file that must be there is not (the project folder's luigi.cfg, a profile
+    LUIGI_CONFIG_PATH names): the command would silently run on other settings. A SystemExit, so that luigi's command line ends with this one line (exit 2, as for
     any other command-line mistake) instead of a traceback."""
 
     def __init__(self, message: str):
@@ -58,7 +58,7 @@ def profiles(value: str, cwd: Path) -> list[Path]:
     for name in filter(None, value.split(os.pathsep)):
         path = next((p for p in (cwd / name, HOME / name) if p.is_file()), None)
         if path is None:
-            raise ProfileNotFound(f"LUIGI_CONFIG_PATH: no settings file {name} (looked in {cwd} and {HOME})")
+            raise SettingsNotFound(f"LUIGI_CONFIG_PATH: no settings file {name} (looked in {cwd} and {HOME})")
         found.append(path.resolve())
     return found
 
@@ -85,7 +85,7 @@ def load(cwd: Path | None = None) -> None:
     """Read the settings files in their order (see the module's docstring) into luigi's
     configuration, with the relative paths they set made absolute."""
     if not EMBEDDED.is_file():
-        raise ProfileNotFound(
+        raise SettingsNotFound(
             f"no luigi.cfg in {HOME}: run from the project folder (the checkout, which holds luigi.cfg and config/), "
             f"or name it in {HOME_VARIABLE}"
         )
