@@ -44,8 +44,9 @@ PATHS = (("core", "logging_conf_file"), ("core", "lock_pid_dir"), ("lake", "root
 
 class SettingsNotFound(SystemExit):
     """A settings file that must be there is not (the project folder's luigi.cfg, a profile
-    LUIGI_CONFIG_PATH names): the command would silently run on other settings. A SystemExit, so that luigi's command line ends with this one line (exit 2, as for
-    any other command-line mistake) instead of a traceback."""
+    LUIGI_CONFIG_PATH names): the command would silently run on other settings. A SystemExit, so
+    that luigi's command line ends with this one line (exit 2, as for any other command-line
+    mistake) instead of a traceback."""
 
     def __init__(self, message: str):
         print(message, file=sys.stderr)

@@ -150,3 +150,38 @@ def test_a_month_written_in_many_row_groups_keeps_every_value(workspace, run, mi
     assert_same_rows(
         lake_rows("yellow", "2021-01"), truth_of_csv("yellow", mirror_files["yellow/yellow_tripdata_2021-01.csv.gz"]), "lake file"
     )
+
+
+TLC_MONTHS = [
+    ("yellow", "2021-02"),
+    ("yellow", "2020-10"),
+    ("yellow", "2023-03"),
+    ("yellow", "2025-01"),
+    ("green", "2024-01"),
+    ("fhv", "2019-02"),
+    ("fhvhv", "2021-06"),
+]
+
+
+@pytest.mark.parametrize("service,m", TLC_MONTHS, ids=[f"{s}-{m}" for s, m in TLC_MONTHS])
+def test_every_value_of_each_eras_tlc_parquet_month_arrives_in_the_lake_duckdb_and_postgres(
+    workspace, pg, run, mirror, http_server, service, m
+):
+    # Each era's physical types and spellings (tests/tlc_parquet.py), served as the TLC serves them.
+    with configured({("ingest", "sinks"): "duckdb,postgres", ("source", "kind"): "tlc", ("source", "base_url"): f"{http_server}/tlc"}):
+        assert not run(IngestMonth(service=service, month=month(m))).failures
+    truth = truth_of_parquet(service, mirror / "tlc" / "trip-data" / f"{service}_tripdata_{m}.parquet")
+
+    assert_same_rows(lake_rows(service, m), truth, "lake file")
+    assert_same_rows(duckdb_rows(workspace, service, m), truth, "DuckDB view")
+    assert_same_rows(postgres_rows(pg, service, m), truth, "Postgres table", ordered=False)
+
+
+def test_every_value_of_the_tlc_zone_lookup_arrives(workspace, pg, run, mirror, http_server):
+    with configured({("ingest", "sinks"): "duckdb,postgres", ("source", "kind"): "tlc", ("source", "base_url"): f"{http_server}/tlc"}):
+        assert not run(IngestZones()).failures
+    truth = truth_of_csv("zones", (mirror / "tlc" / "misc" / "taxi+_zone_lookup.csv").read_bytes())
+
+    assert_same_rows(lake_rows("zones", None), truth, "lake file")
+    assert_same_rows(duckdb_rows(workspace, "zones", None), truth, "DuckDB view")
+    assert_same_rows(postgres_rows(pg, "zones", None), truth, "Postgres table", ordered=False)
