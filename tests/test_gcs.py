@@ -16,6 +16,7 @@ from pipeline.convert import ToParquet
 from pipeline.download import Download
 from pipeline.lake import LakeFile
 from pipeline.targets.gcs import GCSError, GCSFileSystem, GCSTarget, crc32c_of
+from pipeline.targets.gcs import client as gcs_client
 
 from conftest import configured
 from mirror import data_rows, month
@@ -59,7 +60,14 @@ def test_the_target_reads_lists_checks_in_bulk_and_removes(gcs, run):
     fs = GCSFileSystem()
     yellow = [LakeFile(service="yellow", month=month(m)).output().path for m in ("2019-03", "2020-01", "2020-07", "2021-01")]
 
-    assert fs.existing(yellow) == {yellow[1], yellow[3]}  # one listing for all four months
+    requests = []  # every HTTP request the storage client sends (observed, not changed)
+    hook = lambda response, *args, **kwargs: requests.append((response.request.method, response.request.path_url))  # noqa: E731
+    gcs_client()._http.hooks["response"].append(hook)
+    try:
+        assert fs.existing(yellow) == {yellow[1], yellow[3]}
+    finally:
+        gcs_client()._http.hooks["response"].remove(hook)
+    assert len(requests) == 1 and requests[0][0] == "GET" and "/o?" in requests[0][1]  # one listing for all four months
     assert sorted(fs.listdir(f"{gcs.lake}/yellow")) == sorted([yellow[1], yellow[3]])
     target = GCSTarget(yellow[3])
     with target.open("r") as f:
