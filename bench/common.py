@@ -47,7 +47,6 @@ def build_tlc_month(rows: int, row_group_rows: int = 1 << 20) -> Path:
     pyarrow's default row groups of 1Mi rows. The rows are the real 2021-01 sample, repeated."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
 
     path = CACHE / f"yellow_tripdata_{rows}.parquet"
     if path.exists():
@@ -70,6 +69,35 @@ def build_tlc_month(rows: int, row_group_rows: int = 1 << 20) -> Path:
         ),
     )
     sample = sample.append_column("airport_fee", pa.array([0.0] * sample.num_rows, f64))
+    return _write_repeated(path, sample, rows, row_group_rows)
+
+
+def build_fhvhv_month(rows: int, row_group_rows: int = 1 << 20) -> Path:
+    """An fhvhv month of ``rows`` rows as the TLC publishes it: Parquet, its 24 columns, row groups
+    of 1Mi rows. The rows are the tests' fhvhv 2021-06 fixture (the real sample's trips in the
+    TLC's layout, tests/tlc_parquet.py), repeated."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import mirror
+    import tlc_parquet
+
+    path = CACHE / f"fhvhv_tripdata_{rows}.parquet"
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    sample = pq.read_table(io.BytesIO(tlc_parquet.build(mirror.files())["trip-data/fhvhv_tripdata_2021-06.parquet"]))
+    return _write_repeated(path, sample, rows, row_group_rows)
+
+
+def _write_repeated(path: Path, sample, rows: int, row_group_rows: int) -> Path:
+    """``sample``'s rows repeated to ``rows`` rows, written to ``path`` in row groups of
+    ``row_group_rows`` (one group in memory at a time)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     group = pa.concat_tables([sample] * (row_group_rows // sample.num_rows + 1)).slice(0, row_group_rows)
     tmp = path.with_suffix(".tmp")
     with pq.ParquetWriter(tmp, group.schema) as writer:
@@ -87,8 +115,19 @@ def measure(approach: Callable[[], tuple[int, dict]]) -> None:
     started = time.perf_counter()
     rows, steps = approach()
     seconds = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(json.dumps({"rows": rows, "seconds": seconds, "peak_mb": peak_mb, "steps": steps}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set since it started its program: /proc's VmHWM. (getrusage's
+    ru_maxrss survives exec on Linux, so a child would report its parent's peak when that is
+    higher, as it is after the parent built a month.)"""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
 
 
 def run_child(script: str, name: str, args: list[str], env: dict | None = None) -> dict:

@@ -21,6 +21,11 @@ so on, 1Mi-row row groups), and the references are pyarrow.parquet.read_table + 
 catalog schema + write_table, and DuckDB's COPY of read_parquet:
 
     python bench/parquet_step.py --source tlc --rows 7667792
+
+With --service fhvhv the TLC month is shaped like fhvhv's (24 columns; its biggest months hold
+about 20M rows), to show that memory stays flat at that size:
+
+    python bench/parquet_step.py --source tlc --service fhvhv --rows 20000000
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CACHE, DEFAULT_ROWS, MONTH, build_month, build_tlc_month, measure, report, run_child
+from common import CACHE, DEFAULT_ROWS, MONTH, build_fhvhv_month, build_month, build_tlc_month, measure, report, run_child
 
 
 def run_pipeline(src: Path, work: Path) -> tuple[int, dict]:
@@ -44,15 +49,16 @@ def run_pipeline(src: Path, work: Path) -> tuple[int, dict]:
     from pipeline.lake import parquet_record
 
     kind = "tlc" if src.suffix == ".parquet" else "releases"
+    service = service_of(src)
     month = luigi.date_interval.Month.parse(MONTH).date_a
-    published = work / "mirror" / catalog.SOURCES[kind].path(catalog.YELLOW, month)
+    published = work / "mirror" / catalog.SOURCES[kind].path(catalog.SERVICES[service], month)
     published.parent.mkdir(parents=True)
     published.symlink_to(src)
     config = luigi.configuration.get_config()
     config.set("source", "kind", kind)
     config.set("source", "base_url", (work / "mirror").as_uri())
     config.set("ingest", "staging", str(work / "staging"))
-    params = {"service": "yellow", "month": month}
+    params = {"service": service, "month": month}
     steps = {}
     for step in (Download, ToParquet):  # one at a time, to time each step
         started = time.perf_counter()
@@ -68,9 +74,13 @@ def run_reference(src: Path, work: Path) -> tuple[int, dict]:
 
     from pipeline import catalog
 
-    if src.suffix == ".parquet":  # read it all, make it the catalog's schema, write it
+    if src.suffix == ".parquet":  # read it all, make it the catalog's schema (the columns it has), write it
+        import pyarrow as pa
+
         table = pq.read_table(src)
-        table = table.select(catalog.YELLOW.schema.names[:-1]).cast(catalog.YELLOW.schema.remove(len(catalog.YELLOW.schema) - 1))
+        by_key = {name.lower(): name for name in table.column_names}
+        fields = [f for f in catalog.SERVICES[service_of(src)].schema if f.name.lower() in by_key]
+        table = table.select([by_key[f.name.lower()] for f in fields]).rename_columns([f.name for f in fields]).cast(pa.schema(fields))
     else:
         table = pacsv.read_csv(src)
     pq.write_table(table, work / "reference.parquet")
@@ -87,6 +97,10 @@ def run_duckdb(src: Path, work: Path) -> tuple[int, dict]:
     return con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0], {}
 
 
+def service_of(src: Path) -> str:
+    return src.name.split("_")[0]  # yellow_tripdata_1369765.csv.gz
+
+
 APPROACHES = {"pipeline": run_pipeline, "reference": run_reference, "duckdb": run_duckdb}
 
 
@@ -99,6 +113,12 @@ def main() -> None:
         default="releases",
         help="the month as the releases' csv.gz (default) or as the TLC's Parquet",
     )
+    parser.add_argument(
+        "--service",
+        choices=["yellow", "fhvhv"],
+        default="yellow",
+        help="fhvhv (with --source tlc): a month shaped like fhvhv's, 24 columns (try --rows 20000000)",
+    )
     parser.add_argument("--only", choices=list(APPROACHES), action="append", help="run only these (repeatable)")
     parser.add_argument("--child", choices=list(APPROACHES), help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
@@ -107,7 +127,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=CACHE) as work:
             return measure(lambda: APPROACHES[args.child](args.src, Path(work)))
 
-    src = build_tlc_month(args.rows) if args.source == "tlc" else build_month(args.rows)
+    if args.service == "fhvhv" and args.source != "tlc":
+        parser.error("--service fhvhv is a TLC Parquet month: add --source tlc")
+    if args.service == "fhvhv":
+        src = build_fhvhv_month(args.rows)
+    else:
+        src = build_tlc_month(args.rows) if args.source == "tlc" else build_month(args.rows)
     print(f"month: {src.name}, {args.rows:,} rows, {src.stat().st_size / 1e6:.1f} MB")
     results = {name: run_child(__file__, name, ["--src", str(src)]) for name in args.only or list(APPROACHES)}
     report(results, args.rows)
