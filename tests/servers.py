@@ -103,20 +103,22 @@ class CuttingProxy:
     """A TCP proxy on 127.0.0.1 in front of a server. A client connection that sends more than
     ``cut_after`` bytes is dropped on both sides at that point, the way a network failure or a
     killed server cuts a load in the middle. Smaller connections pass untouched, and with
-    ``cut_after`` None every connection does. `reset()` changes the limit while the proxy runs."""
+    ``cut_after`` None every connection does. With ``flip_at``, the byte at that offset of each
+    client connection is inverted on its way, as a faulty link or NIC would garble it. `reset()`
+    changes both while the proxy runs."""
 
     def __init__(self, target_port: int, cut_after: Optional[int] = None):
-        self.target_port, self.cut_after = target_port, cut_after
+        self.target_port, self.cut_after, self.flip_at = target_port, cut_after, None
         self.cuts = 0
         self._open: set[socket.socket] = set()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def reset(self, cut_after: Optional[int]) -> None:
+    def reset(self, cut_after: Optional[int], flip_at: Optional[int] = None) -> None:
         """A new limit, for new connections: open ones (a client's pooled keep-alive
         connections) are closed, so the client reconnects under the new limit."""
-        self.cut_after = cut_after
+        self.cut_after, self.flip_at = cut_after, flip_at
         for s in list(self._open):
             self._close(s)
 
@@ -128,16 +130,19 @@ class CuttingProxy:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             self._open.update((client, upstream))
-            threading.Thread(target=self._pipe, args=(client, upstream, self.cut_after), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(client, upstream, self.cut_after, self.flip_at), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, None, None), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, limit: Optional[int]) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, limit: Optional[int], flip_at: Optional[int]) -> None:
         sent = 0
         try:
             while data := src.recv(65536):
                 if limit is not None and sent + len(data) > limit:
                     self.cuts += 1
                     break
+                if flip_at is not None and sent <= flip_at < sent + len(data):
+                    i = flip_at - sent
+                    data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
                 dst.sendall(data)
                 sent += len(data)
         except OSError:

@@ -173,3 +173,34 @@ def test_every_gcs_call_is_bounded_by_the_gcs_settings(gcs, monkeypatch):
                 call()
             assert time.monotonic() - started < 10, call  # the client's own default gives up after 120 s
             assert f"gs://{gcs.name}/lake/green/month=2019-01/" in str(error.value)
+
+
+def test_an_upload_garbled_on_the_wire_is_refused_and_removed_so_nothing_counts_as_done(gcs, run):
+    assert not run(ToParquet(service="yellow", month=month("2021-01"))).failures
+    local = ToParquet(service="yellow", month=month("2021-01")).output().path
+    gcs.server["proxy"].reset(cut_after=None, flip_at=100_000)  # a byte of the file's data inverted
+
+    error = run(LakeFile(service="yellow", month=month("2021-01"))).failures["LakeFile"]
+
+    gcs.server["proxy"].reset(cut_after=None)
+    url = f"{gcs.lake}/yellow/month=2021-01/yellow_tripdata_2021-01.parquet"
+    assert isinstance(error, GCSError) and str(error).startswith(f"uploading to {url}: the object's crc32c ")
+    assert f"is not the local file's {crc32c_of(local)} ({local}): the upload was garbled on its way" in str(error)
+    assert str(error).endswith("so the object was removed; the next run uploads it again")
+    assert gcs.objects() == {} and not LakeFile(service="yellow", month=month("2021-01")).complete()
+    assert not run(LakeFile(service="yellow", month=month("2021-01"))).failures
+    assert gcs.objects()["lake/yellow/month=2021-01/yellow_tripdata_2021-01.parquet"].crc32c == crc32c_of(local)
+
+
+def test_a_big_upload_garbled_on_the_wire_is_refused_and_removed(gcs, tmp_path):
+    big = tmp_path / "big.parquet"
+    big.write_bytes(os.urandom(9 * 1024 * 1024 + 1000))  # resumable, chunk by chunk
+    url = f"{gcs.lake}/yellow/month=2019-01/yellow_tripdata_2019-01.parquet"
+    gcs.server["proxy"].reset(cut_after=None, flip_at=3 * 1024 * 1024)
+
+    with configured({("gcs", "chunk_size_kib"): "1024"}), pytest.raises(GCSError) as error:
+        GCSTarget(url).upload(str(big), {"rows": "1"})
+
+    gcs.server["proxy"].reset(cut_after=None)
+    assert str(error.value).startswith(f"uploading to {url}: ") and "garbled" in str(error.value)
+    assert gcs.objects() == {}

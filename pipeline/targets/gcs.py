@@ -25,7 +25,7 @@ import io
 import logging
 import os
 import posixpath
-from typing import TYPE_CHECKING, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Iterable, Iterator, NoReturn, Optional
 
 import google_crc32c
 import luigi
@@ -154,16 +154,36 @@ class GCSFileSystem(luigi.target.FileSystem):
         blob = self._blob(url)
         blob.chunk_size = cfg.chunk_size_kib * 1024  # resumable, chunk by chunk
         blob.metadata = metadata
+        from google.cloud.storage.exceptions import DataCorruption
+
         local_crc = crc32c_of(local_path)
         with _named(url, "uploading to"):
-            blob.upload_from_filename(local_path, content_type="application/vnd.apache.parquet", checksum="crc32c", **bounded())
+            try:
+                blob.upload_from_filename(local_path, content_type="application/vnd.apache.parquet", checksum="crc32c", **bounded())
+            except DataCorruption as e:  # a resumable upload, checked by the client: the object is there, garbled
+                self._remove_garbled(url, f"uploading to {url}: {e} ({local_path}): the upload was garbled on its way")
+            uploaded = blob.generation
             blob.reload(**bounded())
         if blob.crc32c != local_crc:
-            raise GCSError(
-                f"uploading to {url}: the object's crc32c {blob.crc32c} is not the local file's "
-                f"{local_crc} ({local_path}); the upload was corrupted"
+            if blob.generation != uploaded:
+                raise GCSError(
+                    f"uploading to {url}: another writer replaced the object (generation {blob.generation}, ours "
+                    f"{uploaded}) before its checksum was read; run again"
+                )
+            self._remove_garbled(
+                url,
+                f"uploading to {url}: the object's crc32c {blob.crc32c} is not the local file's {local_crc} "
+                f"({local_path}): the upload was garbled on its way",
+                uploaded,
             )
         return blob
+
+    def _remove_garbled(self, url: str, why: str, generation: Optional[int] = None) -> NoReturn:
+        """An object that is not the file must not stay under its name, where it would count as
+        done: removed (only that generation of it, when known, never a newer writer's)."""
+        with _named(url, "removing the garbled upload"), contextlib.suppress(gexc.NotFound):  # not there: nothing to remove
+            self._blob(url).delete(if_generation_match=generation, **bounded())
+        raise GCSError(f"{why}, so the object was removed; the next run uploads it again")
 
     def stat(self, url: str) -> storage.Blob:
         """The object with its size, checksums and metadata."""
