@@ -83,6 +83,13 @@ def workspace(tmp_path, http_server):
         yield tmp_path
 
 
+@pytest.fixture
+def range_source(workspace, http_server):
+    """The workspace, downloading from the mirror of consecutive months (mirror.RANGE_MONTHS)."""
+    set_source(f"{http_server}/range")
+    return workspace
+
+
 # The test server's password: it must reach libpq through PGPASSWORD only, and never show
 # anywhere else (the tests look for it in logs and messages).
 PG_PASSWORD = "pg-secret-7f3a9c"

@@ -19,15 +19,9 @@ from pipeline.backfill import PublishedMonths
 from pipeline.lake import LakeFile
 from pipeline.warehouses import duckdb_views
 
-from conftest import configured, set_source
+from conftest import configured
 from mirror import RANGE_MONTHS, data_rows, month
 from servers import MirrorHandler
-
-
-@pytest.fixture
-def range_source(workspace, http_server):
-    set_source(f"{http_server}/range")
-    return workspace
 
 
 def counts(path) -> dict[tuple[str, str], int]:

@@ -55,6 +55,17 @@ class MonthMarker(luigi.Target):
         source file it was loaded from ("" where unknown), in one call."""
         raise NotImplementedError
 
+    @classmethod
+    def marked_rows(cls, where: Hashable) -> dict[tuple[str, str], int]:
+        """Every (service, month) the marker table at ``where`` records, with its row count."""
+        raise NotImplementedError
+
+    @classmethod
+    def counted_rows(cls, where: Hashable, service: str) -> dict[str, int]:
+        """The rows the warehouse itself holds for each month of ``service`` ("" for the zones),
+        counted there (the coverage report's --verify)."""
+        raise NotImplementedError
+
     def touch(self, connection, rows: int, source_sha256: str, source_url: str) -> None:
         """Write this month's marker row (in place of an earlier one) through ``connection``, inside
         the caller's transaction where the warehouse has one."""

@@ -216,6 +216,23 @@ class BigQueryMarker(MonthMarker):
     def recorded(cls, where: None) -> dict[tuple[str, str], str]:
         return exposed(client())
 
+    @classmethod
+    def marked_rows(cls, where: None) -> dict[tuple[str, str], int]:
+        client_ = client()
+        wanted = [field for field in marker_schema() if field.name in ("service", "month", "rows")]
+        with _named(f"marker table {marker_table_id(client_)}"):
+            try:
+                return {
+                    (row["service"], row["month"]): row["rows"]
+                    for row in client_.list_rows(marker_table_id(client_), selected_fields=wanted)
+                }
+            except gexc.NotFound:
+                return {}
+
+    @classmethod
+    def counted_rows(cls, where: None, service: str) -> dict[str, int]:
+        raise BigQueryError("counting rows in BigQuery itself is a billed query job; the report takes its markers only")
+
     def touch(self, connection: bq.Client, rows: int, source_sha256: str, source_url: str) -> None:
         """One MERGE (BigQuery has no transaction to join): one row per month however often it
         runs. A marker table of an earlier version gets the columns it lacks first."""

@@ -92,6 +92,16 @@ class DuckDBMarker(MonthMarker):
     def recorded(cls, where: str) -> dict[tuple[str, str], str]:
         return _exposed(where)
 
+    @classmethod
+    def marked_rows(cls, where: str) -> dict[tuple[str, str], int]:
+        return dict(((s, m), n) for s, m, n in _read(where, f"SELECT service, month, rows FROM {MARKER_TABLE}"))
+
+    @classmethod
+    def counted_rows(cls, where: str, service: str) -> dict[str, int]:
+        svc = catalog.SERVICES[service]
+        month = PARTITION_KEY if svc.monthly else "''"
+        return dict(_read(where, f'SELECT {month}, count(*) FROM "{svc.table}" GROUP BY 1'))
+
     def touch(self, connection: duckdb.DuckDBPyConnection, rows: int, source_sha256: str, source_url: str) -> None:
         columns = ", ".join(f"{name} {MARKER_TYPES[kind]}" for name, kind in MARKER_COLUMNS)
         connection.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} ({columns}, PRIMARY KEY (service, month))")
@@ -101,6 +111,20 @@ class DuckDBMarker(MonthMarker):
             f"INSERT OR REPLACE INTO {MARKER_TABLE} ({', '.join(WRITTEN)}, marked_at) VALUES ({', '.join('?' * len(WRITTEN))}, now())",
             self.values(rows, source_sha256, source_url),
         )
+
+
+def _read(path: str, sql: str) -> list[tuple]:
+    """The rows of ``sql`` in the warehouse file, read-only; none where the file or the table is
+    not there yet."""
+    if not os.path.exists(path):
+        return []
+    con = _connect(path, read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    except duckdb.CatalogException:
+        return []
+    finally:
+        con.close()
 
 
 def _exposed(path: str) -> dict[tuple[str, str], str]:

@@ -315,6 +315,17 @@ class PostgresMarker(MonthMarker):
     def recorded(cls, where: None) -> dict[tuple[str, str], str]:
         return loaded()
 
+    @classmethod
+    def marked_rows(cls, where: None) -> dict[tuple[str, str], int]:
+        return dict(((s, m), n) for s, m, n in _query(MARKER_TABLE, f"SELECT service, month, rows FROM {cls.table()}"))
+
+    @classmethod
+    def counted_rows(cls, where: None, service: str) -> dict[str, int]:
+        svc = catalog.SERVICES[service]
+        table = f"{identifier(settings.postgres().schema, '[postgres] schema')}.{identifier(svc.table, 'table')}"
+        month = f"to_char({MONTH_COLUMN}, 'YYYY-MM')" if svc.monthly else "''"
+        return dict(_query(svc.table, f"SELECT {month}, count(*) FROM {table} GROUP BY 1"))
+
     @staticmethod
     def table() -> str:
         return f"{identifier(settings.postgres().schema, '[postgres] schema')}.{identifier(MARKER_TABLE, 'table')}"
@@ -342,6 +353,16 @@ class PostgresMarker(MonthMarker):
             f"ON CONFLICT (service, month) DO UPDATE SET {updates}, marked_at = now()",
             self.values(rows, source_sha256, source_url),
         )
+
+
+def _query(table: str, sql: str) -> list[tuple]:
+    """The rows of ``sql``, none where ``table`` is not in the schema yet."""
+    with contextlib.closing(connect()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", [settings.postgres().schema, table])
+        if not cur.fetchone()[0]:
+            return []
+        cur.execute(sql)
+        return cur.fetchall()
 
 
 def loaded() -> dict[tuple[str, str], str]:

@@ -1,0 +1,191 @@
+"""The coverage report: for services and a range of months, where each month is and whether the
+counts agree, from what the pipeline recorded (no download, nothing re-read from the source).
+
+    python -m pipeline.report --services yellow,green,zones --first 2019-01 --last 2021-07 [--verify] [--png FILE]
+
+Per month and service it shows the source file's size as recorded at download, the rows of the
+Parquet file in staging and of the lake file (its record), and the rows each configured
+warehouse's marker records; with --verify also the rows counted in DuckDB and Postgres
+themselves. A month is `ok` when every place has it with the same count, `missing` when the lake
+or a warehouse lacks a month another place has, `differs` when two counts disagree. The exit code
+is 1 when any month is missing or differs (so cron can run it after a backfill), else 0; a month
+that is nowhere yet is not a problem. --png draws the grid (months x services, coloured by state,
+rows as bars); it needs the `report` extra (matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Optional
+
+from pipeline import catalog, settings
+from pipeline.dataset_task import DatasetTask
+from pipeline.download import Download
+from pipeline.lake import lake_path, lake_target, parquet_record
+from pipeline.params import Month, Services, UsageError
+
+
+@dataclasses.dataclass
+class Line:
+    service: str
+    month: str  # "" for the zones
+    source_size: str = ""
+    counts: dict[str, Optional[int]] = dataclasses.field(default_factory=dict)  # place -> rows (None: not there)
+
+    @property
+    def state(self) -> str:
+        present = [n for n in self.counts.values() if n is not None]
+        if not present:
+            return "nowhere"
+        if len(present) < len(self.counts):
+            return "missing"
+        return "ok" if len(set(present)) == 1 else "differs"
+
+
+def places(verify: bool) -> list[str]:
+    sinks = settings.ingest().sink_names()
+    return ["staged", "lake", *sinks, *(f"{sink} counted" for sink in sinks if verify and sink != "bigquery")]
+
+
+def staged_rows(task: DatasetTask) -> Optional[int]:
+    from pipeline.convert import ToParquet
+
+    path = ToParquet(**task.param_kwargs).output().path
+    try:
+        return parquet_record(path).rows
+    except OSError:
+        return None
+
+
+def recorded_size(task: DatasetTask, lake) -> str:
+    """The source file's size as the pipeline recorded it: the lake file's record, else the
+    download's."""
+    if lake is not None and lake.source_size:
+        return lake.source_size
+    meta = Download(**task.param_kwargs).output()["meta"]
+    if meta.exists():
+        with meta.open() as f:
+            return str(json.load(f).get("size", ""))
+    return ""
+
+
+def report(services: list[str], months: list, verify: bool) -> list[Line]:
+    from pipeline.flows import SINKS
+
+    sinks = settings.ingest().sink_names()
+    # Each sink's marker, for where its marker table is: the zones' stands for every month's.
+    markers = {sink: SINKS[sink](service="zones").output() for sink in sinks}
+    marked = {sink: type(m).marked_rows(m.where()) for sink, m in markers.items()}
+    counted = {
+        sink: {service: type(m).counted_rows(m.where(), service) for service in services}
+        for sink, m in markers.items()
+        if verify and sink != "bigquery"
+    }
+    lines = []
+    for service in services:
+        svc = catalog.SERVICES[service]
+        for month in months if svc.monthly else [None]:
+            task = Download(service=service, month=month)
+            key = catalog.month_str(month) if month else ""
+            target = lake_target(lake_path(svc, month))
+            lake = target.record() if target.exists() else None
+            line = Line(service, key, recorded_size(task, lake))
+            line.counts["staged"] = staged_rows(task)
+            line.counts["lake"] = lake.rows if lake else None
+            for sink in sinks:
+                line.counts[sink] = marked[sink].get((service, key))
+            for sink, by_service in counted.items():
+                line.counts[f"{sink} counted"] = by_service[service].get(key)
+            if line.counts["staged"] is None:  # staging is a work area: cleaning it loses nothing
+                del line.counts["staged"]
+            lines.append(line)
+    return lines
+
+
+def table(lines: list[Line], verify: bool) -> str:
+    columns = ["service", "month", "source bytes", *places(verify), "state"]
+    rows = [
+        [line.service, line.month or "-", line.source_size or "-"]
+        + [f"{line.counts[p]:,}" if line.counts.get(p) is not None else ("-" if p in line.counts else "") for p in places(verify)]
+        + [line.state]
+        for line in lines
+    ]
+    widths = [max(len(str(x)) for x in column) for column in zip(columns, *rows)]
+    return "\n".join("  ".join(str(x).rjust(w) for x, w in zip(row, widths)) for row in [columns, *rows])
+
+
+COLOURS = {"ok": "#4caf50", "missing": "#ffb300", "differs": "#e53935", "nowhere": "#e0e0e0"}
+
+
+def picture(lines: list[Line], path: str) -> None:
+    """The grid: one column a month, one row a service, coloured by state, with the lake's rows
+    as a bar in each cell."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch, Rectangle
+    except ImportError:
+        raise UsageError("--png needs matplotlib: pip install -e '.[report]'") from None
+    services = list(dict.fromkeys(line.service for line in lines))
+    months = sorted({line.month for line in lines if line.month})
+    most = max((n for line in lines for n in line.counts.values() if n), default=1)
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(months) + 2), 0.7 * len(services) + 1.5))
+    for line in lines:
+        y = services.index(line.service)
+        xs = [months.index(line.month)] if line.month else range(len(months) or 1)
+        for x in xs:
+            ax.add_patch(Rectangle((x, y), 0.95, 0.9, color=COLOURS[line.state]))
+            rows = line.counts.get("lake") or 0
+            if rows:  # from the cell's foot up (the y axis is inverted)
+                height = 0.7 * rows / most
+                ax.add_patch(Rectangle((x + 0.1, y + 0.8 - height), 0.15, height, color="#263238"))
+    ax.set_xlim(0, max(len(months), 1))
+    ax.set_ylim(0, len(services))
+    ax.set_xticks([i + 0.5 for i in range(len(months))], months, rotation=90, fontsize=7)
+    ax.set_yticks([i + 0.45 for i in range(len(services))], services)
+    ax.invert_yaxis()  # the first service on top
+    ax.legend(handles=[Patch(color=c, label=s) for s, c in COLOURS.items()], loc="upper left", bbox_to_anchor=(1, 1), fontsize=8)
+    ax.set_title("Where each month is (bar: rows in the lake)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--services", type=Services().check, default=",".join(catalog.SERVICES), help="comma-separated, zones included")
+    parser.add_argument("--first", type=Month().check, required=True, help="YYYY-MM, included")
+    parser.add_argument("--last", type=Month().check, required=True, help="YYYY-MM, included")
+    parser.add_argument("--verify", action="store_true", help="also count the rows in DuckDB and Postgres themselves")
+    parser.add_argument("--png", help="write the grid to this PNG file (needs the report extra)")
+    args = parser.parse_args(argv)
+    from dateutil.relativedelta import relativedelta
+
+    from pipeline.backfill import months_between
+
+    first, last = Month().parse(args.first), Month().parse(args.last)
+    if first > last:
+        parser.error(f"--first {args.first} is after --last {args.last}")
+    months = [first + relativedelta(months=n) for n in range(months_between(first, last) + 1)]
+    lines = report(Services.names(args.services), months, args.verify)
+    print(table(lines, args.verify))
+    bad = [line for line in lines if line.state in ("missing", "differs")]
+    print(f"{len(lines)} month(s): " + ", ".join(f"{sum(1 for x in lines if x.state == s)} {s}" for s in COLOURS))
+    if args.png:
+        try:
+            picture(lines, args.png)
+        except UsageError as e:
+            parser.error(str(e))
+        print(f"wrote {args.png}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
