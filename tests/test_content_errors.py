@@ -181,3 +181,13 @@ def test_a_month_cut_short_beyond_the_download_probe_fails_its_conversion_and_is
     (workspace / "mirror" / YELLOW).write_bytes(whole)
     assert not run(task).failures
     assert pq.ParquetFile(lake_path(SERVICES["yellow"], month("2021-01"))).metadata.num_rows == 3 * data_rows(mirror_files[YELLOW])
+
+
+def test_a_fraction_after_an_empty_code_is_named_at_its_own_row(workspace, run, mirror_files):
+    # An empty field is a null, not the bad value: the row named is the one with the fraction.
+    changed = with_row(with_row(mirror_files[YELLOW], 1, set_field(3, b"")), 3, set_field(3, b"1.5"))  # passenger_count
+    set_source(file_mirror(workspace, YELLOW, gzip.compress(changed)))
+
+    error = run(ToParquet(service="yellow", month=month("2021-01"))).failures["ToParquet"]
+
+    assert "column passenger_count, data row 3: value 1.5 is not a whole number that fits int64" in str(error)
