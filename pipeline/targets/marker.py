@@ -30,6 +30,12 @@ MARKER_COLUMNS = (
 WRITTEN = tuple(name for name, _ in MARKER_COLUMNS if name != "marked_at")
 
 
+def create_table_sql(table: str, types: dict[str, str]) -> str:
+    """The SQL warehouses' CREATE of the marker table, each kind in the warehouse's own type."""
+    columns = ", ".join(f"{name} {types[kind]}" for name, kind in MARKER_COLUMNS)
+    return f"CREATE TABLE IF NOT EXISTS {table} ({columns}, PRIMARY KEY (service, month))"
+
+
 class MonthMarker(luigi.Target):
     """Exists when the marker table records the month; with ``source_sha256``, only when it
     records the month as loaded from that source file (what Reingest waits for)."""

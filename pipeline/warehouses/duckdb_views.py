@@ -18,7 +18,7 @@ import duckdb
 from pipeline import catalog, settings
 from pipeline.dataset_task import DatasetTask, SourcePin
 from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_glob, lake_root
-from pipeline.targets.marker import MARKER_COLUMNS, MARKER_TABLE, WRITTEN, MonthMarker
+from pipeline.targets.marker import MARKER_COLUMNS, MARKER_TABLE, WRITTEN, MonthMarker, create_table_sql
 
 logger = logging.getLogger("pipeline.duckdb")
 
@@ -103,8 +103,7 @@ class DuckDBMarker(MonthMarker):
         return dict(_read(where, f'SELECT {month}, count(*) FROM "{svc.table}" GROUP BY 1'))
 
     def touch(self, connection: duckdb.DuckDBPyConnection, rows: int, source_sha256: str, source_url: str) -> None:
-        columns = ", ".join(f"{name} {MARKER_TYPES[kind]}" for name, kind in MARKER_COLUMNS)
-        connection.execute(f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} ({columns}, PRIMARY KEY (service, month))")
+        connection.execute(create_table_sql(MARKER_TABLE, MARKER_TYPES))
         for name, kind in MARKER_COLUMNS:  # a marker table of an earlier version lacks the newer columns
             connection.execute(f"ALTER TABLE {MARKER_TABLE} ADD COLUMN IF NOT EXISTS {name} {MARKER_TYPES[kind]}")
         connection.execute(

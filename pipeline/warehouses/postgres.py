@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from pipeline import catalog, retry, settings
 from pipeline.dataset_task import DatasetTask, SourcePin
 from pipeline.lake import LakeFile, LakeRecord
-from pipeline.targets.marker import MARKER_COLUMNS, MARKER_TABLE, WRITTEN, MonthMarker
+from pipeline.targets.marker import MARKER_COLUMNS, MARKER_TABLE, WRITTEN, MonthMarker, create_table_sql
 
 # The driver is imported where a connection is made: it adds about 50 MB to every process
 # that imports the pipeline, and only the postgres sink needs it.
@@ -321,10 +321,9 @@ class PostgresMarker(MonthMarker):
 
     @classmethod
     def counted_rows(cls, where: None, service: str) -> dict[str, int]:
-        svc = catalog.SERVICES[service]
-        table = f"{identifier(settings.postgres().schema, '[postgres] schema')}.{identifier(svc.table, 'table')}"
-        month = f"to_char({MONTH_COLUMN}, 'YYYY-MM')" if svc.monthly else "''"
-        return dict(_query(svc.table, f"SELECT {month}, count(*) FROM {table} GROUP BY 1"))
+        warehouse = Warehouse(catalog.SERVICES[service])
+        month = f"to_char({MONTH_COLUMN}, 'YYYY-MM')" if warehouse.svc.monthly else "''"
+        return dict(_query(warehouse.svc.table, f"SELECT {month}, count(*) FROM {warehouse.table} GROUP BY 1"))
 
     @staticmethod
     def table() -> str:
@@ -333,8 +332,7 @@ class PostgresMarker(MonthMarker):
     @classmethod
     def create(cls, cur: adbc.Cursor) -> None:
         """The marker table where it is missing, and the columns an earlier version's lacks."""
-        columns = ", ".join(f"{name} {MARKER_TYPES[kind]}" for name, kind in MARKER_COLUMNS)
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {cls.table()} ({columns}, PRIMARY KEY (service, month))")
+        cur.execute(create_table_sql(cls.table(), MARKER_TYPES))
         # Altered only where a column is missing: ALTER TABLE locks out the table's readers.
         cur.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
@@ -367,15 +365,9 @@ def _query(table: str, sql: str) -> list[tuple]:
 
 def loaded() -> dict[tuple[str, str], str]:
     """Every (service, month) the marker table records, with its source's sha256: one
-    connection, one query."""
-    schema = settings.postgres().schema
-    marker = PostgresMarker.table()
-    with contextlib.closing(connect()) as conn, conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(format('%I.%I', $1::text, $2::text)) IS NOT NULL", [schema, MARKER_TABLE])
-        if not cur.fetchone()[0]:
-            return {}  # nothing loaded into this schema yet
-        cur.execute(f"SELECT service, month, coalesce(source_sha256, '') FROM {marker}")
-        return {(service, month): sha for service, month, sha in cur.fetchall()}
+    connection, one query (none before anything was loaded into the schema)."""
+    rows = _query(MARKER_TABLE, f"SELECT service, month, coalesce(source_sha256, '') FROM {PostgresMarker.table()}")
+    return {(service, month): sha for service, month, sha in rows}
 
 
 class LoadPostgres(SourcePin, DatasetTask):
