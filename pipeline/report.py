@@ -22,7 +22,6 @@ import sys
 from typing import Optional
 
 from pipeline import catalog, settings
-from pipeline.dataset_task import DatasetTask
 from pipeline.download import Download
 from pipeline.lake import lake_path, lake_target, parquet_record
 from pipeline.params import Month, Services, UsageError
@@ -45,27 +44,31 @@ class Line:
         return "ok" if len(set(present)) == 1 else "differs"
 
 
+def counted_sinks(verify: bool) -> list[str]:
+    """The configured sinks --verify counts in: not BigQuery, where a count is a billed query job
+    (its markers are shown)."""
+    return [sink for sink in settings.ingest().sink_names() if verify and sink != "bigquery"]
+
+
 def places(verify: bool) -> list[str]:
-    sinks = settings.ingest().sink_names()
-    return ["staged", "lake", *sinks, *(f"{sink} counted" for sink in sinks if verify and sink != "bigquery")]
+    return ["staged", "lake", *settings.ingest().sink_names(), *(f"{sink} counted" for sink in counted_sinks(verify))]
 
 
-def staged_rows(task: DatasetTask) -> Optional[int]:
+def staged_rows(download: Download) -> Optional[int]:
     from pipeline.convert import ToParquet
 
-    path = ToParquet(**task.param_kwargs).output().path
     try:
-        return parquet_record(path).rows
+        return parquet_record(download.clone(ToParquet).output().path).rows
     except OSError:
         return None
 
 
-def recorded_size(task: DatasetTask, lake) -> str:
+def recorded_size(download: Download, lake) -> str:
     """The source file's size as the pipeline recorded it: the lake file's record, else the
     download's."""
     if lake is not None and lake.source_size:
         return lake.source_size
-    meta = Download(**task.param_kwargs).output()["meta"]
+    meta = download.output()["meta"]
     if meta.exists():
         with meta.open() as f:
             return str(json.load(f).get("size", ""))
@@ -80,20 +83,19 @@ def report(services: list[str], months: list, verify: bool) -> list[Line]:
     markers = {sink: SINKS[sink](service="zones").output() for sink in sinks}
     marked = {sink: type(m).marked_rows(m.where()) for sink, m in markers.items()}
     counted = {
-        sink: {service: type(m).counted_rows(m.where(), service) for service in services}
-        for sink, m in markers.items()
-        if verify and sink != "bigquery"
+        sink: {service: type(markers[sink]).counted_rows(markers[sink].where(), service) for service in services}
+        for sink in counted_sinks(verify)
     }
     lines = []
     for service in services:
         svc = catalog.SERVICES[service]
         for month in months if svc.monthly else [None]:
-            task = Download(service=service, month=month)
+            download = Download(service=service, month=month)
             key = catalog.month_str(month) if month else ""
             target = lake_target(lake_path(svc, month))
             lake = target.record() if target.exists() else None
-            line = Line(service, key, recorded_size(task, lake))
-            line.counts["staged"] = staged_rows(task)
+            line = Line(service, key, recorded_size(download, lake))
+            line.counts["staged"] = staged_rows(download)
             line.counts["lake"] = lake.rows if lake else None
             for sink in sinks:
                 line.counts[sink] = marked[sink].get((service, key))

@@ -229,10 +229,6 @@ class BigQueryMarker(MonthMarker):
             except gexc.NotFound:
                 return {}
 
-    @classmethod
-    def counted_rows(cls, where: None, service: str) -> dict[str, int]:
-        raise BigQueryError("counting rows in BigQuery itself is a billed query job; the report takes its markers only")
-
     def touch(self, connection: bq.Client, rows: int, source_sha256: str, source_url: str) -> None:
         """One MERGE (BigQuery has no transaction to join): one row per month however often it
         runs. A marker table of an earlier version gets the columns it lacks first."""
