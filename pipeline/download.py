@@ -173,6 +173,7 @@ def _read_through(path: str, gzipped: bool, where: str) -> tuple[str, Optional[i
     head = b""
     lines = read = 0
     last = b"\n"
+    whole = True  # read to its end
     try:
         with stream:
             while chunk := stream.read(CHUNK):
@@ -182,7 +183,7 @@ def _read_through(path: str, gzipped: bool, where: str) -> tuple[str, Optional[i
                 last = chunk[-1:]
                 read += len(chunk)
                 if gzipped and read >= GZIP_PROBE:
-                    lines = None
+                    whole = False
                     break
     except OSError as e:  # Arrow: "Truncated compressed stream", "incorrect data check", ...
         raise SourceError(f"{where}: truncated or corrupt gzip ({e}); the download is incomplete") from None
@@ -196,7 +197,7 @@ def _read_through(path: str, gzipped: bool, where: str) -> tuple[str, Optional[i
         raise SourceError(f"{where}: header is not UTF-8 text: {e}") from None
     # Lines after the header, a last one without its newline included (blank ones too: this is
     # the upper bound that proves a file cut short; ToParquet counts the rows themselves).
-    return header, None if lines is None else lines - 1 + (last != b"\n")
+    return header, lines - 1 + (last != b"\n") if whole else None
 
 
 @contextlib.contextmanager
