@@ -157,6 +157,13 @@ def bigquery(gcs, bq_server, request, monkeypatch):
         yield bq_server
 
 
+def bigquery_dataset() -> str:
+    """The dataset the `bigquery` fixture configured for this test."""
+    from pipeline import settings
+
+    return settings.bigquery().dataset
+
+
 @pytest.fixture
 def luigid(tmp_path):
     """A real central scheduler on 127.0.0.1 with the repo's config/luigid.cfg profile (task

@@ -62,6 +62,14 @@ def data_rows(csv_bytes: bytes) -> int:
     return len([line for line in csv_bytes.splitlines()[1:] if line.strip()])
 
 
+def file_mirror(root: Path, rel: str, content: bytes) -> str:
+    """A file:// mirror holding one file at ``rel``; returns its base URL."""
+    path = root / "mirror" / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return (root / "mirror").as_uri()
+
+
 def month(text: str) -> datetime.date:
     """'2021-01' as the date a MonthParameter holds."""
     return datetime.date.fromisoformat(text + "-01")

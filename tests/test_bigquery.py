@@ -18,7 +18,7 @@ from pipeline import IngestMonth, IngestZones
 from pipeline.catalog import SERVICES
 from pipeline.warehouses.bigquery import BigQueryError, BigQueryMarker, client, exposed
 
-from conftest import configured
+from conftest import bigquery_dataset, configured
 from mirror import data_rows, month
 
 MONTHS = [("yellow", "2021-01"), ("yellow", "2020-01"), ("green", "2019-01")]
@@ -33,7 +33,7 @@ def test_two_services_three_months_tables_created_once_markers_and_a_rerun_does_
 
     assert not first.failures
     assert sorted(gcs.objects()) == sorted(f"lake/{s}/month={m}/{s}_tripdata_{m}.parquet" for s, m in MONTHS)
-    assert client().get_dataset(f"test.{dataset()}").location == "US"  # created, in the configured location
+    assert client().get_dataset(f"test.{bigquery_dataset()}").location == "US"  # created, in the configured location
     # One create per external table, for all of its months.
     assert len(bigquery.creates("external_yellow_tripdata")) == 1
     assert len(bigquery.creates("external_green_tripdata")) == 1
@@ -51,7 +51,7 @@ def test_two_services_three_months_tables_created_once_markers_and_a_rerun_does_
     assert exposed(client()) == {
         (s, m): hashlib.sha256((mirror / "releases" / s / f"{s}_tripdata_{m}.csv.gz").read_bytes()).hexdigest() for s, m in MONTHS
     }
-    markers = {(r["service"], r["month"]): r["rows"] for r in client().list_rows(f"test.{dataset()}._ingested")}
+    markers = {(r["service"], r["month"]): r["rows"] for r in client().list_rows(f"test.{bigquery_dataset()}._ingested")}
     assert markers == {(s, m): data_rows(mirror_files[f"{s}/{s}_tripdata_{m}.csv.gz"]) for s, m in MONTHS}
 
     bigquery.requests.clear()
@@ -90,27 +90,27 @@ def test_zones_get_an_external_table_without_partitions(bigquery, gcs, run):
 
 def test_an_existing_table_of_that_name_that_is_not_ours_is_refused_and_left_alone(bigquery, run):
     bq_client = client()
-    bq_client.create_dataset(f"test.{dataset()}")
-    bq_client.create_table(bq.Table(f"test.{dataset()}.external_green_tripdata", schema=[bq.SchemaField("VendorID", "STRING")]))
+    bq_client.create_dataset(f"test.{bigquery_dataset()}")
+    bq_client.create_table(bq.Table(f"test.{bigquery_dataset()}.external_green_tripdata", schema=[bq.SchemaField("VendorID", "STRING")]))
     bigquery.requests.clear()
 
     result = run(IngestMonth(service="green", month=month("2019-01")))
 
     message = str(result.failures["ExposeBigQuery"])
     assert message.startswith(
-        f"table test.{dataset()}.external_green_tripdata exists but is not the green "
+        f"table test.{bigquery_dataset()}.external_green_tripdata exists but is not the green "
         "external table the pipeline wants: it is a TABLE table, not an EXTERNAL one."
     )
     assert bigquery.creates("external_green_tripdata") == []
-    assert [f.name for f in bq_client.get_table(f"test.{dataset()}.external_green_tripdata").schema] == ["VendorID"]
+    assert [f.name for f in bq_client.get_table(f"test.{bigquery_dataset()}.external_green_tripdata").schema] == ["VendorID"]
     assert not BigQueryMarker("green", month("2019-01")).exists()
 
 
 def test_an_external_table_over_other_files_or_types_is_refused(bigquery, gcs, run):
     bq_client = client()
-    bq_client.create_dataset(f"test.{dataset()}")
+    bq_client.create_dataset(f"test.{bigquery_dataset()}")
     other = bq.Table(
-        f"test.{dataset()}.external_green_tripdata",
+        f"test.{bigquery_dataset()}.external_green_tripdata",
         schema=[bq.SchemaField(f.name, "STRING" if f.name == "VendorID" else BQ[f.type]) for f in SERVICES["green"].schema],
     )
     config = bq.ExternalConfig("PARQUET")
@@ -131,7 +131,7 @@ def test_a_missing_dataset_is_an_error_when_creating_it_is_off(bigquery, run):
         result = run(IngestMonth(service="green", month=month("2019-01")))
 
     assert str(result.failures["ExposeBigQuery"]) == (
-        f"dataset test.{dataset()} does not exist; create it in US, or set [bigquery] create_dataset = true"
+        f"dataset test.{bigquery_dataset()} does not exist; create it in US, or set [bigquery] create_dataset = true"
     )
     assert bigquery.creates() == []
 
@@ -147,9 +147,3 @@ def test_a_bad_dataset_name_is_refused(bigquery):
     with configured({("bigquery", "dataset"): "nyc-tlc; DROP"}):
         with pytest.raises(BigQueryError, match="is not a valid dataset name"):
             BigQueryMarker("green", month("2019-01")).exists()
-
-
-def dataset() -> str:
-    from pipeline import settings
-
-    return settings.bigquery().dataset

@@ -19,7 +19,7 @@ from pipeline.convert import ConversionError, SourceCorrupt, convert_parquet
 from pipeline.lake import lake_path
 
 from conftest import configured, set_source
-from mirror import DATA, data_rows, month
+from mirror import DATA, data_rows, file_mirror, month
 
 YELLOW = "yellow/yellow_tripdata_2021-01.csv.gz"
 GENUINE_GREEN = DATA / "parquet" / "green_tripdata_2020-04.parquet"  # the TLC's own file (SOURCES.md)
@@ -31,14 +31,6 @@ def with_row(csv_bytes: bytes, row: int, edit) -> bytes:
     fields = lines[row].split(b",")
     lines[row] = b",".join(edit(fields))
     return b"\r\n".join(lines)
-
-
-def file_mirror(root: Path, rel: str, content: bytes) -> str:
-    """A file:// mirror holding one file at ``rel``; returns its base URL."""
-    path = root / "mirror" / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content)
-    return (root / "mirror").as_uri()
 
 
 def set_field(index: int, value: bytes):

@@ -13,7 +13,7 @@ from pipeline import Download, IngestMonth
 from pipeline.targets.marker import MARKER_COLUMNS
 from pipeline.warehouses.bigquery import client
 
-from conftest import configured
+from conftest import bigquery_dataset, configured
 from mirror import data_rows, month
 
 SHAPE = [name for name, _ in MARKER_COLUMNS]
@@ -95,12 +95,6 @@ def test_an_earlier_versions_postgres_marker_table_gets_the_new_columns_and_keep
         f'SELECT service, month, rows, source_sha256, source_url, marked_at IS NOT NULL FROM "{pg.schema}"._ingested ORDER BY month'
     )
     assert rows == [("green", "2018-12", 7, None, None, True), (*expected_row(mirror_files).values(), True)]
-
-
-def bigquery_dataset() -> str:
-    from pipeline import settings
-
-    return settings.bigquery().dataset
 
 
 def test_an_earlier_versions_bigquery_marker_table_gets_the_new_columns(bigquery, gcs, run, mirror_files):

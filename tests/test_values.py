@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import math
-import shutil
 
 import duckdb
 import pyarrow.parquet as pq
@@ -22,7 +21,7 @@ from pipeline.catalog import FLOAT, INT, SERVICES, STRING, TIMESTAMP
 from pipeline.lake import lake_path
 
 from conftest import configured, set_source
-from mirror import DATA, month
+from mirror import DATA, file_mirror, month
 
 
 def as_catalog(type_, value):
@@ -112,10 +111,8 @@ def test_every_value_of_a_csv_month_arrives_in_the_lake_duckdb_and_postgres(work
 
 def test_every_value_of_a_genuine_tlc_parquet_month_arrives_in_the_lake_duckdb_and_postgres(workspace, pg, run):
     genuine = DATA / "parquet" / "green_tripdata_2020-04.parquet"
-    mirror = workspace / "tlc-mirror"
-    (mirror / "trip-data").mkdir(parents=True)
-    shutil.copyfile(genuine, mirror / "trip-data" / genuine.name)
-    with configured({("ingest", "sinks"): "duckdb,postgres", ("source", "kind"): "tlc", ("source", "base_url"): mirror.as_uri()}):
+    base = file_mirror(workspace, f"trip-data/{genuine.name}", genuine.read_bytes())
+    with configured({("ingest", "sinks"): "duckdb,postgres", ("source", "kind"): "tlc", ("source", "base_url"): base}):
         assert not run(IngestMonth(service="green", month=month("2020-04"))).failures
     truth = truth_of_parquet("green", genuine)
 
