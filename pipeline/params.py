@@ -42,17 +42,16 @@ class _OneLine(logging.Filter):
             # luigi's own words: "IngestMonth[args=(), kwargs={...}]: requires the 'month' parameter to be set"
             missing = re.match(r"(\w+)\[.*\]: requires the '(\w+)' parameter", str(error))
             text = f"{missing[1]}: --{missing[2].replace('_', '-')} is required" if missing else str(error)
-            record.msg, record.args, record.exc_info = "%s", (f"{text} (see --help)",), None
+            text += " (see --help)"
         elif isinstance(error, RPCError):
             url = re.search(r"remote scheduler '([^']*)'", str(error))
-            record.msg, record.args, record.exc_info = (
-                "%s",
-                (
-                    f"no central scheduler (luigid) answers at {url[1] if url else 'the configured address'}: start one "
-                    '(README, "The central scheduler"), or add --local-scheduler',
-                ),
-                None,
+            text = (
+                f"no central scheduler (luigid) answers at {url[1] if url else 'the configured address'}: start one "
+                '(README, "The central scheduler"), or add --local-scheduler'
             )
+        else:
+            return True
+        record.msg, record.args, record.exc_info = "%s", (text,), None
         return True
 
 
