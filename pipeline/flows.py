@@ -13,10 +13,11 @@ from pipeline import catalog, completion, params, settings
 from pipeline.dataset_task import SourcePin
 from pipeline.lake import LakeFile
 from pipeline.warehouses.bigquery import ExposeBigQuery
+from pipeline.warehouses.bigquery_table import LoadBigQueryTable
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
 from pipeline.warehouses.postgres import LoadPostgres
 
-SINKS = {"duckdb": ExposeDuckDB, "postgres": LoadPostgres, "bigquery": ExposeBigQuery}
+SINKS = {"duckdb": ExposeDuckDB, "postgres": LoadPostgres, "bigquery": ExposeBigQuery, "bigquery_table": LoadBigQueryTable}
 
 
 def sink_tasks(**params) -> list[luigi.Task]:

@@ -45,9 +45,11 @@ class Line:
 
 
 def counted_sinks(verify: bool) -> list[str]:
-    """The configured sinks --verify counts in: not BigQuery, where a count is a billed query job
-    (its markers are shown)."""
-    return [sink for sink in settings.ingest().sink_names() if verify and sink != "bigquery"]
+    """The configured sinks --verify counts in: those that count at no cost (not BigQuery, where
+    a count is a billed query job; its markers are shown)."""
+    from pipeline.flows import SINKS
+
+    return [sink for sink in settings.ingest().sink_names() if verify and SINKS[sink](service="zones").output().countable]
 
 
 def places(verify: bool) -> list[str]:

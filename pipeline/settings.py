@@ -206,7 +206,8 @@ class ingest(luigi.Config):
     sinks = luigi.Parameter(
         default="duckdb",
         description="Comma-separated warehouses IngestMonth feeds besides the lake: duckdb (a local "
-        "lake), bigquery (a gs:// lake), postgres; none for the lake only",
+        "lake), bigquery (external tables over a gs:// lake), bigquery_table (native tables loaded from a gs:// lake, "
+        "a partition per month), postgres; none for the lake only",
     )
     staging = luigi.Parameter(
         default="data/staging",

@@ -132,8 +132,9 @@ def gcs(workspace, gcs_server, request, monkeypatch):
 @pytest.fixture(scope="session")
 def bq_server(gcs_server, tmp_path_factory):
     """bqemulator for the session, behind the recording proxy (see servers.BigQueryRecorder)."""
-    with servers.bqemulator(gcs_server["root"], tmp_path_factory.mktemp("bqemu")) as url:
-        recorder = servers.BigQueryRecorder(url)
+    work = tmp_path_factory.mktemp("bqemu")
+    with servers.bqemulator(gcs_server["root"], work) as url:
+        recorder = servers.BigQueryRecorder(url, gcs_server["root"], work)
         yield recorder
         recorder.close()
 

@@ -271,16 +271,29 @@ class BigQueryRecorder:
     """An HTTP proxy in front of bqemulator that records every request the real client sends
     (method, path, JSON body), so tests can assert the exact API contract.
 
-    It also fills the emulator's one known gap, and nothing else: bqemulator accepts an external
-    table but stores a plain empty table. For a table created with an externalDataConfiguration,
-    the proxy answers tables.get the way the BigQuery API documents it: type EXTERNAL, the
-    external configuration as created (with hivePartitioningOptions.fields), and the schema with
-    the hive partition keys appended."""
+    It also fills the emulator's known gaps, the way the BigQuery API documents them, and nothing
+    else; the loads themselves run on the emulator:
+    - External tables: bqemulator accepts one but stores a plain empty table. For a table created
+      with an externalDataConfiguration, the proxy answers tables.get with type EXTERNAL, the
+      external configuration as created (with hivePartitioningOptions.fields), and the schema with
+      the hive partition keys appended.
+    - Job ids are unique in a project: a second jobs.insert with a job id already taken is
+      answered 409 ALREADY_EXISTS (bqemulator runs it again).
+    - Partition decorators: bqemulator refuses a load into `table$202101`. The proxy sends it to a
+      table of its own per partition, `table__p202101` (see `partition_table`), so a
+      write-truncate replaces that partition only, and answers with the decorator as sent.
+    - Hive-looking paths: bqemulator reads a `.../month=2021-01/...` Parquet file with DuckDB's
+      hive partitioning on, which adds a `month` column that BigQuery would not. The proxy loads a
+      link to the object's file (fake-gcs-server keeps objects as files under `gcs_root`) at a
+      plain path instead, and answers with the URIs as sent."""
 
-    def __init__(self, upstream: str):
+    def __init__(self, upstream: str, gcs_root: Path, work: Path):
         self.upstream = urllib.parse.urlsplit(upstream)
+        self.gcs_root, self.links = gcs_root, work / "loads"
+        self.links.mkdir(parents=True, exist_ok=True)
         self.requests: list[tuple[str, str, Optional[dict]]] = []
         self.external: dict[str, dict] = {}
+        self.jobs: dict[str, Optional[dict]] = {}  # job id -> the load as sent, where the proxy changed it
         recorder = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -294,6 +307,13 @@ class BigQueryRecorder:
                 path = urllib.parse.urlsplit(self.path).path
                 parsed = json.loads(body) if body and body[:1] == b"{" else None
                 recorder.requests.append((self.command, path, parsed))
+                if self.command == "POST" and path.endswith("/jobs") and parsed:
+                    job_id = parsed["jobReference"]["jobId"]
+                    if job_id in recorder.jobs:
+                        return self._answer(409, recorder._already_exists(job_id))
+                    forwarded = json.loads(body)  # the recorded request stays as sent
+                    recorder.jobs[job_id] = recorder._as_emulator_load(forwarded)
+                    body = json.dumps(forwarded).encode()
                 conn = http.client.HTTPConnection(recorder.upstream.hostname, recorder.upstream.port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
                 conn.request(self.command, self.path, body=body, headers=headers)
@@ -301,14 +321,17 @@ class BigQueryRecorder:
                 data = answer.read()
                 if answer.status == 200:
                     data = recorder._as_bigquery(self.command, path, parsed, data)
-                self.send_response(answer.status)
-                for key, value in answer.getheaders():
-                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        self.send_header(key, value)
+                headers = [(k, v) for k, v in answer.getheaders() if k.lower() not in ("content-length", "transfer-encoding", "connection")]
+                conn.close()
+                self._answer(answer.status, data, headers)
+
+            def _answer(self, status: int, data: bytes, headers=(("Content-Type", "application/json"),)):
+                self.send_response(status)
+                for key, value in headers:
+                    self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-                conn.close()
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 
@@ -317,7 +340,50 @@ class BigQueryRecorder:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
+    @staticmethod
+    def partition_table(table_id: str, partition: str) -> str:
+        """The emulator's table that stands for partition ``partition`` (YYYYMM) of ``table_id``."""
+        return f"{table_id}__p{partition}"
+
+    @staticmethod
+    def _already_exists(job_id: str) -> bytes:
+        message = f"Already Exists: Job test:US.{job_id}"
+        return json.dumps(
+            {
+                "error": {
+                    "code": 409,
+                    "message": message,
+                    "status": "ALREADY_EXISTS",
+                    "errors": [{"reason": "duplicate", "message": message}],
+                }
+            }
+        ).encode()
+
+    def _as_emulator_load(self, job: dict) -> Optional[dict]:
+        """Rewrite, in place, what bqemulator cannot load as sent (see the class); the load as sent, or
+        None when nothing changed."""
+        load = job.get("configuration", {}).get("load")
+        if not load:
+            return None
+        sent = json.loads(json.dumps(load))
+        table, _, partition = load["destinationTable"]["tableId"].partition("$")
+        if partition:
+            load["destinationTable"]["tableId"] = self.partition_table(table, partition)
+        for i, uri in enumerate(load["sourceUris"]):
+            if uri.startswith("gs://") and "=" in uri:
+                link = self.links / f"{job['jobReference']['jobId']}-{i}.parquet"
+                os.link(self.gcs_root / uri[len("gs://") :], link)
+                load["sourceUris"][i] = link.as_uri()
+        return sent if sent != load else None
+
     def _as_bigquery(self, method: str, path: str, sent: Optional[dict], data: bytes) -> bytes:
+        if "/jobs" in path:
+            job = json.loads(data)
+            load = self.jobs.get(job.get("jobReference", {}).get("jobId", ""))
+            if load:  # answer with the load as the client sent it
+                job["configuration"]["load"].update(destinationTable=load["destinationTable"], sourceUris=load["sourceUris"])
+                return json.dumps(job).encode()
+            return data
         if method == "POST" and path.endswith("/tables") and sent and "externalDataConfiguration" in sent:
             ref = sent["tableReference"]
             self.external[f"{path}/{ref['tableId']}"] = sent
@@ -346,6 +412,14 @@ class BigQueryRecorder:
             and path.endswith("/tables")
             and body
             and (table_id is None or body["tableReference"]["tableId"] == table_id)
+        ]
+
+    def loads(self) -> list[dict]:
+        """The load configurations of the jobs.insert requests, as sent, in order."""
+        return [
+            body["configuration"]["load"]
+            for method, path, body in self.requests
+            if method == "POST" and path.endswith("/jobs") and body and "load" in body["configuration"]
         ]
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ from google.cloud import bigquery as bq
 
 from pipeline import IngestMonth, IngestZones
 from pipeline.catalog import SERVICES
-from pipeline.warehouses.bigquery import BigQueryError, BigQueryMarker, client, exposed
+from pipeline.warehouses.bigquery import BigQueryError, BigQueryMarker, client
 
 from conftest import bigquery_dataset, configured
 from mirror import data_rows, month
@@ -48,7 +48,7 @@ def test_two_services_three_months_tables_created_once_markers_and_a_rerun_does_
         (field.name, BQ[field.type]) for field in SERVICES["yellow"].schema
     ]
     # Each marker names the file as served: its sha256.
-    assert exposed(client()) == {
+    assert BigQueryMarker.recorded(None) == {
         (s, m): hashlib.sha256((mirror / "releases" / s / f"{s}_tripdata_{m}.csv.gz").read_bytes()).hexdigest() for s, m in MONTHS
     }
     markers = {(r["service"], r["month"]): r["rows"] for r in client().list_rows(f"test.{bigquery_dataset()}._ingested")}
@@ -140,7 +140,7 @@ def test_the_bigquery_sink_needs_a_gcs_lake(bigquery, workspace, run):
     with configured({("lake", "root"): str(workspace / "lake")}):
         result = run(IngestMonth(service="green", month=month("2019-01")))
 
-    assert "the bigquery sink reads the lake from GCS, and [lake] root is " in str(result.failures["ExposeBigQuery"])
+    assert "the BigQuery sinks read the lake from GCS, and [lake] root is " in str(result.failures["ExposeBigQuery"])
 
 
 def test_a_bad_dataset_name_is_refused(bigquery):

@@ -182,8 +182,12 @@ def ensure_external_table(client_: bq.Client, svc: catalog.Service) -> None:
         )
 
 
-def marker_table_id(client_: bq.Client) -> str:
-    return f"{dataset_id(client_)}.{MARKER_TABLE}"
+def require_gcs_lake(label: str) -> None:
+    if not is_remote():
+        raise BigQueryError(
+            f"{label}: the BigQuery sinks read the lake from GCS, and [lake] root is "
+            f"{lake_root()}; set it to gs://bucket/prefix (config/gcp.cfg)"
+        )
 
 
 def marker_schema() -> list[bq.SchemaField]:
@@ -195,46 +199,44 @@ def marker_schema() -> list[bq.SchemaField]:
     ]
 
 
-def exposed(client_: bq.Client) -> dict[tuple[str, str], str]:
-    """Every (service, month) the marker table records, with its source's sha256: one
+def read_markers(client_: bq.Client, table_id: str, column: str) -> dict[tuple[str, str], object]:
+    """``column`` of every (service, month) the marker table ``table_id`` records: one
     tabledata.list, no query job."""
-    wanted = [field for field in marker_schema() if field.name in ("service", "month", "source_sha256")]
-    with _named(f"marker table {marker_table_id(client_)}"):
+    wanted = [field for field in marker_schema() if field.name in ("service", "month", column)]
+    with _named(f"marker table {table_id}"):
         try:
-            rows = client_.list_rows(marker_table_id(client_), selected_fields=wanted)
-            return {(row["service"], row["month"]): row["source_sha256"] or "" for row in rows}
-        except gexc.NotFound:  # no dataset or no marker table yet: nothing exposed
+            return {(row["service"], row["month"]): row[column] for row in client_.list_rows(table_id, selected_fields=wanted)}
+        except gexc.NotFound:  # no dataset or no marker table yet: nothing recorded
             return {}
 
 
 class BigQueryMarker(MonthMarker):
-    """Exists when `{dataset}._ingested` records this service and month."""
+    """Exists when `{dataset}._ingested` records this service and month (the external tables)."""
 
     sink = "BigQuery"
+    marker_table = MARKER_TABLE
+    countable = False  # a count in BigQuery is a billed query job: the report shows the markers
+
+    @classmethod
+    def table_id(cls, client_: bq.Client) -> str:
+        return f"{dataset_id(client_)}.{cls.marker_table}"
 
     @classmethod
     def recorded(cls, where: None) -> dict[tuple[str, str], str]:
-        return exposed(client())
+        client_ = client()
+        return {key: sha or "" for key, sha in read_markers(client_, cls.table_id(client_), "source_sha256").items()}
 
     @classmethod
     def marked_rows(cls, where: None) -> dict[tuple[str, str], int]:
         client_ = client()
-        wanted = [field for field in marker_schema() if field.name in ("service", "month", "rows")]
-        with _named(f"marker table {marker_table_id(client_)}"):
-            try:
-                return {
-                    (row["service"], row["month"]): row["rows"]
-                    for row in client_.list_rows(marker_table_id(client_), selected_fields=wanted)
-                }
-            except gexc.NotFound:
-                return {}
+        return read_markers(client_, cls.table_id(client_), "rows")
 
     def touch(self, connection: bq.Client, rows: int, source_sha256: str, source_url: str) -> None:
         """One MERGE (BigQuery has no transaction to join): one row per month however often it
         runs. A marker table of an earlier version gets the columns it lacks first."""
         from google.cloud import bigquery as bq
 
-        table_id = marker_table_id(connection)
+        table_id = self.table_id(connection)
         with _named(f"marker table {table_id}"):
             table = connection.create_table(bq.Table(table_id, schema=marker_schema()), exists_ok=True)
             missing = [field for field in marker_schema() if field.name not in {f.name for f in table.schema}]
@@ -270,11 +272,7 @@ class ExposeBigQuery(SourcePin, DatasetTask):
         return BigQueryMarker(self.service, self.month, self.source_sha256)
 
     def run(self):
-        if not is_remote():
-            raise BigQueryError(
-                f"{self.label}: the bigquery sink reads the lake from GCS, and [lake] root is "
-                f"{lake_root()}; set it to gs://bucket/prefix (config/gcp.cfg)"
-            )
+        require_gcs_lake(self.label)
         client_ = client()
         ensure_dataset(client_)
         ensure_external_table(client_, self.svc)
