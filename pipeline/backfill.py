@@ -165,8 +165,9 @@ class Reingest(MonthRange, luigi.Task):
        reads: if the source is down or the file is bad, nothing else has changed;
     2. then the lake file and every configured warehouse are made from that new file, each
        replacing its month in one step (the lake file by an atomic rename or object overwrite,
-       Postgres by swapping the month's partition with its marker in one transaction, DuckDB and
-       BigQuery by their marker row; their views read the lake). Each output counts as done only
+       Postgres by swapping the month's partition with its marker in one transaction, the native
+       BigQuery table by a write-truncate load of the month's partition, DuckDB and the BigQuery
+       external tables by their marker row; their views read the lake). Each output counts as done only
        when it records the new file's sha256, so until then every sink keeps the old month, and
        a failed run can simply be run again."""
 
