@@ -39,6 +39,10 @@ class SchemaMismatch(ValueError):
     """A source file's header does not fit the catalog."""
 
 
+class ConversionError(ValueError):
+    """A row of the source file does not fit the catalog."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Column:
     name: str
@@ -251,21 +255,160 @@ class Source:
 RELEASES = Source(
     "releases", "https://github.com/DataTalksClub/nyc-tlc-data/releases/download", "{release}/{stem}.csv.gz", "misc/taxi_zone_lookup.csv"
 )
-# The TLC's own files: Parquet, every month it publishes (yellow 2009 onwards; see LEGACY below).
+# The TLC's own files: Parquet, every month it publishes (yellow 2009 onwards; 2009-2010 in the legacy layout below).
 TLC = Source("tlc", "https://d37ci6vzurychx.cloudfront.net", "trip-data/{stem}.parquet", "misc/taxi+_zone_lookup.csv")
 SOURCES: dict[str, Source] = {s.name: s for s in (RELEASES, TLC)}
 
-# Yellow 2009-2010 in the TLC Parquet files use a legacy layout: other names (vendor_name,
-# Trip_Pickup_DateTime, ...) and coordinates where later files have zone ids. A coordinate is
-# not a zone without a spatial join against the zone shapes, which this pipeline does not do,
-# so those files are refused with this message rather than loaded half-empty.
-LEGACY = {
-    "yellow": (
-        {"vendor_name", "vendor_id", "trip_pickup_datetime", "pickup_datetime", "start_lon", "pickup_longitude"},
-        "the legacy yellow layout of 2009-2010 (vendor_name/vendor_id, coordinates instead of zone ids) "
-        "is not supported; yellow is supported from 2011-01 in the TLC Parquet files",
-    ),
-}
+
+# The taxi zone shapes: the TLC's shapefile of the zones, published beside the zone lookup, which
+# maps the coordinates of the legacy months (below) to zone ids.
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    name: str  # its folder in the lake, and how logs name it
+    path: str  # under the source's base, in both kinds of source
+    shapefile: str  # the name of the .shp in the zip (its .shx, .dbf and .prj beside it)
+    crs: str  # what the .prj must be
+    records: int  # every version has exactly this many zones
+    # The field that holds the zone lookup's LocationID: OBJECTID, not the shapefile's own
+    # LocationID field, which repeats 56 and 103 (and lacks 57, 104 and 105).
+    id_field: str
+    fields: tuple[str, ...]  # what the .dbf must have besides
+
+
+ZONE_SHAPES = Shapes(
+    name="zone_shapes",
+    path="misc/taxi_zones.zip",
+    shapefile="taxi_zones.shp",
+    crs="EPSG:2263",  # NAD83 / New York Long Island (ftUS): coordinates in feet
+    records=263,
+    id_field="OBJECTID",
+    fields=("zone", "borough"),
+)
+# The lookup's two zones without a polygon, and what a legacy coordinate becomes when it is not in
+# one: no usable coordinate (missing, 0, off the globe) is 264 "Unknown"; a real point in none of
+# the 263 zones is 265 "Outside of NYC", as the TLC itself codes such trips from 2011.
+UNKNOWN_ZONE = 264
+OUTSIDE_ZONE = 265
+
+
+@dataclasses.dataclass(frozen=True)
+class LegacyLayout:
+    """A service's old layout, with coordinates where later files have zone ids. Names match
+    case-insensitively, the catalog's own names too; the rest is here: the old names of
+    catalog columns, the (longitude, latitude) pairs that become a zone column, the text values
+    of columns that became codes (stripped and lower-cased; a value not listed is an error), and
+    the columns that are dropped."""
+
+    until: datetime.date  # the last month the source publishes in this layout
+    tells: frozenset[str]  # any of these names marks a header as this layout
+    names: dict[str, str]
+    points: dict[tuple[str, str], str]
+    codes: dict[str, dict[str, object]]
+    dropped: frozenset[str]
+
+
+# Yellow 2009-2010 in the TLC's Parquet files (and the old csv files): 2009 spells its columns
+# vendor_name, Trip_Pickup_DateTime, Start_Lon, ...; 2010 vendor_id, pickup_datetime,
+# pickup_longitude, .... Times are strings, vendors and payment types words, and two 2010 months
+# carry a pandas index column. The coordinates themselves are not kept: every yellow month has
+# one schema, and the TLC still publishes the original files (the lake file records which).
+YELLOW_LEGACY = LegacyLayout(
+    until=datetime.date(2010, 12, 1),
+    tells=frozenset({"vendor_name", "vendor_id", "start_lon", "pickup_longitude"}),
+    names={
+        "vendor_name": "VendorID",
+        "vendor_id": "VendorID",
+        "trip_pickup_datetime": "tpep_pickup_datetime",
+        "pickup_datetime": "tpep_pickup_datetime",
+        "trip_dropoff_datetime": "tpep_dropoff_datetime",
+        "dropoff_datetime": "tpep_dropoff_datetime",
+        "rate_code": "RatecodeID",
+        "store_and_forward": "store_and_fwd_flag",
+        "fare_amt": "fare_amount",
+        "surcharge": "extra",
+        "tip_amt": "tip_amount",
+        "tolls_amt": "tolls_amount",
+        "total_amt": "total_amount",
+    },
+    points={
+        ("start_lon", "start_lat"): "PULocationID",
+        ("pickup_longitude", "pickup_latitude"): "PULocationID",
+        ("end_lon", "end_lat"): "DOLocationID",
+        ("dropoff_longitude", "dropoff_latitude"): "DOLocationID",
+    },
+    codes={
+        # Today's codes: 1 Creative Mobile Technologies (CMT), 2 VeriFone (VTS). Digital Dispatch
+        # Systems (DDS) stopped before 2011 and has no code: null, not an invented one.
+        "VendorID": {"cmt": 1, "vts": 2, "dds": None},
+        # 1 credit card, 2 cash, 3 no charge, 4 dispute, 5 unknown; "NA" is not available: 5.
+        "payment_type": {
+            **dict.fromkeys(("credit", "cre", "crd"), 1),
+            **dict.fromkeys(("cash", "cas", "csh"), 2),
+            **dict.fromkeys(("no charge", "noc"), 3),
+            **dict.fromkeys(("dispute", "dis"), 4),
+            **dict.fromkeys(("unk", "na"), 5),
+        },
+        # 2009 writes the flag as 0/1 (a number), 2010 as 0/1 or N/Y.
+        "store_and_fwd_flag": {"0": "N", "n": "N", "1": "Y", "y": "Y"},
+    },
+    dropped=frozenset({"__index_level_0__"}),
+)
+LEGACY = {"yellow": YELLOW_LEGACY}
+
+
+def legacy_month(svc: Service, month: Optional[datetime.date]) -> bool:
+    """Whether the source publishes this month of ``svc`` in its legacy layout."""
+    layout = LEGACY.get(svc.name)
+    return layout is not None and month is not None and month <= layout.until
+
+
+@dataclasses.dataclass(frozen=True)
+class LegacyPlan:
+    """How one legacy file's columns become catalog columns: ``renamed`` (source name, column),
+    ``located`` (longitude name, latitude name, zone column), in the catalog's terms."""
+
+    layout: LegacyLayout
+    renamed: tuple[tuple[str, Column], ...]
+    located: tuple[tuple[str, str, Column], ...]
+
+    @property
+    def columns(self) -> list[Column]:
+        """The catalog columns a converted batch has, in its order."""
+        return [column for _, column in self.renamed] + [column for _, _, column in self.located]
+
+
+def legacy_plan(svc: Service, names: list[str], where: str) -> Optional[LegacyPlan]:
+    """The plan for a header in ``svc``'s legacy layout, or None when it is not one. Raises
+    SchemaMismatch for a name the layout does not know, a coordinate without its pair, or a
+    column that two names fill."""
+    layout = LEGACY.get(svc.name)
+    keys = {name.strip().lower(): name.strip() for name in names}
+    if layout is None or not layout.tells & set(keys):
+        return None
+    by_key = {c.name.lower(): c for c in svc.columns}
+    renamed, located, unknown = [], [], []
+    paired = {name for pair in layout.points for name in pair}
+    for pair, zone in layout.points.items():
+        present = [name for name in pair if name in keys]
+        if len(present) == 1:
+            raise SchemaMismatch(f"{where}: column {keys[present[0]]!r} comes without its pair {' and '.join(pair)}")
+        if present:
+            located.append((keys[pair[0]], keys[pair[1]], by_key[zone.lower()]))
+    for key, name in keys.items():
+        if key in paired or key in layout.dropped:
+            continue
+        column = by_key.get(layout.names.get(key, key).lower())
+        if column is None:
+            unknown.append(name)
+        else:
+            renamed.append((name, column))
+    if unknown:
+        raise SchemaMismatch(f"{where}: the legacy {svc.name} layout has no column(s) {', '.join(repr(u) for u in unknown)}")
+    filled = [c.name for _, c in renamed] + [c.name for _, _, c in located]
+    twice = sorted({name for name in filled if filled.count(name) > 1})
+    if twice:
+        raise SchemaMismatch(f"{where}: more than one column of the header becomes {', '.join(twice)}")
+    return LegacyPlan(layout, tuple(renamed), tuple(located))
 
 
 def check_rows(svc: Service, rows: int, where: str) -> None:
@@ -282,16 +425,23 @@ def month_str(month: datetime.date) -> str:
 
 def resolve_header(svc: Service, header_line: str, where: str) -> list[Column]:
     """Map a file's header line (a CSV header, or a Parquet file's column names joined with
-    commas) to catalog columns, in file order.
+    commas) to catalog columns, in file order; a legacy layout's header to the columns its
+    converted rows have (legacy_plan).
 
     Names match case-insensitively; quotes and a trailing CR are ignored. Raises SchemaMismatch
-    naming the file (``where``) for a legacy layout, a column the catalog does not know, a column
-    that appears twice, or a header without the service's required columns.
+    naming the file (``where``) for a column the catalog does not know, a column that appears
+    twice, or a header without the service's required columns.
     """
     names = next(csv.reader([header_line.strip("\r\n")]), [])
-    legacy, why = LEGACY.get(svc.name, (set(), ""))
-    if legacy & {n.strip().lower() for n in names}:
-        raise SchemaMismatch(f"{where}: {why}")
+    plan = legacy_plan(svc, names, where)
+    resolved = plan.columns if plan else _resolve_names(svc, names, where)
+    missing = [r for r in svc.required if r not in {c.name for c in resolved}]
+    if missing:
+        raise SchemaMismatch(f"{where}: header lacks required {svc.name} column(s) {', '.join(missing)}; got {header_line.strip()[:200]!r}")
+    return resolved
+
+
+def _resolve_names(svc: Service, names: list[str], where: str) -> list[Column]:
     by_key = {c.name.lower(): c for c in svc.columns}
     resolved: list[Column] = []
     unknown: list[str] = []
@@ -309,7 +459,4 @@ def resolve_header(svc: Service, header_line: str, where: str) -> list[Column]:
             f"{where}: header has column(s) the {svc.name} catalog does not know: "
             f"{', '.join(repr(u) for u in unknown)}; known: {', '.join(c.name for c in svc.columns)}"
         )
-    missing = [r for r in svc.required if r not in {c.name for c in resolved}]
-    if missing:
-        raise SchemaMismatch(f"{where}: header lacks required {svc.name} column(s) {', '.join(missing)}; got {header_line.strip()[:200]!r}")
     return resolved

@@ -19,7 +19,7 @@ import os
 import queue
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
 
 import luigi
 import pyarrow as pa
@@ -27,9 +27,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline import catalog, settings
+from pipeline import catalog, legacy, settings
+from pipeline.catalog import ConversionError
 from pipeline.dataset_task import DatasetTask
 from pipeline.download import Download
+
+if TYPE_CHECKING:
+    from pipeline.zone_shapes import ZoneIndex
 
 logger = logging.getLogger("pipeline.convert")
 
@@ -38,10 +42,6 @@ logger = logging.getLogger("pipeline.convert")
 BLOCK_SIZE = 1 << 20  # bytes of CSV text per parsed batch
 READ_AHEAD = 4  # parsed batches queued between the reading thread and the writer
 PARQUET_BATCH_ROWS = 64 * 1024  # rows per batch read from a source Parquet file
-
-
-class ConversionError(ValueError):
-    """A row of the source file does not fit the catalog."""
 
 
 class SourceCorrupt(OSError):
@@ -208,17 +208,23 @@ def convert_parquet(
     where: str,
     metadata: dict,
     progress: Callable[[int, int, int], None] = lambda rows, done, total: None,
+    zones: Optional[ZoneIndex] = None,
 ) -> int:
     """Write a source Parquet file (the TLC's) to ``dst`` in ``svc``'s schema, one row group at a
-    time, whatever physical types and name spellings this month's file has; return the row count."""
+    time, whatever physical types and name spellings this month's file has; return the row count.
+    A file in a legacy layout (yellow 2009-2010) has its coordinates located in ``zones``."""
     columns = catalog.resolve_header(svc, header, where)
+    plan = catalog.legacy_plan(svc, header.split(","), where)
     # buffer_size: column chunks are read through a buffer, not whole, so a month written as
     # one huge row group still streams.
     source = pq.ParquetFile(src, buffer_size=BLOCK_SIZE)
     total = source.metadata.num_rows
-    return _write_row_groups(
-        dst, _schema(svc, metadata), _parquet_batches(source, where), columns, where, lambda rows: progress(rows, rows, total), INT64_RANGE
-    )
+    batches = _parquet_batches(source, where)
+    if plan:
+        if zones is None:
+            raise catalog.SchemaMismatch(f"{where}: a file in the legacy {svc.name} layout, for a month the catalog does not list as one")
+        batches = legacy.modernised(batches, plan, zones, where)
+    return _write_row_groups(dst, _schema(svc, metadata), batches, columns, where, lambda rows: progress(rows, rows, total), INT64_RANGE)
 
 
 _CHECK_TEXT: dict[pa.DataType, Callable[[str], object]] = {
@@ -291,6 +297,10 @@ def convert(
 
     ``header`` is the file's header line, as the Download step read and recorded it."""
     columns = catalog.resolve_header(svc, header, where)
+    if catalog.legacy_plan(svc, next(csv.reader([header])), where):
+        raise catalog.SchemaMismatch(
+            f"{where}: the legacy {svc.name} layout is read from the TLC's Parquet files only ([source] kind = tlc), not from csv"
+        )
     raw = pa.OSFile(src)
     total = os.fstat(raw.fileno()).st_size
     stream = pa.CompressedInputStream(raw, "gzip") if src.endswith(".gz") else raw
@@ -324,7 +334,11 @@ class ToParquet(DatasetTask):
     """Convert the downloaded file to Parquet in the catalog's schema (staging area)."""
 
     def requires(self):
-        return self.clone(Download)
+        if not catalog.legacy_month(self.svc, self.month):
+            return {"download": self.clone(Download)}
+        from pipeline.zone_shapes import ZoneShapes  # zone_shapes imports the lake, which imports this
+
+        return {"download": self.clone(Download), "shapes": ZoneShapes()}
 
     def output(self):
         return luigi.LocalTarget(self.staging_path("parquet", self.svc.file_stem(self.month) + ".parquet"))
@@ -332,13 +346,23 @@ class ToParquet(DatasetTask):
     def forget_download(self) -> None:
         """Make the Download incomplete (its record first: without it the file counts for
         nothing), so the next run fetches the file again instead of converting it again."""
-        for target in (self.input()["meta"], self.input()["file"]):
+        for target in (self.input()["download"]["meta"], self.input()["download"]["file"]):
             if target.exists():
                 target.remove()
 
+    def zones(self) -> Optional[ZoneIndex]:
+        """The index of the zone shapes, for a legacy month."""
+        if "shapes" not in self.input():
+            return None
+        from pipeline.zone_shapes import ZoneIndex
+
+        self.report(0, 1, "indexing the zone shapes")
+        with self.input()["shapes"].local_path() as path:
+            return ZoneIndex.from_parquet(path)
+
     def run(self):
-        raw = self.input()["file"].path
-        with open(self.input()["meta"].path) as f:
+        raw = self.input()["download"]["file"].path
+        with open(self.input()["download"]["meta"].path) as f:
             source = json.load(f)
         where = f"{self.label} ({raw})"
         logger.info("%s: converting %s to Parquet", self.label, raw)
@@ -356,10 +380,12 @@ class ToParquet(DatasetTask):
             "source_etag": source.get("etag", ""),
             "source_last_modified": source.get("last_modified", ""),
         }
-        step = convert_parquet if raw.endswith(".parquet") else convert
         try:
             with self.staged(self.output()) as tmp:
-                rows = step(raw, source["header"], tmp, self.svc, where, meta, progress)
+                if raw.endswith(".parquet"):
+                    rows = convert_parquet(raw, source["header"], tmp, self.svc, where, meta, progress, self.zones())
+                else:
+                    rows = convert(raw, source["header"], tmp, self.svc, where, meta, progress)
                 catalog.check_rows(self.svc, rows, where)
         except SourceCorrupt as e:
             self.forget_download()

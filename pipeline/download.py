@@ -37,8 +37,6 @@ logger = logging.getLogger("pipeline.download")
 
 CHUNK = 1 << 20  # file reads
 NET_CHUNK = 64 << 10  # network reads: small, so progress moves and bytes reach disk on a slow link
-GZIP_MAGIC = b"\x1f\x8b"
-PARQUET_MAGIC = b"PAR1"
 
 
 class SourceError(RuntimeError):
@@ -58,10 +56,14 @@ def source_path(svc: catalog.Service, month) -> str:
     return catalog.SOURCES[settings.source().kind].path(svc, month)
 
 
-def source_url(svc: catalog.Service, month) -> str:
+def base_url() -> str:
+    """The configured source's base: [source] base_url, or its kind's own."""
     cfg = settings.source()
-    base = (cfg.base_url or catalog.SOURCES[cfg.kind].base_url).rstrip("/")
-    return f"{base}/{source_path(svc, month)}"
+    return (cfg.base_url or catalog.SOURCES[cfg.kind].base_url).rstrip("/")
+
+
+def source_url(svc: catalog.Service, month) -> str:
+    return f"{base_url()}/{source_path(svc, month)}"
 
 
 def redact(url: str) -> str:
@@ -90,7 +92,8 @@ def _suffix_of(url: str) -> str:
     return posixpath.splitext(urllib.parse.urlsplit(url).path)[1]
 
 
-MAGIC = {".gz": GZIP_MAGIC, ".parquet": PARQUET_MAGIC}
+# How each kind of file starts, and what it is called: by the URL's suffix.
+MAGIC = {".gz": (b"\x1f\x8b", "gzip"), ".parquet": (b"PAR1", "Parquet"), ".zip": (b"PK\x03\x04", "zip")}
 # What a source that cannot be reached (no network, a mirror that is down) tells the user to try.
 OFFLINE_HINT = (
     ". Is the network up? A mirror is set with [source] base_url (--source-base-url); offline, "
@@ -112,7 +115,7 @@ class _StreamCheck:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.head = b""
-        self.magic = MAGIC.get(_suffix_of(url), b"")
+        self.magic, self.kind = MAGIC.get(_suffix_of(url), (b"", ""))
         self.window, self.min_rate = cfg.timeout, cfg.min_rate_kib
         self.window_start, self.window_size = time.monotonic(), 0
 
@@ -145,7 +148,7 @@ class _StreamCheck:
                 f"{self.where}: got an HTML/XML page, not the data file (a wrong URL or an error page); it starts {self.head[:80]!r}"
             )
         if not self.head.startswith(self.magic):
-            raise SourceError(f"{self.where}: not a {'gzip' if self.magic == GZIP_MAGIC else 'Parquet'} file; it starts {self.head[:40]!r}")
+            raise SourceError(f"{self.where}: not a {self.kind} file; it starts {self.head[:40]!r}")
 
 
 def _parquet_rows(path: str, where: str) -> tuple[str, int]:
@@ -247,8 +250,10 @@ def _file_chunks(url: str, where: str, found: dict) -> Iterator[tuple[bytes, int
             yield chunk, total
 
 
-def fetch(url: str, dest: str, svc: catalog.Service, where: str, progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
-    """Download ``url`` to ``dest`` and check it; return what we know about the file."""
+def fetch_file(url: str, dest: str, where: str, progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+    """Download ``url`` to ``dest``, retrying what may heal, and check the transfer (the whole
+    body, how it starts, the rate); return what we know about the file: its URL as shown, size,
+    sha256, and the server's validators."""
     cfg = settings.source()
     scheme = urllib.parse.urlparse(url).scheme
     if scheme not in ("http", "https", "file"):
@@ -271,6 +276,20 @@ def fetch(url: str, dest: str, svc: catalog.Service, where: str, progress: Calla
         return check
 
     check = retry.call(attempt, attempts=cfg.attempts, backoff=cfg.backoff, setting="[source]")
+    # What the server said of this version of the file, so a republished one can be noticed.
+    return {
+        "url": redact(url),
+        "size": check.size,
+        "sha256": check.sha256.hexdigest(),
+        "etag": found.get("etag", ""),
+        "last_modified": found.get("last_modified", ""),
+    }
+
+
+def fetch(url: str, dest: str, svc: catalog.Service, where: str, progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+    """Download a data file of ``svc`` to ``dest`` and check it (fetch_file, then its header
+    and, where it is known here, its row count); return what we know about the file."""
+    meta = fetch_file(url, dest, where, progress)
     if _suffix_of(url) == ".parquet":
         header, rows = _parquet_rows(dest, where)
     else:
@@ -278,15 +297,7 @@ def fetch(url: str, dest: str, svc: catalog.Service, where: str, progress: Calla
     catalog.resolve_header(svc, header, where)
     if rows is not None:  # else ToParquet counts them
         catalog.check_rows(svc, rows, where)
-    # What the server said of this version of the file, so a republished one can be noticed.
-    return {
-        "url": redact(url),
-        "size": check.size,
-        "sha256": check.sha256.hexdigest(),
-        "header": header.rstrip("\r"),
-        "etag": found.get("etag", ""),
-        "last_modified": found.get("last_modified", ""),
-    }
+    return {**meta, "header": header.rstrip("\r")}
 
 
 def validators(headers: Mapping[str, str]) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
     {root}/{service}/month={YYYY-MM}/{service}_tripdata_{YYYY-MM}.parquet
     {root}/zones/taxi_zone_lookup.parquet
+    {root}/zone_shapes/taxi_zones.parquet       (the zones' polygons, for the legacy months)
 
 `[lake] root` is a local directory (the embedded default) or gs://bucket/prefix: the same tasks
 serve both, the target type follows the root, and both kinds of lake file offer the same
@@ -53,6 +54,11 @@ def lake_path(svc: catalog.Service, month: Optional[datetime.date]) -> str:
     if svc.monthly:
         return _join(service_folder(svc), f"{PARTITION_KEY}={catalog.month_str(month)}", name)
     return _join(service_folder(svc), name)
+
+
+def shapes_path(shapes: catalog.Shapes) -> str:
+    """The zone shapes' one file: `{root}/zone_shapes/taxi_zones.parquet`."""
+    return _join(lake_root().rstrip("/"), shapes.name, posixpath.splitext(shapes.shapefile)[0] + ".parquet")
 
 
 def service_folder(svc: catalog.Service) -> str:

@@ -22,6 +22,7 @@ import pipeline  # noqa: F401  (reads the settings files, once, before any fixtu
 
 import mirror as mirrors
 import servers
+import tlc_parquet
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,6 +82,14 @@ def workspace(tmp_path, http_server):
         }
     ):
         yield tmp_path
+
+
+@pytest.fixture
+def tlc(workspace, http_server, mirror_files):
+    """The workspace, downloading from the mirror in the TLC's own layout (tests/tlc_parquet.py);
+    yields that mirror's files (path -> bytes)."""
+    with configured({("source", "kind"): "tlc", ("source", "base_url"): f"{http_server}/tlc"}):
+        yield tlc_parquet.build(mirror_files)
 
 
 @pytest.fixture

@@ -120,7 +120,7 @@ def test_progress_and_status_reach_the_scheduler(workspace):
     message = scheduler.get_task_status_message(task.task_id)["statusMessage"]
     assert message == "yellow 2021-01: converted 22,792 rows"
     assert scheduler.get_task_progress_percentage(task.task_id)["progressPercentage"] == 100
-    download_id = task.requires().task_id
+    download_id = task.requires()["download"].task_id
     assert scheduler.get_task_status_message(download_id)["statusMessage"] == "yellow 2021-01: downloaded"
 
 

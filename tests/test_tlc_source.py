@@ -9,19 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import IngestMonth, IngestZones
-from pipeline.catalog import SERVICES, SchemaMismatch
+from pipeline.catalog import SERVICES
 from pipeline.convert import ConversionError, convert_parquet
 from pipeline.lake import lake_path
 
 import tlc_parquet
 from conftest import configured
 from mirror import data_rows, month
-
-
-@pytest.fixture
-def tlc(workspace, http_server, mirror_files):
-    with configured({("source", "kind"): "tlc", ("source", "base_url"): f"{http_server}/tlc"}):
-        yield tlc_parquet.build(mirror_files)
 
 
 def lake_table(service: str, m: str | None):
@@ -105,15 +99,6 @@ def test_a_lossy_cast_fails_naming_file_column_and_value(tlc, run):
     assert "yellow 2022-05 (" in message and "yellow_tripdata_2022-05.parquet" in message
     assert "column passenger_count, data row 2: value 1.5 is not a whole number that fits int64" in message
     assert not IngestMonth(service="yellow", month=month("2022-05")).complete()
-
-
-def test_the_legacy_2009_2010_yellow_layout_is_refused_clearly(tlc, run):
-    result = run(IngestMonth(service="yellow", month=month("2010-01")))
-
-    error = result.failures["Download"]
-    assert isinstance(error, SchemaMismatch)
-    assert str(error).startswith("yellow 2010-01 (")
-    assert "the legacy yellow layout of 2009-2010" in str(error) and "supported from 2011-01" in str(error)
 
 
 def test_a_truncated_parquet_file_is_not_taken(tlc, http_server, run):

@@ -10,12 +10,15 @@ the physical types and column spellings the TLC's own files have in that month
 - green 2024-01: VendorID and location ids INT32, the other codes INT64, ehail_fee DOUBLE;
 - fhv 2019-02: the mixed-case names, location ids and SR_Flag DOUBLE, a dropoff in the year 3019;
 - fhvhv 2021-06: the 24-column layout;
-and two that must be refused: yellow 2022-05 with a passenger_count of 1.5, and yellow 2010-01 in
-the legacy layout.
+- yellow 2009-01 and 2010-01 in the legacy layouts (section 9), from the real rows in
+  tests/data/tlc/legacy: times and words as strings, the 2010 rate code a string, 2010 with the
+  stray pandas index column; and the zone shapes they are located with (misc/taxi_zones.zip);
+and one that must be refused: yellow 2022-05 with a passenger_count of 1.5.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime
 import io
 from pathlib import Path
@@ -49,6 +52,61 @@ YELLOW_TYPES = {
     "total_amount": F64,
     "congestion_surcharge": F64,
 }
+
+
+# The physical types of the TLC's legacy Parquet files (every other column: DOUBLE).
+LEGACY_2009_TYPES = {
+    "vendor_name": STR,
+    "Trip_Pickup_DateTime": STR,
+    "Trip_Dropoff_DateTime": STR,
+    "Passenger_Count": I64,
+    "Payment_Type": STR,
+}
+LEGACY_2010_TYPES = {
+    "vendor_id": STR,
+    "pickup_datetime": STR,
+    "dropoff_datetime": STR,
+    "passenger_count": I64,
+    "rate_code": STR,
+    "store_and_fwd_flag": STR,
+    "payment_type": STR,
+}
+
+
+def legacy_rows(*names: str) -> tuple[list[str], list[list[str]]]:
+    """The header and the whole data rows of the legacy csv files ``names`` (tests/data/tlc/legacy):
+    blank lines skipped, a partial last line (the 1 KiB heads end mid-row) dropped."""
+    header, rows = None, []
+    for name in names:
+        text = (DATA / "legacy" / name).read_text()
+        lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
+        file_header, *data = list(csv.reader(lines))
+        assert header in (None, file_header), name
+        header = file_header
+        rows += [row for row in data if row]
+    return header, rows
+
+
+def legacy_table(header: list[str], rows: list[list[str]], types: dict[str, pa.DataType]) -> pa.Table:
+    """The rows with the TLC's legacy physical types: numbers parsed (empty: null), text as written."""
+
+    def value(text: str, type_: pa.DataType):
+        if type_ == STR:
+            return text
+        return None if text == "" else int(text) if type_ == I64 else float(text)
+
+    return pa.table(
+        {name: pa.array([value(row[i], types.get(name, F64)) for row in rows], types.get(name, F64)) for i, name in enumerate(header)}
+    )
+
+
+def legacy_files() -> dict[str, pa.Table]:
+    months = [f"{m:02d}" for m in range(1, 13)]
+    y2009 = legacy_table(*legacy_rows(*[f"yellow_tripdata_2009-{m}.csv" for m in months]), LEGACY_2009_TYPES)
+    # 2010: the twelve 2010 heads, then the 997 rows of 2013-01 (the same layout; its only long sample).
+    y2010 = legacy_table(*legacy_rows(*[f"yellow_tripdata_2010-{m}.csv" for m in months], "yellow_tripdata_2013-01.csv"), LEGACY_2010_TYPES)
+    y2010 = y2010.append_column("__index_level_0__", pa.array(range(y2010.num_rows), I64))
+    return {"yellow_tripdata_2009-01.parquet": y2009, "yellow_tripdata_2010-01.parquet": y2010}
 
 
 def _read(csv: bytes, types: dict[str, pa.DataType]) -> pa.Table:
@@ -101,18 +159,7 @@ def build(csv_of: dict[str, bytes]) -> dict[str, bytes]:
         3, "passenger_count", pa.array([1.5 if i == 1 else v for i, v in enumerate(yellow_0720.column("passenger_count").to_pylist())], F64)
     )
     files["yellow_tripdata_2022-05.parquet"] = _with(lossy, airport_fee=fees(n07))
-    files["yellow_tripdata_2010-01.parquet"] = pa.table(
-        {
-            "vendor_id": ["VTS", "CMT"],
-            "pickup_datetime": pa.array([datetime.datetime(2010, 1, 1, 0, 1)] * 2, TS),
-            "dropoff_datetime": pa.array([datetime.datetime(2010, 1, 1, 0, 9)] * 2, TS),
-            "passenger_count": pa.array([1, 2], I64),
-            "trip_distance": [1.2, 3.4],
-            "pickup_longitude": [-73.99, -73.95],
-            "pickup_latitude": [40.75, 40.77],
-            "total_amount": [7.5, 11.0],
-        }
-    )
+    files.update(legacy_files())
 
     green = _read(
         csv_of["green/green_tripdata_2019-01.csv.gz"],
@@ -191,6 +238,7 @@ def build(csv_of: dict[str, bytes]) -> dict[str, bytes]:
 
     mirror = {f"trip-data/{name}": _parquet(table) for name, table in files.items()}
     mirror["misc/taxi+_zone_lookup.csv"] = (DATA / "taxi+_zone_lookup.2024-07.csv").read_bytes()
+    mirror["misc/taxi_zones.zip"] = (DATA / "zones" / "taxi_zones.zip").read_bytes()
     return mirror
 
 

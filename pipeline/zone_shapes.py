@@ -1,0 +1,172 @@
+"""The taxi zone shapes (catalog.ZONE_SHAPES): source -> checked -> lake, and the index that
+says which zone a longitude and latitude are in (what the legacy yellow months need).
+
+ZoneShapes downloads the TLC's `misc/taxi_zones.zip`, checks it (every member's CRC, the
+shapefile's four parts, the zone count, the CRS, each id once) and keeps it in the lake as
+`zone_shapes/taxi_zones.parquet`: LocationID, zone, borough, and each zone's polygon as WKB in
+the shapes' own CRS (EPSG:2263, feet), with the source's record in the footer like every lake
+file.
+
+ZoneIndex locates arrays of points: pyproj projects WGS84 degrees to the shapes' feet; a grid of
+CELL_FEET cells over the zones answers at once for every cell that lies inside one zone, and
+shapely's exact test runs only for the points in cells that a boundary crosses, against the zones
+that cross that cell (bench/zone_lookup.py measures it against an STRtree query of every point).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import posixpath
+import tempfile
+import zipfile
+
+import luigi
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import catalog, download, settings
+from pipeline.lake import LakeTarget, lake_target, shapes_path
+
+logger = logging.getLogger("pipeline.zone_shapes")
+
+# The grid's cell: small enough that most trips fall in a cell inside one zone (Manhattan's zones
+# are a few thousand feet across), large enough that the grid is built in a second or two.
+CELL_FEET = 500.0
+SCHEMA = pa.schema([("LocationID", pa.int64()), ("zone", pa.string()), ("borough", pa.string()), ("geometry", pa.binary())])
+
+
+class ShapesError(ValueError):
+    """The zone shapes are not what the catalog says they are; the message says what and where."""
+
+
+def read_shapes(path: str, where: str) -> pa.Table:
+    """The checked zones of the zip at ``path``, in SCHEMA."""
+    import pyproj
+    import shapefile
+    import shapely
+
+    shapes = catalog.ZONE_SHAPES
+    try:
+        archive = zipfile.ZipFile(path)
+        damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ShapesError(f"{where}: not a whole zip file ({e})") from None
+    if damaged:
+        raise ShapesError(f"{where}: member {damaged} is damaged (its CRC does not match)")
+    stem = posixpath.splitext(shapes.shapefile)[0]
+    members = {posixpath.basename(name): name for name in archive.namelist()}
+    parts = {ext: members.get(f"{stem}.{ext}") for ext in ("shp", "shx", "dbf", "prj")}
+    lacking = [f"{stem}.{ext}" for ext, name in parts.items() if name is None]
+    if lacking:
+        raise ShapesError(f"{where}: the zip lacks {', '.join(lacking)}; it has {', '.join(sorted(members))}")
+    crs = pyproj.CRS.from_wkt(archive.read(parts["prj"]).decode("latin-1"))
+    if not crs.equals(pyproj.CRS(shapes.crs)):
+        raise ShapesError(f"{where}: the shapes are in {crs.name}, not {shapes.crs}")
+    reader = shapefile.Reader(**{ext: io.BytesIO(archive.read(parts[ext])) for ext in ("shp", "shx", "dbf")})
+    fields = [field.name for field in reader.fields[1:]]
+    lacking = [name for name in (shapes.id_field, *shapes.fields) if name not in fields]
+    if lacking:
+        raise ShapesError(f"{where}: the shapes lack the field(s) {', '.join(lacking)}; they have {', '.join(fields)}")
+    records = reader.records()
+    ids = [record[shapes.id_field] for record in records]
+    if len(records) != shapes.records or sorted(ids) != list(range(1, shapes.records + 1)):
+        raise ShapesError(f"{where}: {len(records)} zones with {len(set(ids))} distinct {shapes.id_field}s; expected 1 to {shapes.records}")
+    polygons = [shapely.geometry.shape(shape.__geo_interface__) for shape in reader.shapes()]
+    bad = [ids[i] for i, polygon in enumerate(polygons) if polygon.geom_type not in ("Polygon", "MultiPolygon") or polygon.is_empty]
+    if bad:
+        raise ShapesError(f"{where}: zone(s) {bad[:10]} have no polygon")
+    return pa.table(
+        [ids, [r["zone"] for r in records], [r["borough"] for r in records], [shapely.to_wkb(polygon) for polygon in polygons]],
+        schema=SCHEMA,
+    )
+
+
+class ZoneShapes(luigi.Task):
+    """The TLC's taxi zone shapes, downloaded, checked, and kept in the lake."""
+
+    def output(self) -> LakeTarget:
+        return lake_target(shapes_path(catalog.ZONE_SHAPES))
+
+    def run(self):
+        url = f"{download.base_url()}/{catalog.ZONE_SHAPES.path}"
+        where = f"{catalog.ZONE_SHAPES.name} ({download.redact(url)})"
+        logger.info("%s: downloading", where)
+        self.set_status_message(f"downloading {download.redact(url)}")
+        os.makedirs(settings.ingest().staging, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=settings.ingest().staging, prefix="shapes-") as tmp:
+            raw = os.path.join(tmp, posixpath.basename(catalog.ZONE_SHAPES.path))
+            source = download.fetch_file(url, raw, where)
+            table = read_shapes(raw, where)
+            record = {"rows": table.num_rows, "source_url": source["url"], "source_sha256": source["sha256"], "source_size": source["size"]}
+            out = os.path.join(tmp, "shapes.parquet")
+            pq.write_table(table.replace_schema_metadata({f"tlc.{k}": str(v) for k, v in record.items()}), out)
+            self.output().put(out)
+        logger.info("%s: %d zones in the lake at %s", where, table.num_rows, self.output().path)
+        self.set_status_message(f"{table.num_rows} zones in the lake")
+
+
+class ZoneIndex:
+    """Which zone (the lookup's LocationID) each of many (longitude, latitude) points is in."""
+
+    def __init__(self, ids: np.ndarray, polygons: np.ndarray):
+        import pyproj
+        import shapely
+
+        self._to_feet = pyproj.Transformer.from_crs("EPSG:4326", catalog.ZONE_SHAPES.crs, always_xy=True)
+        self.ids, self.polygons = ids, polygons
+        shapely.prepare(polygons)
+        self.x0, self.y0, x1, y1 = shapely.total_bounds(polygons)
+        self.nx, self.ny = int((x1 - self.x0) // CELL_FEET) + 1, int((y1 - self.y0) // CELL_FEET) + 1
+        cx, cy = (a.ravel() for a in np.meshgrid(np.arange(self.nx), np.arange(self.ny)))
+        cells = shapely.box(
+            self.x0 + cx * CELL_FEET, self.y0 + cy * CELL_FEET, self.x0 + (cx + 1) * CELL_FEET, self.y0 + (cy + 1) * CELL_FEET
+        )
+        tree = shapely.STRtree(polygons)
+        # A cell inside one zone answers for all its points; the others list the zones they touch.
+        self.whole = np.zeros(len(cells), np.int64)
+        inside, zone = tree.query(cells, predicate="within")
+        self.whole[inside] = ids[zone]
+        cell, zone = tree.query(cells, predicate="intersects")
+        keep = self.whole[cell] == 0
+        order = np.lexsort((ids[zone[keep]], cell[keep]))  # by cell, then id: the lowest id wins a tie
+        self.touch_cell, self.touch_zone = cell[keep][order], zone[keep][order]
+        self.first = np.searchsorted(self.touch_cell, np.arange(len(cells)))
+        self.count = np.searchsorted(self.touch_cell, np.arange(len(cells)), side="right") - self.first
+
+    @classmethod
+    def from_parquet(cls, path: str) -> ZoneIndex:
+        import shapely
+
+        table = pq.read_table(path)
+        return cls(table.column("LocationID").to_numpy(), shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False)))
+
+    def locate(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        """The zone of each point, as int64: catalog.UNKNOWN_ZONE where there is no usable
+        coordinate (NaN, 0, off the globe), catalog.OUTSIDE_ZONE where the point is in no zone. A
+        point on the line between two zones is in the one with the lower id."""
+        import shapely
+
+        usable = np.isfinite(lon) & np.isfinite(lat) & (lon != 0) & (lat != 0) & (np.abs(lon) <= 180) & (np.abs(lat) <= 90)
+        out = np.full(len(lon), catalog.UNKNOWN_ZONE, np.int64)
+        out[usable] = catalog.OUTSIDE_ZONE
+        at = np.flatnonzero(usable)
+        x, y = self._to_feet.transform(lon[at], lat[at])
+        ix, iy = np.floor((x - self.x0) / CELL_FEET).astype(np.int64), np.floor((y - self.y0) / CELL_FEET).astype(np.int64)
+        on_grid = (ix >= 0) & (ix < self.nx) & (iy >= 0) & (iy < self.ny)
+        at, x, y, cell = at[on_grid], x[on_grid], y[on_grid], (iy * self.nx + ix)[on_grid]
+        whole = self.whole[cell]
+        out[at[whole > 0]] = whole[whole > 0]
+        # The rest: each point against each zone its cell touches, in one vectorised test.
+        edge = np.flatnonzero((whole == 0) & (self.count[cell] > 0))
+        counts = self.count[cell[edge]]
+        point = np.repeat(edge, counts)
+        pair = np.repeat(self.first[cell[edge]] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        zone = self.touch_zone[pair]
+        hit = shapely.intersects_xy(self.polygons[zone], x[point], y[point])
+        point, zone = point[hit], zone[hit]
+        first = np.unique(point, return_index=True)[1]  # a point's pairs are in id order
+        out[at[point[first]]] = self.ids[zone[first]]
+        return out
