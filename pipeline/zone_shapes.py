@@ -32,9 +32,13 @@ from pipeline.lake import LakeTarget, lake_target, shapes_path
 
 logger = logging.getLogger("pipeline.zone_shapes")
 
-# The grid's cell: small enough that most trips fall in a cell inside one zone (Manhattan's zones
-# are a few thousand feet across), large enough that the grid is built in a second or two.
-CELL_FEET = 500.0
+# The grid: cells of COARSE_FEET, each that a zone boundary crosses split in four, GRID_LEVELS
+# times, down to CELL_FEET. Trips start and end in the streets, which are the zones' boundaries,
+# so the fine cells must be small for most points to fall in a cell inside one zone; splitting
+# only where a boundary runs keeps the build to about a second.
+COARSE_FEET = 4000.0
+GRID_LEVELS = 5
+CELL_FEET = COARSE_FEET / 2**GRID_LEVELS  # 125 ft
 SCHEMA = pa.schema([("LocationID", pa.int64()), ("zone", pa.string()), ("borough", pa.string()), ("geometry", pa.binary())])
 
 
@@ -118,23 +122,54 @@ class ZoneIndex:
         self._to_feet = pyproj.Transformer.from_crs("EPSG:4326", catalog.ZONE_SHAPES.crs, always_xy=True)
         self.ids, self.polygons = ids, polygons
         shapely.prepare(polygons)
-        self.x0, self.y0, x1, y1 = shapely.total_bounds(polygons)
-        self.nx, self.ny = int((x1 - self.x0) // CELL_FEET) + 1, int((y1 - self.y0) // CELL_FEET) + 1
-        cx, cy = (a.ravel() for a in np.meshgrid(np.arange(self.nx), np.arange(self.ny)))
-        cells = shapely.box(
-            self.x0 + cx * CELL_FEET, self.y0 + cy * CELL_FEET, self.x0 + (cx + 1) * CELL_FEET, self.y0 + (cy + 1) * CELL_FEET
-        )
         tree = shapely.STRtree(polygons)
-        # A cell inside one zone answers for all its points; the others list the zones they touch.
-        self.whole = np.zeros(len(cells), np.int64)
-        inside, zone = tree.query(cells, predicate="within")
-        self.whole[inside] = ids[zone]
-        cell, zone = tree.query(cells, predicate="intersects")
-        keep = self.whole[cell] == 0
-        order = np.lexsort((ids[zone[keep]], cell[keep]))  # by cell, then id: the lowest id wins a tie
-        self.touch_cell, self.touch_zone = cell[keep][order], zone[keep][order]
-        self.first = np.searchsorted(self.touch_cell, np.arange(len(cells)))
-        self.count = np.searchsorted(self.touch_cell, np.arange(len(cells)), side="right") - self.first
+        self.x0, self.y0, x1, y1 = shapely.total_bounds(polygons)
+        span = 2**GRID_LEVELS  # fine cells to a coarse cell's side
+        cx, cy = (
+            a.ravel()
+            for a in np.meshgrid(np.arange(int((x1 - self.x0) // COARSE_FEET) + 1), np.arange(int((y1 - self.y0) // COARSE_FEET) + 1))
+        )
+        self.nx, self.ny = (int(cx.max()) + 1) * span, (int(cy.max()) + 1) * span
+        whole = np.zeros((self.ny, self.nx), np.int32)
+        # Coarse cells first; a cell inside one zone answers for all its fine cells, a cell a
+        # boundary crosses is split in four, down to CELL_FEET, where it lists the zones it
+        # touches. A child can only touch the zones its parent touches, and the exact tests are
+        # asked of the prepared polygons (an STRtree query with a predicate prepares the boxes).
+        cell, zone = tree.query(
+            shapely.box(
+                self.x0 + cx * COARSE_FEET, self.y0 + cy * COARSE_FEET, self.x0 + (cx + 1) * COARSE_FEET, self.y0 + (cy + 1) * COARSE_FEET
+            )
+        )
+        for level in range(GRID_LEVELS + 1):
+            size, cells_span = COARSE_FEET / 2**level, span // 2**level
+            boxes = shapely.box(self.x0 + cx * size, self.y0 + cy * size, self.x0 + (cx + 1) * size, self.y0 + (cy + 1) * size)
+            hit = shapely.intersects(polygons[zone], boxes[cell])
+            cell, zone = cell[hit], zone[hit]
+            touching = np.bincount(cell, minlength=len(boxes))
+            alone = touching[cell] == 1
+            inside = alone.copy()
+            inside[alone] = shapely.contains(polygons[zone[alone]], boxes[cell[alone]])
+            rows = cy[cell[inside], None] * cells_span + np.arange(cells_span)
+            columns = cx[cell[inside], None] * cells_span + np.arange(cells_span)
+            whole[rows[:, :, None], columns[:, None, :]] = ids[zone[inside], None, None]
+            if level == GRID_LEVELS:
+                break
+            crossed = touching > 0
+            crossed[cell[inside]] = False
+            rank = np.cumsum(crossed) - 1
+            parents, keep = np.flatnonzero(crossed), crossed[cell]
+            cx = np.concatenate([2 * cx[parents] + q // 2 for q in range(4)])
+            cy = np.concatenate([2 * cy[parents] + q % 2 for q in range(4)])
+            cell = np.concatenate([q * len(parents) + rank[cell[keep]] for q in range(4)])
+            zone = np.tile(zone[keep], 4)
+        edge = ~inside
+        fine = (cy[cell[edge]] * self.nx + cx[cell[edge]]).astype(np.int64)
+        order = np.lexsort((ids[zone[edge]], fine))  # by cell, then id: the lowest id wins a tie
+        self.touch_cell, self.touch_zone = fine[order], zone[edge][order]
+        self.whole = whole.ravel()
+        cells = np.arange(self.nx * self.ny)
+        self.first = np.searchsorted(self.touch_cell, cells).astype(np.int32)
+        self.count = (np.searchsorted(self.touch_cell, cells, side="right") - self.first).astype(np.int32)
 
     @classmethod
     def from_parquet(cls, path: str) -> ZoneIndex:
