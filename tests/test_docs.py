@@ -43,6 +43,7 @@ LOCAL = [
     "LUIGI_CONFIG_PATH=config/local.cfg luigi --module pipeline IngestMonth --service green --month 2019-10 --local-scheduler",
     "LUIGI_CONFIG_PATH=config/local.cfg luigi --module pipeline IngestMonth --service yellow --month 2021-01 --local-scheduler",
     "luigi --module pipeline IngestMonth --service yellow --month 2023-03 --source-kind tlc --local-scheduler",
+    "luigi --module pipeline IngestMonth --service yellow --month 2009-01 --source-kind tlc --local-scheduler",
     "python -m pipeline.report --services yellow,green,zones --first 2019-01 --last 2021-07 --verify --png data/coverage.png",
 ]
 SAMPLES = [
@@ -179,7 +180,8 @@ def test_the_local_commands(project, mirror_files):
     assert "no month in the lake has changed at the source" in outs[LOCAL[5]].stderr
     assert "Did not run any tasks" in outs[LOCAL[7]].stderr  # local.cfg over a month already done
     assert (home / "data" / "lake" / "yellow" / "month=2023-03").is_dir()
-    assert "63 month(s): 63 ok, 0 missing, 0 differs, 0 nowhere" in outs[LOCAL[9]].stdout  # 31 x 2 and the zones
+    assert (home / "data" / "lake" / "yellow" / "month=2009-01").is_dir() and (home / "data" / "lake" / "zone_shapes").is_dir()
+    assert "63 month(s): 63 ok, 0 missing, 0 differs, 0 nowhere" in outs[LOCAL[10]].stdout  # 31 x 2 and the zones
     assert (home / "data" / "coverage.png").read_bytes()[:4] == b"\x89PNG"
 
 
