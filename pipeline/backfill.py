@@ -118,15 +118,28 @@ class MonthRange:
         except UsageError as e:
             raise UsageError(f"{self.task_family} {e}") from None
 
-    def months(self) -> list[datetime.date]:
-        return [self.first + relativedelta(months=n) for n in range(months_between(self.first, self.last) + 1)]
+    def first_of(self, name: str) -> datetime.date:
+        """Where the range starts for service ``name``: --first, or the first month the source
+        publishes of it when that is later (the months before are not a gap)."""
+        begins = catalog.SOURCES[settings.source().kind].first_months.get(name, self.first)
+        if begins > self.first:
+            shown = f"{self.first:%Y-%m}" + (
+                f"..{begins - relativedelta(months=1):%Y-%m}" if begins - relativedelta(months=1) > self.first else ""
+            )
+            logger.info("%s: the %s source publishes it from %s; %s are left out", name, settings.source().kind, f"{begins:%Y-%m}", shown)
+            return begins
+        return self.first
+
+    def months(self, name: str) -> list[datetime.date]:
+        first = self.first_of(name)
+        return [first + relativedelta(months=n) for n in range(months_between(first, self.last) + 1)]
 
     def datasets(self) -> list[dict]:
         """The parameters of each dataset file asked for: service and month (none for zones)."""
         return [
             {"service": name} if name == "zones" else {"service": name, "month": m}
             for name in self.service_names()
-            for m in (self.months() if name != "zones" else [None])
+            for m in (self.months(name) if name != "zones" else [None])
         ]
 
     def _receipt(self, what: str) -> luigi.LocalTarget:
@@ -146,16 +159,19 @@ class IngestRange(MonthRange, luigi.WrapperTask):
             if name == "zones":
                 yield IngestZones()
                 continue
+            first = self.first_of(name)
+            if first > self.last:
+                continue
             yield PublishedMonths(
                 of=IngestMonth,
                 of_params={"service": name},
                 param_name="month",
-                start=self.first,
+                start=first,
                 stop=self.last + relativedelta(months=1),
                 # RangeMonthly counts these from today; cover exactly [first, last].
-                months_back=max(0, months_between(self.first, today)),
+                months_back=max(0, months_between(first, today)),
                 months_forward=max(0, months_between(today, self.last)) + 1,
-                task_limit=len(self.months()),
+                task_limit=months_between(first, self.last) + 1,
             )
 
 

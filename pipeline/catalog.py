@@ -244,6 +244,9 @@ class Source:
     base_url: str  # the default [source] base_url
     trip_path: str  # under the base, with {release} and {stem}
     zones_path: str
+    # The first month of each trip service this source publishes: a range that asks from earlier
+    # starts there (the months before are not a gap: the service or the copies did not exist).
+    first_months: dict[str, datetime.date] = dataclasses.field(default_factory=dict)
 
     def path(self, svc: Service, month: Optional[datetime.date]) -> str:
         if svc.monthly:
@@ -253,10 +256,32 @@ class Source:
 
 # The csv.gz copies the course uses (2019-01 to 2021-07 for yellow and green).
 RELEASES = Source(
-    "releases", "https://github.com/DataTalksClub/nyc-tlc-data/releases/download", "{release}/{stem}.csv.gz", "misc/taxi_zone_lookup.csv"
+    "releases",
+    "https://github.com/DataTalksClub/nyc-tlc-data/releases/download",
+    "{release}/{stem}.csv.gz",
+    "misc/taxi_zone_lookup.csv",
+    # fhvhv, the high-volume category, exists from 2019-02.
+    first_months={
+        "yellow": datetime.date(2019, 1, 1),
+        "green": datetime.date(2019, 1, 1),
+        "fhv": datetime.date(2019, 1, 1),
+        "fhvhv": datetime.date(2019, 2, 1),
+    },
 )
 # The TLC's own files: Parquet, every month it publishes (yellow 2009 onwards; 2009-2010 in the legacy layout below).
-TLC = Source("tlc", "https://d37ci6vzurychx.cloudfront.net", "trip-data/{stem}.parquet", "misc/taxi+_zone_lookup.csv")
+TLC = Source(
+    "tlc",
+    "https://d37ci6vzurychx.cloudfront.net",
+    "trip-data/{stem}.parquet",
+    "misc/taxi+_zone_lookup.csv",
+    # As the TLC's own list of its files has them (bench/history_metadata/).
+    first_months={
+        "yellow": datetime.date(2009, 1, 1),
+        "green": datetime.date(2014, 1, 1),
+        "fhv": datetime.date(2015, 1, 1),
+        "fhvhv": datetime.date(2019, 2, 1),
+    },
+)
 SOURCES: dict[str, Source] = {s.name: s for s in (RELEASES, TLC)}
 
 

@@ -111,19 +111,21 @@ def test_a_range_far_into_the_future_costs_a_handful_of_requests_and_one_warning
 
 
 def test_the_range_is_exactly_first_to_last_however_far_back(range_source):
-    task = IngestRange(services="yellow,fhv", first=month("2011-01"), last=month("2020-12"))
+    # The TLC publishes both services from 2015-01 at the latest, so nothing clamps the start.
+    with configured({("source", "kind"): "tlc"}):
+        task = IngestRange(services="yellow,fhv", first=month("2015-01"), last=month("2020-12"))
 
-    ranges = list(task.requires())
+        ranges = list(task.requires())
 
     assert [r.of_params["service"] for r in ranges] == ["yellow", "fhv"]
     for r in ranges:
         assert isinstance(r, PublishedMonths)
         now = datetime.datetime.now()
         covered = r.finite_datetimes(
-            max(r.moving_start(now), datetime.datetime(2011, 1, 1)), min(r.moving_stop(now), datetime.datetime(2021, 1, 1))
+            max(r.moving_start(now), datetime.datetime(2015, 1, 1)), min(r.moving_stop(now), datetime.datetime(2021, 1, 1))
         )
-        assert len(covered) == 120 and r.task_limit == 120  # no 13-month or 50-task clamp
-        assert covered[0] == datetime.datetime(2011, 1, 1) and covered[-1] == datetime.datetime(2020, 12, 1)
+        assert len(covered) == 72 and r.task_limit == 72  # no 13-month or 50-task clamp
+        assert covered[0] == datetime.datetime(2015, 1, 1) and covered[-1] == datetime.datetime(2020, 12, 1)
 
 
 def test_bad_ranges_are_refused_clearly():
@@ -271,3 +273,25 @@ def test_reingest_of_the_zones_runs_and_replaces_their_lake_file(range_source, r
     assert [t.split("_")[0] for t in result.started].count("Download") == 1
     zones = pq.read_table(lake_file).to_pylist()
     assert len(zones) == 265 and zones[-1] == {"LocationID": 265, "Borough": "N/A", "Zone": "Outside of NYC", "service_zone": "N/A"}
+
+
+def test_a_range_from_before_a_service_began_starts_where_the_source_begins_it(workspace, run, tlc, tmp_path, caplog):
+    """The whole history in one command: green's files begin in 2014-01 at the TLC, fhvhv's in
+    2019-02. Asking from 2009-01 is not a gap of five years for green, and not an error."""
+    mirror = tmp_path / "tlc"
+    (mirror / "trip-data").mkdir(parents=True)
+    for m in ("2014-01", "2014-02"):
+        (mirror / "trip-data" / f"green_tripdata_{m}.parquet").write_bytes(tlc["trip-data/green_tripdata_2024-01.parquet"])
+    (mirror / "trip-data" / "fhvhv_tripdata_2019-02.parquet").write_bytes(tlc["trip-data/fhvhv_tripdata_2021-06.parquet"])
+
+    with configured({("source", "base_url"): mirror.as_uri()}), caplog.at_level(logging.INFO, logger="pipeline.backfill"):
+        green = run(IngestRange(services="green", first=month("2009-01"), last=month("2014-02")))
+        fhvhv = run(IngestRange(services="fhvhv", first=month("2018-06"), last=month("2019-02")))
+
+    assert not green.failures and not fhvhv.failures
+    assert [t.split("_")[0] for t in green.started].count("Download") == 2  # 2014-01 and 2014-02, nothing asked before
+    assert (
+        IngestMonth(service="green", month=month("2014-01")).complete() and IngestMonth(service="fhvhv", month=month("2019-02")).complete()
+    )
+    assert "green: the tlc source publishes it from 2014-01; 2009-01..2013-12 are left out" in caplog.text
+    assert "fhvhv: the tlc source publishes it from 2019-02; 2018-06..2019-01 are left out" in caplog.text
