@@ -72,10 +72,18 @@ def build_tlc_month(rows: int, row_group_rows: int = 1 << 20) -> Path:
     return _write_repeated(path, sample, rows, row_group_rows)
 
 
-def build_fhvhv_month(rows: int, row_group_rows: int = 1 << 20) -> Path:
-    """An fhvhv month of ``rows`` rows as the TLC publishes it: Parquet, its 24 columns, row groups
-    of 1Mi rows. The rows are the tests' fhvhv 2021-06 fixture (the real sample's trips in the
-    TLC's layout, tests/tlc_parquet.py), repeated."""
+# The tests' TLC-layout fixtures (tests/tlc_parquet.py) a month can be made of: real rows, in
+# the TLC's physical types and names for that service and era.
+FIXTURES = {
+    "fhvhv": "fhvhv_tripdata_2021-06.parquet",  # 24 columns
+    "fhv": "fhv_tripdata_2019-02.parquet",  # 7 columns, mixed-case names
+    "yellow-2009": "yellow_tripdata_2009-01.parquet",  # the legacy layout, real coordinates
+}
+
+
+def build_fixture_month(shape: str, rows: int, row_group_rows: int = 1 << 20) -> Path:
+    """A month of ``rows`` rows as the TLC publishes it, shaped like ``shape``'s fixture (FIXTURES),
+    its rows repeated, in row groups of 1Mi rows."""
     import io
 
     import pyarrow.parquet as pq
@@ -84,11 +92,11 @@ def build_fhvhv_month(rows: int, row_group_rows: int = 1 << 20) -> Path:
     import mirror
     import tlc_parquet
 
-    path = CACHE / f"fhvhv_tripdata_{rows}.parquet"
+    path = CACHE / f"{shape}_tripdata_{rows}.parquet"
     if path.exists():
         return path
     CACHE.mkdir(parents=True, exist_ok=True)
-    sample = pq.read_table(io.BytesIO(tlc_parquet.build(mirror.files())["trip-data/fhvhv_tripdata_2021-06.parquet"]))
+    sample = pq.read_table(io.BytesIO(tlc_parquet.build(mirror.files())[f"trip-data/{FIXTURES[shape]}"]))
     return _write_repeated(path, sample, rows, row_group_rows)
 
 

@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CACHE, DEFAULT_ROWS, MONTH, build_fhvhv_month, build_month, build_tlc_month, measure, report, run_child
+from common import CACHE, DEFAULT_ROWS, FIXTURES, MONTH, ROOT, build_fixture_month, build_month, build_tlc_month, measure, report, run_child
 
 
 def run_pipeline(src: Path, work: Path) -> tuple[int, dict]:
@@ -47,22 +47,29 @@ def run_pipeline(src: Path, work: Path) -> tuple[int, dict]:
     from pipeline.convert import ToParquet
     from pipeline.download import Download
     from pipeline.lake import parquet_record
+    from pipeline.zone_shapes import ZoneShapes
 
     kind = "tlc" if src.suffix == ".parquet" else "releases"
-    service = service_of(src)
-    month = luigi.date_interval.Month.parse(MONTH).date_a
+    service, month = service_of(src)
     published = work / "mirror" / catalog.SOURCES[kind].path(catalog.SERVICES[service], month)
     published.parent.mkdir(parents=True)
     published.symlink_to(src)
+    shapes = work / "mirror" / catalog.ZONE_SHAPES.path
+    shapes.parent.mkdir(parents=True, exist_ok=True)
+    shapes.symlink_to(ROOT / "tests" / "data" / "tlc" / "zones" / "taxi_zones.zip")
     config = luigi.configuration.get_config()
     config.set("source", "kind", kind)
     config.set("source", "base_url", (work / "mirror").as_uri())
     config.set("ingest", "staging", str(work / "staging"))
+    config.set("lake", "root", str(work / "lake"))
     params = {"service": service, "month": month}
     steps = {}
-    for step in (Download, ToParquet):  # one at a time, to time each step
+    # One at a time, to time each step; the zone shapes only where the month needs them.
+    legacy = catalog.legacy_month(catalog.SERVICES[service], month)
+    for step in (ZoneShapes, Download, ToParquet) if legacy else (Download, ToParquet):
+        task = step() if step is ZoneShapes else step(**params)
         started = time.perf_counter()
-        if not luigi.build([step(**params)], local_scheduler=True, log_level="WARNING"):
+        if not luigi.build([task], local_scheduler=True, log_level="WARNING"):
             raise SystemExit(f"pipeline run failed at {step.__name__}")
         steps[step.__name__] = time.perf_counter() - started
     return parquet_record(ToParquet(**params).output().path).rows, steps
@@ -79,7 +86,7 @@ def run_reference(src: Path, work: Path) -> tuple[int, dict]:
 
         table = pq.read_table(src)
         by_key = {name.lower(): name for name in table.column_names}
-        fields = [f for f in catalog.SERVICES[service_of(src)].schema if f.name.lower() in by_key]
+        fields = [f for f in catalog.SERVICES[service_of(src)[0]].schema if f.name.lower() in by_key]
         table = table.select([by_key[f.name.lower()] for f in fields]).rename_columns([f.name for f in fields]).cast(pa.schema(fields))
     else:
         table = pacsv.read_csv(src)
@@ -97,8 +104,14 @@ def run_duckdb(src: Path, work: Path) -> tuple[int, dict]:
     return con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0], {}
 
 
-def service_of(src: Path) -> str:
-    return src.name.split("_")[0]  # yellow_tripdata_1369765.csv.gz
+def service_of(src: Path) -> tuple[str, object]:
+    """The service and month a built month stands for: yellow_tripdata_1369765.csv.gz is yellow
+    2021-01, yellow-2009_tripdata_... is yellow 2009-01 (the legacy layout)."""
+    import datetime
+
+    shape = src.name.split("_")[0]
+    service, _, year = shape.partition("-")
+    return service, datetime.date.fromisoformat(f"{year}-01-01" if year else f"{MONTH}-01")
 
 
 APPROACHES = {"pipeline": run_pipeline, "reference": run_reference, "duckdb": run_duckdb}
@@ -115,9 +128,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--service",
-        choices=["yellow", "fhvhv"],
+        choices=["yellow", *FIXTURES],
         default="yellow",
-        help="fhvhv (with --source tlc): a month shaped like fhvhv's, 24 columns (try --rows 20000000)",
+        help="with --source tlc, a month shaped like this service's: fhvhv (24 columns; try --rows 20000000), fhv (7 columns), "
+        "yellow-2009 (the legacy layout, located in the zone shapes; the pipeline only)",
     )
     parser.add_argument("--only", choices=list(APPROACHES), action="append", help="run only these (repeatable)")
     parser.add_argument("--child", choices=list(APPROACHES), help=argparse.SUPPRESS)
@@ -127,10 +141,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir=CACHE) as work:
             return measure(lambda: APPROACHES[args.child](args.src, Path(work)))
 
-    if args.service == "fhvhv" and args.source != "tlc":
-        parser.error("--service fhvhv is a TLC Parquet month: add --source tlc")
-    if args.service == "fhvhv":
-        src = build_fhvhv_month(args.rows)
+    if args.service != "yellow" and args.source != "tlc":
+        parser.error(f"--service {args.service} is a TLC Parquet month: add --source tlc")
+    if args.service == "yellow-2009" and set(args.only or []) - {"pipeline"}:
+        parser.error("--service yellow-2009: only the pipeline reads the legacy layout")
+    if args.service != "yellow":
+        src = build_fixture_month(args.service, args.rows)
+        args.only = ["pipeline"] if args.service == "yellow-2009" else args.only
     else:
         src = build_tlc_month(args.rows) if args.source == "tlc" else build_month(args.rows)
     print(f"month: {src.name}, {args.rows:,} rows, {src.stat().st_size / 1e6:.1f} MB")
