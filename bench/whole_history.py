@@ -296,19 +296,18 @@ def main() -> None:
             if first.returncode:
                 (work / "first-run.log").write_text(first.stderr)
                 print(f"  (the run's log: {work / 'first-run.log'})")
-            elif workers == 1:  # what bench/projection.py takes: the cost of a task beyond its rows
-                record_for_projection(wall / done, cpu / done, args.rows)
+            else:  # what bench/projection.py takes: the cost of a task beyond its rows, what workers gain
+                record_for_projection(workers, wall, wall / done, cpu / done, args.rows)
 
 
-def record_for_projection(seconds_per_task: float, luigid_cpu_per_task: float, rows: int) -> None:
+def record_for_projection(workers: int, wall: float, seconds_per_task: float, luigid_cpu_per_task: float, rows: int) -> None:
     path = Path(__file__).resolve().parent / "projection.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    results["history"] = {
-        "seconds_per_task": round(seconds_per_task, 4),
-        "luigid_cpu_per_task": round(luigid_cpu_per_task, 4),
-        "rows_per_file": rows,
-        "measured": datetime.date.today().isoformat(),
-    }
+    history = results.setdefault("history", {})
+    history.setdefault("wall_by_workers", {})[str(workers)] = round(wall, 1)
+    if workers == 1:
+        history.update(seconds_per_task=round(seconds_per_task, 4), luigid_cpu_per_task=round(luigid_cpu_per_task, 4))
+    history.update(rows_per_file=rows, measured=datetime.date.today().isoformat())
     path.write_text(json.dumps(results, indent=1) + "\n")
 
 

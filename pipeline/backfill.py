@@ -11,7 +11,10 @@ one by one, and a month the source has not published yet fails the whole run. He
   asks each kind of output once for all months (pipeline/completion.py);
 - months at the end of the range that the source does not have yet (404) are left out with a
   warning, so "backfill up to this month" ends cleanly where the data ends. A missing month in
-  the middle of the range is still an error: that is a gap, not the future.
+  the middle of the range is still an error: that is a gap, not the future;
+- months before a service began at the source (catalog: each source's first month of each
+  service, e.g. the TLC's green from 2014-01) are left out with a line in the log, so that the
+  whole history is one command: --first 2009-01 for every service.
 
 Reingest runs months again on purpose (luigi itself has no "force"):
 

@@ -66,6 +66,9 @@ LUIGID = [
     '>> data/logs/cron.log 2>&1 || echo "nyc-tlc-luigi: IngestRecent exited $?"',
 ]
 BENCH_HELP = [
+    "python bench/zone_lookup.py",
+    "python bench/whole_history.py",
+    "python bench/projection.py",
     "python bench/parquet_step.py",
     "python bench/parquet_step.py --rows 7667792",
     "python bench/parquet_step.py --source tlc --rows 7667792",
@@ -84,6 +87,9 @@ NOT_RUN = {
     "export GOOGLE_APPLICATION_CREDENTIALS=/path/to/service-account.json": "needs a Google service account",
     "pip install -e '.[scheduler]'": "the test extra already installs what the scheduler extra adds",
     ".venv/bin/ruff check .": ".ci/run runs it before the tests, as written",
+    "luigi --module pipeline IngestRange --services yellow,green,fhv,fhvhv,zones --first 2009-01 --last 2024-05 --source-kind tlc": (
+        "the whole history: bench/whole_history.py runs it, through a real luigid, on a mirror of every file the TLC lists"
+    ),
     ".venv/bin/ruff format --check .": ".ci/run runs it before the tests, as written",
     **{command: "a benchmark takes minutes; each one's --help is run here" for command in BENCH_HELP},
 }
