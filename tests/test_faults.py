@@ -317,3 +317,43 @@ def test_an_unreachable_source_says_how_to_use_a_mirror_or_the_samples(workspace
         "Is the network up? A mirror is set with [source] base_url (--source-base-url); offline, "
         "LUIGI_CONFIG_PATH=config/samples.cfg runs on the samples the repo ships (gave up after 3 tries)"
     )
+
+
+@pytest.mark.parametrize(
+    "name,body,message",
+    [
+        # What CDNs and storage answer in place of a file, each way it starts.
+        ("a.csv.gz", b"<!DOCTYPE html><html><body>Not Found</body></html>", "got an HTML/XML page"),
+        ("a.csv.gz", b"\r\n  <html><head><title>403</title></head></html>", "got an HTML/XML page"),
+        ("a.parquet", b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code></Error>', "got an HTML/XML page"),
+        ("a.parquet", b"<head><title>502 Bad Gateway</title></head>", "got an HTML/XML page"),
+        ("a.zip", b"<BODY>maintenance</BODY>", "got an HTML/XML page"),
+        ("a.csv.gz", b"VendorID,tpep_pickup_datetime\r\n1,2021-01-01\r\n", "not a gzip file"),
+        ("a.parquet", b"PK\x03\x04" + b"\0" * 600, "not a Parquet file"),
+        ("a.zip", b"PAR1" + b"\0" * 600, "not a zip file"),
+    ],
+    ids=[
+        "doctype",
+        "html-after-blank-lines",
+        "s3-xml-error",
+        "head",
+        "body-upper-case",
+        "csv-not-gzip",
+        "zip-not-parquet",
+        "parquet-not-zip",
+    ],
+)
+def test_a_body_that_is_not_the_file_is_refused_by_how_it_starts(workspace, tmp_path, name, body, message):
+    from pipeline.download import fetch_file
+
+    (tmp_path / name).write_bytes(body)
+
+    with pytest.raises(SourceError) as error:
+        fetch_file((tmp_path / name).as_uri(), str(tmp_path / "out"), "here")
+
+    shown = 80 if message.startswith("got an HTML") else 40
+    tail = "; it starts " + repr(body[:shown])
+    if message.startswith("got an HTML"):
+        assert str(error.value) == f"here: got an HTML/XML page, not the data file (a wrong URL or an error page){tail}"
+    else:
+        assert str(error.value) == f"here: {message}{tail}"
