@@ -30,6 +30,12 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 
+def etag_of(path: Path) -> str:
+    """The ETag the mirror sends for ``path``: its modification time and size, as nginx forms it."""
+    stat = path.stat()
+    return f'"{int(stat.st_mtime):x}-{stat.st_size:x}"'
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -450,6 +456,12 @@ class MirrorHandler(http.server.SimpleHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+    def send_header(self, keyword: str, value: str) -> None:
+        """With a file's Last-Modified, its ETag too, as CDNs send one (nginx's form)."""
+        super().send_header(keyword, value)
+        if keyword == "Last-Modified":
+            super().send_header("ETag", etag_of(Path(self.translate_path(self.path))))
 
     def do_GET(self):
         mode, _, rest = self.path.lstrip("/").partition("/")

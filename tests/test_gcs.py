@@ -20,6 +20,7 @@ from pipeline.targets.gcs import client as gcs_client
 
 from conftest import configured
 from mirror import data_rows, month
+from servers import etag_of
 
 MONTHS = [("yellow", "2021-01"), ("yellow", "2020-01"), ("green", "2019-01")]
 
@@ -45,7 +46,7 @@ def test_three_months_land_whole_with_checksums_and_metadata_and_a_rerun_runs_no
             "source_sha256": hashlib.sha256(served.read_bytes()).hexdigest(),
             "source_url": source["url"],
             "source_size": str(served.stat().st_size),
-            "source_etag": "",  # the test server sends none
+            "source_etag": etag_of(served),
             "source_last_modified": email.utils.formatdate(served.stat().st_mtime, usegmt=True),
         }
         assert blob.size == os.path.getsize(staged)
