@@ -357,3 +357,20 @@ def test_a_body_that_is_not_the_file_is_refused_by_how_it_starts(workspace, tmp_
         assert str(error.value) == f"here: got an HTML/XML page, not the data file (a wrong URL or an error page){tail}"
     else:
         assert str(error.value) == f"here: {message}{tail}"
+
+
+def test_an_unreachable_signed_url_is_named_without_its_signature_or_password(workspace, run):
+    """The HTTP client's own error quotes what it was asked; what it quotes is scrubbed too."""
+    from pipeline.download import fetch_file
+
+    from servers import free_port
+
+    base = f"http://tlc-user:s3cret-Tok3n@127.0.0.1:{free_port()}"  # nothing listens there
+    url = f"{base}/releases/yellow/yellow_tripdata_2021-01.csv.gz?X-Signature=abc123secret"
+
+    with configured({("source", "attempts"): "1"}), pytest.raises(SourceError) as error:
+        fetch_file(url, str(workspace / "out"), "here")
+
+    message = str(error.value)
+    assert "ConnectionError" in message and "/releases/yellow/yellow_tripdata_2021-01.csv.gz?***" in message
+    assert "abc123secret" not in message and "s3cret-Tok3n" not in message and "tlc-user" not in message
