@@ -374,3 +374,41 @@ def test_an_unreachable_signed_url_is_named_without_its_signature_or_password(wo
     message = str(error.value)
     assert "ConnectionError" in message and "/releases/yellow/yellow_tripdata_2021-01.csv.gz?***" in message
     assert "abc123secret" not in message and "s3cret-Tok3n" not in message and "tlc-user" not in message
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "the file is empty"),
+        (b"\r\n\r\n  \r\n", "the file is empty"),
+        (b"VendorID," * 8000, "no complete header line in the first 64 KiB"),
+        ("VendorID,tpep_pickup_datetime,caf\u00e9\r\n".encode("latin-1"), "header is not UTF-8 text: 'utf-8' codec can't decode byte 0xe9"),
+    ],
+    ids=["empty", "blank-lines", "no-line-end", "latin-1-header"],
+)
+def test_a_file_without_a_readable_header_is_refused_saying_so(tmp_path, content, message):
+    import gzip
+
+    from pipeline.download import fetch
+
+    (tmp_path / "yellow.csv.gz").write_bytes(gzip.compress(content))
+
+    with pytest.raises(SourceError) as error:
+        fetch((tmp_path / "yellow.csv.gz").as_uri(), str(tmp_path / "out"), catalog.SERVICES["yellow"], "here")
+
+    assert str(error.value).startswith(f"here: {message}")
+
+
+def test_a_zone_lookup_whose_last_row_has_no_line_end_counts_it(workspace, tmp_path, mirror_files):
+    """The 265th zone without a final newline is a whole lookup, not one cut short at 264."""
+    from pipeline.download import fetch
+
+    lookup = mirror_files["misc/taxi_zone_lookup.csv"].rstrip(b"\r\n")
+    (tmp_path / "taxi_zone_lookup.csv").write_bytes(lookup)
+
+    record = fetch((tmp_path / "taxi_zone_lookup.csv").as_uri(), str(tmp_path / "out"), catalog.SERVICES["zones"], "here")
+
+    assert record["size"] == len(lookup) and record["header"].startswith('"LocationID"')
+    with pytest.raises(catalog.SchemaMismatch, match="264 data rows; a whole zones file has at least 265"):
+        (tmp_path / "cut.csv").write_bytes(lookup.rsplit(b"\n", 1)[0])
+        fetch((tmp_path / "cut.csv").as_uri(), str(tmp_path / "out2"), catalog.SERVICES["zones"], "here")
