@@ -39,6 +39,7 @@ logger = logging.getLogger("pipeline.zone_shapes")
 COARSE_FEET = 4000.0
 GRID_LEVELS = 5
 CELL_FEET = COARSE_FEET / 2**GRID_LEVELS  # 125 ft
+PAIR_CHUNK = 16384
 SCHEMA = pa.schema([("LocationID", pa.int64()), ("zone", pa.string()), ("borough", pa.string()), ("geometry", pa.binary())])
 
 
@@ -142,13 +143,12 @@ class ZoneIndex:
         )
         for level in range(GRID_LEVELS + 1):
             size, cells_span = COARSE_FEET / 2**level, span // 2**level
-            boxes = shapely.box(self.x0 + cx * size, self.y0 + cy * size, self.x0 + (cx + 1) * size, self.y0 + (cy + 1) * size)
-            hit = shapely.intersects(polygons[zone], boxes[cell])
+            hit = self._each_pair(shapely.intersects, zone, cx[cell], cy[cell], size)
             cell, zone = cell[hit], zone[hit]
-            touching = np.bincount(cell, minlength=len(boxes))
+            touching = np.bincount(cell, minlength=len(cx))
             alone = touching[cell] == 1
             inside = alone.copy()
-            inside[alone] = shapely.contains(polygons[zone[alone]], boxes[cell[alone]])
+            inside[alone] = self._each_pair(shapely.contains, zone[alone], cx[cell[alone]], cy[cell[alone]], size)
             rows = cy[cell[inside], None] * cells_span + np.arange(cells_span)
             columns = cx[cell[inside], None] * cells_span + np.arange(cells_span)
             whole[rows[:, :, None], columns[:, None, :]] = ids[zone[inside], None, None]
@@ -167,9 +167,19 @@ class ZoneIndex:
         order = np.lexsort((ids[zone[edge]], fine))  # by cell, then id: the lowest id wins a tie
         self.touch_cell, self.touch_zone = fine[order], zone[edge][order]
         self.whole = whole.ravel()
-        cells = np.arange(self.nx * self.ny)
-        self.first = np.searchsorted(self.touch_cell, cells).astype(np.int32)
-        self.count = (np.searchsorted(self.touch_cell, cells, side="right") - self.first).astype(np.int32)
+        self.count = np.bincount(self.touch_cell, minlength=self.nx * self.ny).astype(np.int32)
+        self.first = (np.cumsum(self.count, dtype=np.int64) - self.count).astype(np.int32)
+
+    def _each_pair(self, predicate, zone: np.ndarray, cx: np.ndarray, cy: np.ndarray, size: float) -> np.ndarray:
+        """predicate(polygon, cell) for each (zone, cell) pair, the cells' boxes made PAIR_CHUNK at
+        a time (all of a level's at once would be the build's peak of memory)."""
+        import shapely
+
+        out = np.empty(len(zone), bool)
+        for i in range(0, len(zone), PAIR_CHUNK):
+            x, y = self.x0 + cx[i : i + PAIR_CHUNK] * size, self.y0 + cy[i : i + PAIR_CHUNK] * size
+            out[i : i + PAIR_CHUNK] = predicate(self.polygons[zone[i : i + PAIR_CHUNK]], shapely.box(x, y, x + size, y + size))
+        return out
 
     @classmethod
     def from_parquet(cls, path: str) -> ZoneIndex:
