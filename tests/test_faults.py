@@ -412,3 +412,18 @@ def test_a_zone_lookup_whose_last_row_has_no_line_end_counts_it(workspace, tmp_p
     with pytest.raises(catalog.SchemaMismatch, match="264 data rows; a whole zones file has at least 265"):
         (tmp_path / "cut.csv").write_bytes(lookup.rsplit(b"\n", 1)[0])
         fetch((tmp_path / "cut.csv").as_uri(), str(tmp_path / "out2"), catalog.SERVICES["zones"], "here")
+
+
+@pytest.mark.parametrize(
+    "url,shown",
+    [
+        ("https://ghp_token123@example.org/f.csv.gz", "https://***@example.org/f.csv.gz"),  # a token as the user name alone
+        ("https://:pw@example.org/f.csv.gz", "https://***@example.org/f.csv.gz"),
+        ("https://u:pw@example.org/f.csv.gz?sig=1", "https://***@example.org/f.csv.gz?***"),
+        ("https://example.org/f.csv.gz", "https://example.org/f.csv.gz"),
+    ],
+)
+def test_a_url_is_shown_without_any_secret_it_carries(url, shown):
+    from pipeline.download import redact
+
+    assert redact(url) == shown
