@@ -66,20 +66,17 @@ def published() -> list[dict]:
 
 
 def _era_types(service: str, month: datetime.date):
-    """The physical type of each column name (lower case) in that service's files of that month."""
+    """The physical type of each column name (lower case) in that service's files of that month,
+    where it is not DOUBLE; every time is TIMESTAMP(us) in every era (see _column)."""
     import pyarrow as pa
 
-    i32, i64, f64, s, ts, null = pa.int32(), pa.int64(), pa.float64(), pa.string(), pa.timestamp("us"), pa.null()
+    i32, i64, f64, s, null = pa.int32(), pa.int64(), pa.float64(), pa.string(), pa.null()
     late = month >= datetime.date(2023, 2, 1)  # the TLC rewrote its writer: INT32 ids, INT64 codes
+    ids = i32 if late else i64
     if service == "green":  # as the genuine files of 2020-04 and 2023-02 have them (../shared/data/tlc/parquet)
-        if late:
-            ids, codes, flag, ehail = i32, i64, pa.large_string(), f64
-        else:
-            ids, codes, flag, ehail = i64, f64, s, null
+        codes, flag, ehail = (i64, pa.large_string(), f64) if late else (f64, s, null)
         return {
-            "vendorid": ids if late else i64,
-            "lpep_pickup_datetime": ts,
-            "lpep_dropoff_datetime": ts,
+            "vendorid": ids,
             "store_and_fwd_flag": flag,
             "pulocationid": ids,
             "dolocationid": ids,
@@ -92,13 +89,11 @@ def _era_types(service: str, month: datetime.date):
             datetime.date(2018, 2, 1) <= month <= datetime.date(2020, 7, 1) or month == datetime.date(2020, 10, 1)
         )
         return {
-            "vendorid": i32 if late else i64,
-            "tpep_pickup_datetime": ts,
-            "tpep_dropoff_datetime": ts,
+            "vendorid": ids,
             "passenger_count": codes,
             "ratecodeid": codes,
-            "pulocationid": i32 if late else i64,
-            "dolocationid": i32 if late else i64,
+            "pulocationid": ids,
+            "dolocationid": ids,
             "payment_type": i64,
             "store_and_fwd_flag": s,
             "congestion_surcharge": f64 if month >= datetime.date(2019, 1, 1) else i32,
@@ -106,14 +101,12 @@ def _era_types(service: str, month: datetime.date):
         }
     if service == "fhv":
         return {
-            "pickup_datetime": ts,
-            "dropoff_datetime": ts,
             "pulocationid": f64,
             "dolocationid": f64,
             "sr_flag": f64,
             "dispatching_base_num": s,
         }
-    return {"trip_time": i64, "pulocationid": i64, "dolocationid": i64, "request_datetime": ts, "on_scene_datetime": ts}
+    return {"trip_time": i64, "pulocationid": i64, "dolocationid": i64}
 
 
 def _column(name: str, type_, month: datetime.date, n: int):
@@ -252,37 +245,19 @@ def main() -> None:
             work = CACHE / f"history-run-{workers}"
             shutil.rmtree(work, ignore_errors=True)
             (work / "luigid").mkdir(parents=True)
-            port = servers.free_port()
-            luigid = subprocess.Popen(
-                [
-                    str(Path(sys.executable).with_name("luigid")),
-                    "--address",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--logdir",
-                    str(work / "luigid"),
-                ],
-                cwd=work,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            try:
-                servers._wait_http(f"http://127.0.0.1:{port}/api/task_list", luigid, 30, "luigid")
-                cpu0 = cpu_seconds(luigid.pid)
+            with servers.luigid(work, work / "luigid") as scheduler:
+                port, pid = scheduler["port"], scheduler["pid"]
+                cpu0 = cpu_seconds(pid)
                 t0 = time.perf_counter()
                 first = ingest(work, f"{url}/tlc", port, workers)
                 wall = time.perf_counter() - t0
-                cpu = cpu_seconds(luigid.pid) - cpu0
-                rss, peak = memory_mb(luigid.pid)
+                cpu = cpu_seconds(pid) - cpu0
+                rss, peak = memory_mb(pid)
                 answer, done = task_list(port, "DONE")
                 t0 = time.perf_counter()
                 again = ingest(work, f"{url}/tlc", port, workers)
                 decide = time.perf_counter() - t0
                 lake_files = sum(1 for _ in (work / "lake").rglob("*.parquet"))
-            finally:
-                luigid.terminate()
-                luigid.wait()
             print(f"\n--workers {workers}: exit {first.returncode}, re-run exit {again.returncode}")
             per_task = wall / max(done, 1)
             print(f"  wall {wall:,.0f} s for {months} months: {wall / months:.2f} s a month, {per_task:.3f} s a task ({done:,} DONE)")

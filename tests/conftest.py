@@ -181,30 +181,8 @@ def luigid(tmp_path):
     One per test: task ids repeat across tests, and a scheduler remembers them."""
     work = tmp_path / "luigid"
     (work / "data" / "luigid").mkdir(parents=True)
-    port = servers.free_port()
-    log = open(work / "luigid.out", "wb")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("luigid")),
-            "--address",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--logdir",
-            str(work / "data" / "luigid"),
-        ],
-        cwd=work,
-        env={**os.environ, "LUIGI_CONFIG_PATH": str(ROOT / "config" / "luigid.cfg")},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        servers._wait_http(f"{url}/api/task_list", proc, 30, "luigid")
-        yield {"port": port, "url": url, "dir": work}
-    finally:
-        servers._stop(proc)
-        log.close()
+    with servers.luigid(work, work / "data" / "luigid", {"LUIGI_CONFIG_PATH": str(ROOT / "config" / "luigid.cfg")}) as scheduler:
+        yield scheduler
 
 
 @pytest.fixture(scope="session")

@@ -234,6 +234,28 @@ def fake_gcs_server(root: Path) -> Iterator[dict]:
 
 
 @contextlib.contextmanager
+def luigid(work: Path, logdir: Path, env: Optional[dict] = None) -> Iterator[dict]:
+    """A real central scheduler on 127.0.0.1, run from ``work`` (its output in work/luigid.out),
+    its task history in ``logdir``; yields its port, URL, folder and process id."""
+    port = free_port()
+    log = open(work / "luigid.out", "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("luigid")), "--address", "127.0.0.1", "--port", str(port), "--logdir", str(logdir)],
+        cwd=work,
+        env={**os.environ, **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{url}/api/task_list", proc, 30, "luigid")
+        yield {"port": port, "url": url, "dir": work, "pid": proc.pid}
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@contextlib.contextmanager
 def bqemulator(gcs_root: Path, work: Path) -> Iterator[str]:
     """bqemulator (PyPI) on 127.0.0.1, reading gs:// URIs from fake-gcs-server's directory.
     It installs DuckDB extensions at start; offline they come from the duckdb-extension wheels."""
