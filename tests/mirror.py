@@ -5,10 +5,12 @@ them fixtures."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gzip
 import shutil
 from pathlib import Path
+from typing import Iterator, Optional
 
 import tlc_parquet
 
@@ -73,6 +75,21 @@ def file_mirror(root: Path, rel: str, content: bytes) -> str:
 def month(text: str) -> datetime.date:
     """'2021-01' as the date a MonthParameter holds."""
     return datetime.date.fromisoformat(text + "-01")
+
+
+@contextlib.contextmanager
+def replaced(path: Path, content: Optional[bytes]) -> Iterator[Path]:
+    """The mirror's file at ``path`` holds ``content`` for the block (None: it is gone, and the
+    source answers 404, as for a month not published), then what it held before."""
+    saved = path.read_bytes()
+    if content is None:
+        path.unlink()
+    else:
+        path.write_bytes(content)
+    try:
+        yield path
+    finally:
+        path.write_bytes(saved)
 
 
 def consecutive_months(root: Path, months: tuple[str, ...], yellow_sample: str, mirror_files: dict[str, bytes]) -> None:

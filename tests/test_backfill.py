@@ -20,7 +20,7 @@ from pipeline.lake import LakeFile
 from pipeline.warehouses import duckdb_views
 
 from conftest import configured, set_source
-from mirror import RANGE_MONTHS, data_rows, month
+from mirror import RANGE_MONTHS, data_rows, month, replaced
 from servers import MirrorHandler, etag_of
 
 
@@ -64,13 +64,8 @@ def test_the_same_backfill_again_decides_in_bulk_and_runs_nothing(range_source, 
 
 
 def test_a_month_missing_in_the_middle_is_an_error_not_the_end(range_source, run, http_server, mirror):
-    gap = mirror / "range" / "green" / "green_tripdata_2020-02.csv.gz"
-    saved = gap.read_bytes()
-    gap.unlink()
-    try:
+    with replaced(mirror / "range" / "green" / "green_tripdata_2020-02.csv.gz", None):
         result = run(IngestRange(services="green", first=month("2020-01"), last=month("2020-04")))
-    finally:
-        gap.write_bytes(saved)
 
     assert "green 2020-02 (" in str(result.failures["Download"]) and "not published (HTTP 404)" in str(result.failures["Download"])
     assert [IngestMonth(service="green", month=month(m)).complete() for m in RANGE_MONTHS] == [True, False, True, True]
@@ -79,14 +74,8 @@ def test_a_month_missing_in_the_middle_is_an_error_not_the_end(range_source, run
 def test_months_missing_before_a_month_already_done_are_a_gap_not_the_end(range_source, run, mirror):
     assert not run(IngestMonth(service="yellow", month=month("2020-04"))).failures
     gap = [mirror / "range" / "yellow" / f"yellow_tripdata_2020-0{m}.csv.gz" for m in (2, 3)]
-    saved = [path.read_bytes() for path in gap]
-    for path in gap:
-        path.unlink()
-    try:
+    with replaced(gap[0], None), replaced(gap[1], None):
         result = run(IngestRange(services="yellow", first=month("2020-01"), last=month("2020-04")))
-    finally:
-        for path, content in zip(gap, saved):
-            path.write_bytes(content)
 
     assert "not published (HTTP 404)" in str(result.failures["Download"])
     assert [IngestMonth(service="yellow", month=month(m)).complete() for m in RANGE_MONTHS] == [True, False, False, True]
@@ -140,15 +129,10 @@ def test_reingest_replaces_exactly_the_months_asked_for_in_every_sink(range_sour
         assert not run(IngestRange(services="yellow", first=month("2020-01"), last=month("2020-02"))).failures
         before = dict(pg.query(f'SELECT month, marked_at FROM "{pg.schema}"._ingested'))
         # The source re-publishes February with fewer rows (the TLC does re-issue files).
-        republished = mirror / "range" / "yellow" / "yellow_tripdata_2020-02.csv.gz"
-        original = republished.read_bytes()
         csv = mirror_files["yellow/yellow_tripdata_2020-01.csv.gz"]
         shorter = b"".join(csv.splitlines(keepends=True)[:101])  # header + 100 rows
-        republished.write_bytes(gzip.compress(shorter))
-        try:
+        with replaced(mirror / "range" / "yellow" / "yellow_tripdata_2020-02.csv.gz", gzip.compress(shorter)):
             result = run(Reingest(services="yellow", first=month("2020-02"), last=month("2020-02")))
-        finally:
-            republished.write_bytes(original)
 
     assert not result.failures
     full = data_rows(csv)
@@ -176,13 +160,8 @@ def test_reingest_with_the_source_gone_keeps_the_old_month_in_every_sink(range_s
             counts(range_source / "warehouse.duckdb"),
             open(lake_file, "rb").read(),
         )
-        gone = mirror / "range" / "yellow" / "yellow_tripdata_2020-02.csv.gz"
-        saved = gone.read_bytes()
-        gone.unlink()  # the source answers 404
-        try:
+        with replaced(mirror / "range" / "yellow" / "yellow_tripdata_2020-02.csv.gz", None):  # the source answers 404
             result = run(Reingest(services="yellow", first=month("2020-02"), last=month("2020-02")))
-        finally:
-            gone.write_bytes(saved)
 
         assert str(result.failures["Download"]) == (
             f"yellow 2020-02 ({http_server}/range/yellow/yellow_tripdata_2020-02.csv.gz): not published (HTTP 404)"
@@ -208,9 +187,8 @@ def test_republished_months_are_reported_without_downloads_and_reingested_on_req
     republished = mirror / "range" / "yellow" / "yellow_tripdata_2020-02.csv.gz"
     original, then, etag = republished.read_bytes(), email.utils.formatdate(republished.stat().st_mtime, usegmt=True), etag_of(republished)
     csv = mirror_files["yellow/yellow_tripdata_2020-01.csv.gz"]
-    republished.write_bytes(gzip.compress(b"".join(csv.splitlines(keepends=True)[:101])))  # header + 100 rows
-    os.utime(republished, (1700000000, 1700000000))
-    try:
+    with replaced(republished, gzip.compress(b"".join(csv.splitlines(keepends=True)[:101]))):  # header + 100 rows
+        os.utime(republished, (1700000000, 1700000000))
         MirrorHandler.hits.clear()
         check = Republished(services="yellow,zones", first=month("2020-01"), last=month("2020-04"))
         result = run(check)
@@ -225,8 +203,6 @@ def test_republished_months_are_reported_without_downloads_and_reingested_on_req
             assert sum(MirrorHandler.hits.values()) == 4  # one body-less request per month in the lake, zones included
 
         fixed = run(Republished(services="yellow,zones", first=month("2020-01"), last=month("2020-04"), reingest=True))
-    finally:
-        republished.write_bytes(original)
 
     assert not fixed.failures
     assert [t.split("_")[0] for t in fixed.started].count("Download") == 1  # February only
@@ -268,11 +244,8 @@ def test_reingest_of_the_zones_runs_and_replaces_their_lake_file(range_source, r
     original = published.read_bytes()
     renamed = original.replace(b'265,"Unknown","NA"', b'265,"N/A","Outside of NYC"')
     assert renamed != original
-    published.write_bytes(renamed)
-    try:
+    with replaced(published, renamed):
         result = run(Reingest(services="zones", first=month("2020-01"), last=month("2020-01")))
-    finally:
-        published.write_bytes(original)
 
     assert not result.failures
     assert [t.split("_")[0] for t in result.started].count("Download") == 1

@@ -20,7 +20,7 @@ from pipeline.warehouses.bigquery import client
 from pipeline.warehouses.bigquery_table import NativeTableMarker, ensure_native_table, job_ids
 
 from conftest import bigquery_dataset, configured
-from mirror import data_rows, month
+from mirror import data_rows, month, replaced
 from servers import BigQueryRecorder
 
 MONTHS = ["2021-01", "2020-01"]
@@ -92,13 +92,9 @@ def test_two_months_a_load_job_each_into_its_partition_a_rerun_submits_nothing_a
 
         # The TLC re-issues 2020-01 with 100 rows: only that partition is replaced.
         republished = mirror / "releases" / "yellow" / "yellow_tripdata_2020-01.csv.gz"
-        original = republished.read_bytes()
-        shorter = gzip.compress(b"".join(gzip.decompress(original).splitlines(keepends=True)[:101]))
-        republished.write_bytes(shorter)
-        try:
+        shorter = gzip.compress(b"".join(gzip.decompress(republished.read_bytes()).splitlines(keepends=True)[:101]))
+        with replaced(republished, shorter):
             result = run(Reingest(services="yellow", first=month("2020-01"), last=month("2020-01")))
-        finally:
-            republished.write_bytes(original)
 
     assert not result.failures
     (reload,) = bigquery.loads()
