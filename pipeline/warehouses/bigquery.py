@@ -120,16 +120,18 @@ def differences(have: bq.Table, want: bq.Table) -> list[str]:
     if _hive(h) != _hive(w):
         problems.append(f"its hive partitioning is {_hive(h)}, not {_hive(w)}")
     # BigQuery lists the hive partition key among the columns; it is checked above.
-    have_fields, want_fields = _fields(have, skip=w.hive_partitioning is not None), _fields(want, skip=False)
-    if have_fields != want_fields:
-        extra = sorted(set(have_fields) - set(want_fields))
-        missing = sorted(set(want_fields) - set(have_fields))
-        problems.append(
-            f"its columns differ from the catalog's (missing or other type: {missing}; not in the catalog: {extra})"
-            if extra or missing
-            else "its columns are in another order"
-        )
-    return problems
+    return problems + column_differences(_fields(have, skip=w.hive_partitioning is not None), _fields(want, skip=False))
+
+
+def column_differences(have: list[tuple[str, str]], want: list[tuple[str, str]]) -> list[str]:
+    """How a table's (name, type) columns differ from the catalog's, for `differences` (empty:
+    they do not)."""
+    if have == want:
+        return []
+    extra, missing = sorted(set(have) - set(want)), sorted(set(want) - set(have))
+    if extra or missing:
+        return [f"its columns differ from the catalog's (missing or other type: {missing}; not in the catalog: {extra})"]
+    return ["its columns are in another order"]
 
 
 def _hive(config: bq.ExternalConfig) -> Optional[tuple[str, str]]:

@@ -39,6 +39,7 @@ from pipeline.warehouses.bigquery import (
     _fields,
     _named,
     client,
+    column_differences,
     dataset_id,
     ensure_dataset,
     require_gcs_lake,
@@ -87,16 +88,7 @@ def differences(have: bq.Table, want: bq.Table) -> list[str]:
         problems.append(f"its partitioning (type, column) is {_partitioning(have)}, not {_partitioning(want)}")
     if (have.clustering_fields or None) != want.clustering_fields:
         problems.append(f"it is clustered by {have.clustering_fields}, not {want.clustering_fields}")
-    have_fields, want_fields = _fields(have, skip=False), _fields(want, skip=False)
-    if have_fields != want_fields:
-        missing = [f for f in want_fields if f not in have_fields]
-        extra = [f for f in have_fields if f not in want_fields]
-        problems.append(
-            f"its columns differ from the catalog's (missing or other type: {missing}; not in the catalog: {extra})"
-            if missing or extra
-            else "its columns are in another order"
-        )
-    return problems
+    return problems + column_differences(_fields(have, skip=False), _fields(want, skip=False))
 
 
 def _partitioning(table: bq.Table) -> Optional[tuple[str, Optional[str]]]:
