@@ -135,8 +135,13 @@ def _cast(values: pa.Array, target: pa.DataType, name: str, where: str, first_ro
         ) from None
 
 
+def footer(metadata: dict) -> dict[str, str]:
+    """``metadata`` as the `tlc.*` keys of a Parquet footer, where lake.parquet_record reads them."""
+    return {f"tlc.{k}": str(v) for k, v in metadata.items()}
+
+
 def _schema(svc: catalog.Service, metadata: dict) -> pa.Schema:
-    return svc.schema.with_metadata({f"tlc.{k}": str(v) for k, v in metadata.items()})
+    return svc.schema.with_metadata(footer(metadata))
 
 
 def _conform(
@@ -180,7 +185,7 @@ def _write_row_groups(
                 progress(rows)
         if pending:
             writer.write_table(pa.Table.from_batches(pending), row_group_size=2 * group_rows)
-        writer.add_key_value_metadata({"tlc.rows": str(rows)})
+        writer.add_key_value_metadata(footer({"rows": rows}))
     return rows
 
 

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import catalog, download, settings
+from pipeline.convert import footer
 from pipeline.lake import LakeTarget, lake_target, shapes_path
 
 logger = logging.getLogger("pipeline.zone_shapes")
@@ -107,7 +108,7 @@ class ZoneShapes(luigi.Task):
             table = read_shapes(raw, where)
             record = {"rows": table.num_rows, "source_url": source["url"], "source_sha256": source["sha256"], "source_size": source["size"]}
             out = os.path.join(tmp, "shapes.parquet")
-            pq.write_table(table.replace_schema_metadata({f"tlc.{k}": str(v) for k, v in record.items()}), out)
+            pq.write_table(table.replace_schema_metadata(footer(record)), out)
             self.output().put(out)
         logger.info("%s: %d zones in the lake at %s", where, table.num_rows, self.output().path)
         self.set_status_message(f"{table.num_rows} zones in the lake")

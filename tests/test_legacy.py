@@ -200,27 +200,24 @@ def test_damaged_shapes_are_refused_and_neither_they_nor_the_month_are_kept(tlc,
 
 
 def test_shapes_with_another_crs_or_zone_count_are_refused(tmp_path):
-    def rezipped(**replace: bytes) -> str:
-        out = tmp_path / f"{'-'.join(replace)}.zip"
-        with zipfile.ZipFile(ZIP) as src, zipfile.ZipFile(out, "w") as dst:
-            for name in src.namelist():
-                dst.writestr(name, replace.get(name.rsplit(".", 1)[-1], src.read(name)))
-        return str(out)
-
     wgs84 = pyproj.CRS.from_epsg(4326).to_wkt("WKT1_ESRI").encode()
     with pytest.raises(ShapesError, match=r"^here: the shapes are in WGS 84, not EPSG:2263$"):
-        read_shapes(rezipped(prj=wgs84), "here")
+        read_shapes(rezipped(tmp_path, replace={"prj": wgs84}), "here")
     with pytest.raises(ShapesError, match="the zip lacks taxi_zones.shx"):
-        read_shapes(str(zip_without(tmp_path, "shx")), "here")
+        read_shapes(rezipped(tmp_path, drop="shx"), "here")
 
 
-def zip_without(tmp_path, ext: str):
-    out = tmp_path / f"without-{ext}.zip"
+def rezipped(tmp_path, replace: dict[str, bytes] | None = None, drop: str = "") -> str:
+    """The genuine zip again, with the members of the extensions in ``replace`` replaced and the one
+    of extension ``drop`` left out."""
+    replace = replace or {}
+    out = tmp_path / f"{'-'.join(replace)}-without-{drop}.zip"
     with zipfile.ZipFile(ZIP) as src, zipfile.ZipFile(out, "w") as dst:
         for name in src.namelist():
-            if not name.endswith(f".{ext}"):
-                dst.writestr(name, src.read(name))
-    return out
+            ext = name.rsplit(".", 1)[-1]
+            if ext != drop:
+                dst.writestr(name, replace.get(ext, src.read(name)))
+    return str(out)
 
 
 def test_an_unknown_word_for_a_code_is_refused_naming_column_row_and_value(tmp_path):
