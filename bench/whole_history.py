@@ -105,6 +105,7 @@ def _era_types(service: str, month: datetime.date):
             "dolocationid": f64,
             "sr_flag": f64,
             "dispatching_base_num": s,
+            "affiliated_base_number": s,
         }
     return {"trip_time": i64, "pulocationid": i64, "dolocationid": i64}
 
