@@ -8,15 +8,15 @@ catalog's order, so every month of a service has byte-for-byte the same Parquet 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import datetime
-import gzip
+import io
 import json
 import logging
 import math
 import os
-import queue
 import threading
 import time
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from pipeline import catalog, legacy, settings
 from pipeline.catalog import ConversionError
 from pipeline.dataset_task import DatasetTask
-from pipeline.download import Download
+from pipeline.download import GZIP_ERRORS, Download, gunzipped
 
 if TYPE_CHECKING:
     from pipeline.zone_shapes import ZoneIndex
@@ -40,7 +40,6 @@ logger = logging.getLogger("pipeline.convert")
 # The streaming CSV reader's memory grows with its block size (it reads ahead several blocks),
 # so blocks are small and batches are gathered into row groups of a useful size for scans.
 BLOCK_SIZE = 1 << 20  # bytes of CSV text per parsed batch
-READ_AHEAD = 4  # parsed batches queued between the reading thread and the writer
 PARQUET_BATCH_ROWS = 64 * 1024  # rows per batch read from a source Parquet file
 
 
@@ -78,40 +77,55 @@ def _to_int(values: pa.Array, name: str, where: str, first_row: int, limit: floa
     raise ConversionError(f"{where}: column {name}, data row {first_row + bad + 1}: {why}") from None
 
 
-def _read_ahead(batches: Iterable, depth: int = READ_AHEAD) -> Iterator:
-    """Iterate ``batches`` in a second thread, so gunzip+parse overlaps with Parquet encoding
-    (both release the GIL). Errors reach the caller; the thread stops when the caller does."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+def _read_ahead(batches: Iterable[pa.RecordBatch], max_rows: int) -> Iterator[pa.RecordBatch]:
+    """Iterate ``batches`` in a second thread, which runs up to ``max_rows`` rows ahead of the
+    caller, so that reading (inflate and parse, or Parquet decode) goes on while the caller
+    encodes (all of them let go of the GIL). The caller writes a whole row group at once: with
+    less than a row group of room, the reader stalls through every write and only one of the two
+    cores works. Errors reach the caller; the thread stops when the caller does."""
+    cond = threading.Condition()
+    queued: collections.deque = collections.deque()
+    ahead = 0  # rows queued
+    stopped = False
     done = object()
 
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
     def pump() -> None:
+        nonlocal ahead
+        end: object = done
         try:
             for batch in batches:
-                if not put(batch):
-                    return
-            put(done)
+                with cond:
+                    cond.wait_for(lambda: stopped or ahead < max_rows)
+                    if stopped:
+                        return
+                    queued.append(batch)
+                    ahead += batch.num_rows
+                    cond.notify_all()
         except BaseException as e:  # handed to the consumer, raised there
-            put(e)
+            end = e
+        with cond:
+            queued.append(end)
+            cond.notify_all()
 
-    thread = threading.Thread(target=pump, name="csv-reader", daemon=True)
+    thread = threading.Thread(target=pump, name="reader", daemon=True)
     thread.start()
     try:
-        while (item := q.get()) is not done:
+        while True:
+            with cond:
+                cond.wait_for(lambda: queued)
+                item = queued.popleft()
+                if isinstance(item, pa.RecordBatch):
+                    ahead -= item.num_rows
+                    cond.notify_all()
+            if item is done:
+                return
             if isinstance(item, BaseException):
                 raise item
             yield item
     finally:
-        stop.set()
+        with cond:
+            stopped = True
+            cond.notify_all()
         thread.join()
 
 
@@ -176,7 +190,7 @@ def _write_row_groups(
     rows = 0
     pending: list[pa.RecordBatch] = []
     with pq.ParquetWriter(dst, schema, compression="zstd") as writer:
-        for batch in batches:
+        for batch in _read_ahead(batches, group_rows):
             pending.append(_conform(batch, columns, schema, where, rows, int_limit))
             rows += batch.num_rows
             if sum(b.num_rows for b in pending) >= group_rows:
@@ -245,8 +259,9 @@ def _first_bad_row(src: str, columns: list[catalog.Column], after: int) -> Optio
     column's type cannot hold, as "data row N (line L): why". Arrow's errors name neither, and
     it reads a block of rows at once; this reads the rows again, one by one, on the error's path
     only. None when Python's readers take every row (they are more lenient in places)."""
-    with (gzip.open if src.endswith(".gz") else open)(src, "rt", newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.reader(f)
+    with open(src, "rb") as raw:
+        text = io.TextIOWrapper(gunzipped(raw) if src.endswith(".gz") else raw, encoding="utf-8", errors="replace", newline="")
+        reader = csv.reader(text)
         next(reader, None)  # the header
         row = 0
         for fields in reader:
@@ -272,7 +287,7 @@ def _csv_batches(
 ) -> Iterator[pa.RecordBatch]:
     """The parsed batches, with a parse or conversion error turned into one that names the row,
     and a gzip stream that breaks off into SourceCorrupt."""
-    parsed = 0  # rows in the blocks parsed so far (the read-ahead thread is ahead of the caller)
+    parsed = 0  # rows in the blocks parsed so far (the writer is behind: see _read_ahead)
 
     def counted() -> Iterator[pa.RecordBatch]:
         nonlocal parsed
@@ -281,11 +296,11 @@ def _csv_batches(
             yield batch
 
     try:
-        yield from _read_ahead(counted())
+        yield from counted()
     except pa.ArrowInvalid as e:
         found = _first_bad_row(src, columns, parsed)
         raise ConversionError(f"{where}: {found or f'in data rows {parsed + 1} and on'}: {e}") from None
-    except OSError as e:  # Arrow: "Truncated compressed stream", "zlib inflate failed", ...
+    except GZIP_ERRORS as e:
         raise SourceCorrupt(f"{where}: truncated or corrupt gzip after data row {parsed} ({e})") from None
 
 
@@ -306,9 +321,10 @@ def convert(
         raise catalog.SchemaMismatch(
             f"{where}: the legacy {svc.name} layout is read from the TLC's Parquet files only ([source] kind = tlc), not from csv"
         )
-    raw = pa.OSFile(src)
+    raw = open(src, "rb")
     total = os.fstat(raw.fileno()).st_size
-    stream = pa.CompressedInputStream(raw, "gzip") if src.endswith(".gz") else raw
+    # Arrow's CSV reader reads the inflated bytes on its own I/O thread, ahead of the parse.
+    stream = pa.PythonFile(gunzipped(raw) if src.endswith(".gz") else raw, mode="r")
 
     def open_reader() -> pacsv.CSVStreamingReader:
         return pacsv.open_csv(
@@ -323,7 +339,7 @@ def convert(
             ),
         )
 
-    with stream:
+    with raw, stream:
         return _write_row_groups(
             dst,
             _schema(svc, metadata),

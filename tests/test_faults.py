@@ -45,7 +45,7 @@ def test_unpublished_month_is_a_clear_404_not_retried(workspace, run, http_serve
     [
         ("html", "yellow", "2021-01", "got an HTML/XML page, not the data file"),
         # the first 24,610 bytes of the real green 2019-10 release asset, served whole with 200
-        ("broken", "green", "2019-10", "truncated or corrupt gzip (Truncated compressed stream)"),
+        ("broken", "green", "2019-10", "truncated or corrupt gzip (Compressed file ended before the end-of-stream marker was reached)"),
         ("broken", "yellow", "2021-01", "header has column(s) the yellow catalog does not know: 'pickup_location_id'"),
         (
             "broken",

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Iterable, Iterator, NoReturn, Optional
 import google_crc32c
 import luigi
 import luigi.target
-from google.api_core import exceptions as gexc
 
 from pipeline import settings
 
@@ -92,6 +91,8 @@ def bounded() -> dict:
 @contextlib.contextmanager
 def _named(url: str, doing: str) -> Iterator[None]:
     """Turn the client's errors into one that says what was done where, and why."""
+    from google.api_core import exceptions as gexc
+
     bucket, _ = split(url)
     try:
         yield
@@ -181,6 +182,8 @@ class GCSFileSystem(luigi.target.FileSystem):
     def _remove_garbled(self, url: str, why: str, generation: Optional[int] = None) -> NoReturn:
         """An object that is not the file must not stay under its name, where it would count as
         done: removed (only that generation of it, when known, never a newer writer's)."""
+        from google.api_core import exceptions as gexc
+
         with _named(url, "removing the garbled upload"), contextlib.suppress(gexc.NotFound):  # not there: nothing to remove
             self._blob(url).delete(if_generation_match=generation, **bounded())
         raise GCSError(f"{why}, so the object was removed; the next run uploads it again")

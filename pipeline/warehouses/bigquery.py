@@ -25,8 +25,6 @@ import os
 import re
 from typing import TYPE_CHECKING, Iterator, Optional
 
-from google.api_core import exceptions as gexc
-
 from pipeline import catalog, settings
 from pipeline.dataset_task import DatasetTask, SourcePin
 from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_root, lake_wildcard, service_folder
@@ -78,6 +76,8 @@ def dataset_id(client_: bq.Client) -> str:
 
 @contextlib.contextmanager
 def _named(doing: str) -> Iterator[None]:
+    from google.api_core import exceptions as gexc
+
     try:
         yield
     except gexc.Forbidden as e:
@@ -145,6 +145,7 @@ def _fields(table: bq.Table, skip: bool) -> list[tuple[str, str]]:
 
 
 def ensure_dataset(client_: bq.Client) -> None:
+    from google.api_core import exceptions as gexc
     from google.cloud import bigquery as bq
 
     cfg, name = settings.bigquery(), dataset_id(client_)
@@ -164,6 +165,8 @@ def ensure_dataset(client_: bq.Client) -> None:
 
 
 def ensure_external_table(client_: bq.Client, svc: catalog.Service) -> None:
+    from google.api_core import exceptions as gexc
+
     want = wanted_external_table(client_, svc)
     with _named(f"external table {want.table_id}"):
         try:
@@ -204,6 +207,8 @@ def marker_schema() -> list[bq.SchemaField]:
 def read_markers(client_: bq.Client, table_id: str, column: str) -> dict[tuple[str, str], object]:
     """``column`` of every (service, month) the marker table ``table_id`` records: one
     tabledata.list, no query job."""
+    from google.api_core import exceptions as gexc
+
     wanted = [field for field in marker_schema() if field.name in ("service", "month", column)]
     with _named(f"marker table {table_id}"):
         try:

@@ -27,8 +27,6 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Optional
 
-from google.api_core import exceptions as gexc
-
 from pipeline import catalog, settings
 from pipeline.dataset_task import DatasetTask, SourcePin
 from pipeline.lake import LakeFile
@@ -98,6 +96,8 @@ def _partitioning(table: bq.Table) -> Optional[tuple[str, Optional[str]]]:
 
 def ensure_native_table(client_: bq.Client, svc: catalog.Service) -> bq.Table:
     """The service's native table, created if missing; refused when it is not the one wanted."""
+    from google.api_core import exceptions as gexc
+
     want = wanted_native_table(client_, svc)
     with _named(f"table {want.table_id}"):
         try:
@@ -128,6 +128,7 @@ def job_ids(table: bq.Table, svc: catalog.Service, month: str, source_sha256: st
 def load(client_: bq.Client, table: bq.Table, svc: catalog.Service, month: str, uri: str, source_sha256: str) -> bq.LoadJob:
     """Load ``uri`` into the month's partition (the whole table for the zones), write-truncate,
     exactly once per source file (see the module); the job, done."""
+    from google.api_core import exceptions as gexc
     from google.cloud import bigquery as bq
 
     destination = f"{table.project}.{table.dataset_id}.{table.table_id}" + (f"${month.replace('-', '')}" if month else "")

@@ -11,14 +11,18 @@ import datetime
 import logging
 import os
 import time
-from typing import Optional
-
-import duckdb
+from typing import TYPE_CHECKING, Optional
 
 from pipeline import catalog, settings
 from pipeline.dataset_task import DatasetTask, SourcePin
 from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_glob, lake_root
 from pipeline.targets.marker import MARKER_COLUMNS, MARKER_TABLE, WRITTEN, MonthMarker, create_table_sql
+
+# duckdb is imported where it is used: every process imports this module (the default sink), and
+# the module costs 30 MB of memory in each, for the processes (workers, other sinks) that never
+# open the warehouse too.
+if TYPE_CHECKING:
+    import duckdb
 
 logger = logging.getLogger("pipeline.duckdb")
 
@@ -32,6 +36,8 @@ class WarehouseBusy(RuntimeError):
 
 def _connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
     """Open the warehouse, waiting while another process holds DuckDB's single-writer lock."""
+    import duckdb
+
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
     while True:
         try:
@@ -115,6 +121,8 @@ class DuckDBMarker(MonthMarker):
 def _read(path: str, sql: str) -> list[tuple]:
     """The rows of ``sql`` in the warehouse file, read-only; none where the file or the table is
     not there yet."""
+    import duckdb
+
     if not os.path.exists(path):
         return []
     con = _connect(path, read_only=True)
@@ -131,6 +139,8 @@ def _exposed(path: str) -> dict[tuple[str, str], str]:
     for the services whose view reads the configured lake: after the lake moves (the project
     folder, or [lake] root), a view still reads the old path, so its months count as not
     exposed and are exposed again."""
+    import duckdb
+
     if not os.path.exists(path):
         return {}
     con = _connect(path, read_only=True)
