@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from pipeline import catalog, legacy, settings
 from pipeline.catalog import ConversionError
 from pipeline.dataset_task import DatasetTask
-from pipeline.download import GZIP_ERRORS, Download, gunzipped
+from pipeline.download import GZIP_ERRORS, Download, gunzipped, gzip_damage
 
 if TYPE_CHECKING:
     from pipeline.zone_shapes import ZoneIndex
@@ -339,16 +339,24 @@ def convert(
             ),
         )
 
-    with raw, stream:
-        return _write_row_groups(
-            dst,
-            _schema(svc, metadata),
-            _csv_batches(open_reader, src, columns, where),
-            columns,
-            where,
-            lambda rows: progress(rows, raw.tell(), total),
-            CSV_EXACT_INTS,
-        )
+    try:
+        with raw, stream:
+            return _write_row_groups(
+                dst,
+                _schema(svc, metadata),
+                _csv_batches(open_reader, src, columns, where),
+                columns,
+                where,
+                lambda rows: progress(rows, raw.tell(), total),
+                CSV_EXACT_INTS,
+            )
+    except ConversionError as e:
+        # The stream's CRC is checked at its end, after the rows: a damaged stream can inflate to
+        # a bad row first. Then the row is not the file's, and downloading again may heal it.
+        damage = gzip_damage(src) if src.endswith(".gz") else None
+        if damage:
+            raise SourceCorrupt(f"{where}: truncated or corrupt gzip ({damage}), so this is not the file's row: {str(e).removeprefix(where + ': ')}") from None
+        raise
 
 
 class ToParquet(DatasetTask):

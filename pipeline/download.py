@@ -175,6 +175,17 @@ def gunzipped(raw: BinaryIO) -> BinaryIO:
     return igzip.open(raw, "rb")
 
 
+def gzip_damage(path: str) -> Optional[str]:
+    """What is wrong with the gzip stream in ``path``, read to its end, or None when it is whole."""
+    with open(path, "rb") as raw, gunzipped(raw) as stream:
+        try:
+            while stream.read(CHUNK):
+                pass
+        except GZIP_ERRORS as e:
+            return str(e)
+    return None
+
+
 # How much of a .gz the Download inflates: a small file (a zone lookup, a file cut short early) is
 # proved whole here; a real month is inflated once, by ToParquet, which proves it whole as it
 # converts it (a damaged stream there removes the download, so the next run fetches it again).
