@@ -355,7 +355,8 @@ def convert(
         # a bad row first. Then the row is not the file's, and downloading again may heal it.
         damage = gzip_damage(src) if src.endswith(".gz") else None
         if damage:
-            raise SourceCorrupt(f"{where}: truncated or corrupt gzip ({damage}), so this is not the file's row: {str(e).removeprefix(where + ': ')}") from None
+            row = str(e).removeprefix(f"{where}: ")
+            raise SourceCorrupt(f"{where}: truncated or corrupt gzip ({damage}), so this is not the file's row: {row}") from None
         raise
 
 
