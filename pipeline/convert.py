@@ -41,6 +41,9 @@ logger = logging.getLogger("pipeline.convert")
 # so blocks are small and batches are gathered into row groups of a useful size for scans.
 BLOCK_SIZE = 1 << 20  # bytes of CSV text per parsed batch
 PARQUET_BATCH_ROWS = 64 * 1024  # rows per batch read from a source Parquet file
+# How far the reading thread may run ahead of the writer, in bytes of Arrow data: about a row
+# group of yellow csv. Less, and the reader stalls while a row group is encoded; more is memory.
+READ_AHEAD_BYTES = 32 << 20
 
 
 class SourceCorrupt(OSError):
@@ -77,15 +80,15 @@ def _to_int(values: pa.Array, name: str, where: str, first_row: int, limit: floa
     raise ConversionError(f"{where}: column {name}, data row {first_row + bad + 1}: {why}") from None
 
 
-def _read_ahead(batches: Iterable[pa.RecordBatch], max_rows: int) -> Iterator[pa.RecordBatch]:
-    """Iterate ``batches`` in a second thread, which runs up to ``max_rows`` rows ahead of the
-    caller, so that reading (inflate and parse, or Parquet decode) goes on while the caller
-    encodes (all of them let go of the GIL). The caller writes a whole row group at once: with
-    less than a row group of room, the reader stalls through every write and only one of the two
-    cores works. Errors reach the caller; the thread stops when the caller does."""
+def _read_ahead(batches: Iterable[pa.RecordBatch], max_bytes: int) -> Iterator[pa.RecordBatch]:
+    """Iterate ``batches`` in a second thread, which runs up to ``max_bytes`` of batches ahead
+    of the caller, so that reading (inflate and parse, or Parquet decode) goes on while the
+    caller encodes (all of them let go of the GIL). The caller writes a whole row group at once:
+    with too little room, the reader stalls through every write and one of two cores idles.
+    Errors reach the caller; the thread stops when the caller does."""
     cond = threading.Condition()
     queued: collections.deque = collections.deque()
-    ahead = 0  # rows queued
+    ahead = 0  # bytes queued
     stopped = False
     done = object()
 
@@ -95,11 +98,11 @@ def _read_ahead(batches: Iterable[pa.RecordBatch], max_rows: int) -> Iterator[pa
         try:
             for batch in batches:
                 with cond:
-                    cond.wait_for(lambda: stopped or ahead < max_rows)
+                    cond.wait_for(lambda: stopped or ahead < max_bytes)
                     if stopped:
                         return
                     queued.append(batch)
-                    ahead += batch.num_rows
+                    ahead += batch.nbytes
                     cond.notify_all()
         except BaseException as e:  # handed to the consumer, raised there
             end = e
@@ -115,7 +118,7 @@ def _read_ahead(batches: Iterable[pa.RecordBatch], max_rows: int) -> Iterator[pa
                 cond.wait_for(lambda: queued)
                 item = queued.popleft()
                 if isinstance(item, pa.RecordBatch):
-                    ahead -= item.num_rows
+                    ahead -= item.nbytes
                     cond.notify_all()
             if item is done:
                 return
@@ -190,7 +193,7 @@ def _write_row_groups(
     rows = 0
     pending: list[pa.RecordBatch] = []
     with pq.ParquetWriter(dst, schema, compression="zstd") as writer:
-        for batch in _read_ahead(batches, group_rows):
+        for batch in _read_ahead(batches, READ_AHEAD_BYTES):
             pending.append(_conform(batch, columns, schema, where, rows, int_limit))
             rows += batch.num_rows
             if sum(b.num_rows for b in pending) >= group_rows:
@@ -206,11 +209,13 @@ def _write_row_groups(
 def _parquet_batches(source: pq.ParquetFile, where: str) -> Iterator[pa.RecordBatch]:
     """One source row group at a time (one iter_batches over the whole file holds on to more
     memory the more groups it has read), in small batches (the reader's memory grows with the
-    batch size). The footer was checked at download; a page that cannot be read is corruption."""
+    batch size), decoded on this one thread (Arrow's threads, one per column, hold more pages
+    at once, and are no faster: the writer has the other core). The footer was checked at
+    download; a page that cannot be read is corruption."""
     rows = 0
     try:
         for group in range(source.num_row_groups):
-            for batch in source.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
+            for batch in source.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group], use_threads=False):
                 yield batch
                 rows += batch.num_rows
     except (OSError, pa.ArrowInvalid) as e:
