@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -152,9 +153,38 @@ def run_child(script: str, name: str, args: list[str], env: dict | None = None) 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def run_rounds(
+    script: str, names: list[str], args_of: Callable[[str, int], list[str]], repeat: int, env: dict | None = None
+) -> dict[str, dict]:
+    """Run each approach ``repeat`` times, interleaved (a, b, c, a, b, c, ...), so that a slow
+    spell of the machine falls on every approach alike; ``args_of(name, round)`` gives a child's
+    arguments. Each approach's median wall time (and its steps'), and its highest peak RSS."""
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for round_ in range(repeat):
+        for name in names:
+            runs[name].append(run_child(script, name, args_of(name, round_), env))
+    return {name: _summary(done) for name, done in runs.items()}
+
+
+def _summary(runs: list[dict]) -> dict:
+    rows = {r["rows"] for r in runs}
+    if len(rows) != 1:
+        raise SystemExit(f"the runs produced different row counts: {sorted(rows)}")
+    return {
+        "rows": rows.pop(),
+        "seconds": statistics.median(r["seconds"] for r in runs),
+        "peak_mb": max(r["peak_mb"] for r in runs),
+        "steps": {step: statistics.median(r["steps"][step] for r in runs) for step in runs[0]["steps"]},
+        "runs": len(runs),
+    }
+
+
 def report(results: dict[str, dict], rows: int, ours: str = "pipeline") -> None:
     """One line per approach: wall time, rows/s, peak RSS, and each one's ratio to ours."""
     mine = results.get(ours)
+    runs = {r.get("runs", 1) for r in results.values()}
+    if runs != {1}:
+        print(f"median wall time of {', '.join(map(str, sorted(runs)))} runs each, interleaved; the highest peak RSS")
     print(f"{'approach':<10} {'wall s':>8} {'rows/s':>12} {'peak RSS MB':>12}   vs {ours} (rows/s, memory)")
     for name, r in results.items():
         if r["rows"] != rows:

@@ -10,8 +10,10 @@ RSS is its own:
   duckdb     DuckDB's COPY (SELECT * FROM read_csv(...)) TO parquet
 
 and prints wall time, rows/s and peak RSS, with each reference's figures as a ratio to ours, and
-the time of each pipeline step (Download also gunzips the whole file once to prove it whole, and
-hashes it: work the references do not do).
+the time of each pipeline step (Download hashes the file and inflates its first 4 MiB, ToParquet
+proves the gzip stream whole as it converts it: work the references do not do). Each approach
+runs --repeat times (3), interleaved, and its median wall time is what is compared. The
+pipeline's time includes its imports (luigi's included) and one luigi.build per step.
 
     python bench/parquet_step.py                 # 1,369,765 rows, like yellow 2021-01
     python bench/parquet_step.py --rows 7667792  # like yellow 2019-01
@@ -36,7 +38,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CACHE, DEFAULT_ROWS, FIXTURES, MONTH, ROOT, build_fixture_month, build_month, build_tlc_month, measure, report, run_child
+from common import (
+    CACHE,
+    DEFAULT_ROWS,
+    FIXTURES,
+    MONTH,
+    ROOT,
+    build_fixture_month,
+    build_month,
+    build_tlc_month,
+    measure,
+    report,
+    run_rounds,
+)
 
 
 def run_pipeline(src: Path, work: Path) -> tuple[int, dict]:
@@ -134,6 +148,9 @@ def main() -> None:
         "yellow-2009 (the legacy layout, located in the zone shapes; the pipeline only)",
     )
     parser.add_argument("--only", choices=list(APPROACHES), action="append", help="run only these (repeatable)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of each approach, interleaved; the median wall time is reported (default 3)"
+    )
     parser.add_argument("--child", choices=list(APPROACHES), help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -151,7 +168,7 @@ def main() -> None:
     else:
         src = build_tlc_month(args.rows) if args.source == "tlc" else build_month(args.rows)
     print(f"month: {src.name}, {args.rows:,} rows, {src.stat().st_size / 1e6:.1f} MB")
-    results = {name: run_child(__file__, name, ["--src", str(src)]) for name in args.only or list(APPROACHES)}
+    results = run_rounds(__file__, args.only or list(APPROACHES), lambda name, round_: ["--src", str(src)], args.repeat)
     report(results, args.rows)
 
 

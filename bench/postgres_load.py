@@ -31,7 +31,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from common import CACHE, DEFAULT_ROWS, MONTH, ROOT, build_month, measure, report, run_child
+from common import CACHE, DEFAULT_ROWS, MONTH, ROOT, build_month, measure, report, run_rounds
 
 sys.path.insert(0, str(ROOT / "tests"))
 from servers import postgres_server  # noqa: E402  (the test suite's throwaway server)
@@ -142,6 +142,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=DEFAULT_ROWS)
     parser.add_argument("--skip", choices=list(APPROACHES), action="append", default=[], help="leave out (repeatable)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of each approach, interleaved; the median wall time is reported (default 3)"
+    )
     parser.add_argument("--child", choices=list(APPROACHES), help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--schema", help=argparse.SUPPRESS)
@@ -156,11 +159,11 @@ def main() -> None:
     if "pandas" in chosen and not all(importlib.util.find_spec(m) for m in ("pandas", "sqlalchemy")):
         print("pandas: skipped (pip install pandas sqlalchemy to run it)")
         chosen.remove("pandas")
-    results = {}
     with postgres_server(PASSWORD) as pg:
         env = {"PGHOST": pg["host"], "PGPORT": str(pg["port"]), "PGUSER": pg["user"], "PGDATABASE": pg["database"], "PGPASSWORD": PASSWORD}
-        for name in chosen:
-            results[name] = run_child(__file__, name, ["--input", str(inputs[name]), "--schema", f"bench_{name}"], env)
+        results = run_rounds(
+            __file__, chosen, lambda name, round_: ["--input", str(inputs[name]), "--schema", f"bench_{name}_{round_}"], args.repeat, env
+        )
     report(results, args.rows)
 
 
