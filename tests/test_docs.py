@@ -72,6 +72,7 @@ BENCH_HELP = [
     "python bench/parquet_step.py",
     "python bench/parquet_step.py --rows 7667792",
     "python bench/parquet_step.py --source tlc --rows 7667792",
+    "python bench/parquet_step.py --source tlc --service fhvhv --rows 20000000",
     "python bench/postgres_load.py",
     "python bench/postgres_load.py --rows 7667792 --skip pandas",
 ]
