@@ -93,10 +93,10 @@ def run_reference(src: Path, work: Path) -> tuple[int, dict]:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from pipeline import catalog
-
     if src.suffix == ".parquet":  # read it all, make it the catalog's schema (the columns it has), write it
         import pyarrow as pa
+
+        from pipeline import catalog  # imported before the clock starts: see main()
 
         table = pq.read_table(src)
         by_key = {name.lower(): name for name in table.column_names}
@@ -155,6 +155,10 @@ def main() -> None:
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        if args.child == "reference":
+            # The course's code writes its schema out in its own source: importing this package
+            # (luigi and all) to read the catalog's is not the reference's cost, so not timed.
+            import pipeline.catalog  # noqa: F401
         with tempfile.TemporaryDirectory(dir=CACHE) as work:
             return measure(lambda: APPROACHES[args.child](args.src, Path(work)))
 
