@@ -269,7 +269,7 @@ def _first_bad_row(src: str, columns: list[catalog.Column], after: int) -> Optio
         reader = csv.reader(text)
         next(reader, None)  # the header
         row = 0
-        for fields in reader:
+        for fields in _until_damage(reader):
             if not fields:  # a blank line is no row, for Arrow either
                 continue
             row += 1
@@ -285,6 +285,12 @@ def _first_bad_row(src: str, columns: list[catalog.Column], after: int) -> Optio
                 except ValueError:
                     return f"data row {row} (line {reader.line_num}): column {column.name}: {text!r} is not a {column.type}"
     return None
+
+
+def _until_damage(rows: Iterator[list[str]]) -> Iterator[list[str]]:
+    """``rows`` up to where their gzip stream breaks off (convert tells that damage apart)."""
+    with contextlib.suppress(*GZIP_ERRORS):
+        yield from rows
 
 
 def _csv_batches(
@@ -326,30 +332,22 @@ def convert(
         raise catalog.SchemaMismatch(
             f"{where}: the legacy {svc.name} layout is read from the TLC's Parquet files only ([source] kind = tlc), not from csv"
         )
-    raw = open(src, "rb")
-    total = os.fstat(raw.fileno()).st_size
-    # Arrow's CSV reader reads the inflated bytes on its own I/O thread, ahead of the parse.
-    stream = pa.PythonFile(gunzipped(raw) if src.endswith(".gz") else raw, mode="r")
-
-    def open_reader() -> pacsv.CSVStreamingReader:
-        return pacsv.open_csv(
-            stream,
-            read_options=pacsv.ReadOptions(column_names=[c.name for c in columns], skip_rows=1, block_size=BLOCK_SIZE),
-            convert_options=pacsv.ConvertOptions(
-                column_types={c.name: catalog.FLOAT if c.type == catalog.INT else c.type for c in columns},
-                # Only an empty field is null: "NA" and "N/A" are real zone names.
-                null_values=[""],
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,
-            ),
-        )
-
+    read_options = pacsv.ReadOptions(column_names=[c.name for c in columns], skip_rows=1, block_size=BLOCK_SIZE)
+    convert_options = pacsv.ConvertOptions(
+        column_types={c.name: catalog.FLOAT if c.type == catalog.INT else c.type for c in columns},
+        # Only an empty field is null: "NA" and "N/A" are real zone names.
+        null_values=[""],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+    )
     try:
-        with raw, stream:
+        # Arrow's CSV reader reads the inflated bytes on its own I/O thread, ahead of the parse.
+        with open(src, "rb") as raw, pa.PythonFile(gunzipped(raw) if src.endswith(".gz") else raw, mode="r") as stream:
+            total = os.fstat(raw.fileno()).st_size
             return _write_row_groups(
                 dst,
                 _schema(svc, metadata),
-                _csv_batches(open_reader, src, columns, where),
+                _csv_batches(lambda: pacsv.open_csv(stream, read_options, convert_options=convert_options), src, columns, where),
                 columns,
                 where,
                 lambda rows: progress(rows, raw.tell(), total),

@@ -200,8 +200,7 @@ def _read_through(path: str, gzipped: bool, where: str) -> tuple[str, Optional[i
     lines = read = 0
     last = b"\n"
     whole = True  # read to its end
-    with open(path, "rb") as raw:
-        stream = gunzipped(raw) if gzipped else raw
+    with open(path, "rb") as raw, gunzipped(raw) if gzipped else raw as stream:
         try:
             while chunk := stream.read(CHUNK):
                 if b"\n" not in head and len(head) < 65536:
