@@ -15,6 +15,7 @@ that cross that cell (bench/zone_lookup.py measures it against an STRtree query 
 
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
 import os
@@ -114,6 +115,17 @@ class ZoneShapes(luigi.Task):
         self.set_status_message(f"{table.num_rows} zones in the lake")
 
 
+def _return_freed_heap() -> None:
+    """Give the C library's freed heap back to the system. The index's build allocates and frees
+    about 25 MB of numpy and GEOS scratch through malloc, which glibc keeps for reuse; the month's
+    conversion after it allocates through Arrow's pool instead, so that memory would only add to
+    the month's peak (bench/parquet_step.py --service yellow-2009). glibc's malloc_trim; nothing
+    where the C library has none."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 class ZoneIndex:
     """Which zone (the lookup's LocationID) each of many (longitude, latitude) points is in."""
 
@@ -170,6 +182,7 @@ class ZoneIndex:
         self.whole = whole.ravel()
         self.count = np.bincount(self.touch_cell, minlength=self.nx * self.ny).astype(np.int32)
         self.first = (np.cumsum(self.count, dtype=np.int64) - self.count).astype(np.int32)
+        _return_freed_heap()
 
     def _each_pair(self, predicate, zone: np.ndarray, cx: np.ndarray, cy: np.ndarray, size: float) -> np.ndarray:
         """predicate(polygon, cell) for each (zone, cell) pair, the cells' boxes made PAIR_CHUNK at
