@@ -19,6 +19,10 @@ SAMPLE = ROOT / "tests" / "data" / "tlc" / "yellow_tripdata_2021-01.head.csv"
 CACHE = ROOT / "bench" / ".cache"
 MONTH = "2021-01"
 DEFAULT_ROWS = 1_369_765  # yellow 2021-01
+# The environment the bench was started in, for every child: importing the package here (to build
+# a month, or read the catalog) sets Arrow's allocator in os.environ (pipeline/__init__.py), and
+# the references must run as they would on their own. The pipeline's child sets it for itself.
+START_ENV = dict(os.environ)
 
 
 def build_month(rows: int) -> Path:
@@ -146,7 +150,7 @@ def run_child(script: str, name: str, args: list[str], env: dict | None = None) 
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
+        env=dict(START_ENV, PYTHONPATH=str(ROOT), **(env or {})),
     )
     if out.returncode:
         raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
