@@ -129,3 +129,25 @@ def test_a_cast_that_would_lose_information_is_refused(tmp_path, column, values,
         convert_parquet(str(src), header, str(dst), SERVICES["yellow"], "yellow 2021-01 (month.parquet)", {})
 
     assert str(error.value).startswith(f"yellow 2021-01 (month.parquet): column {column}, data rows 1-1: cannot make {says}")
+
+
+def test_text_columns_keep_every_value_whatever_the_file_stores_them_as(tmp_path):
+    """Text travels from the file to the writer as dictionaries (convert.TEXT): each of the
+    file's row groups holds its own dictionary, a month may store a text column as integers,
+    and the lake file reads back as the catalog's plain strings, value for value."""
+    src, dst = tmp_path / "month.parquet", tmp_path / "out.parquet"
+    svc = SERVICES["fhvhv"]
+    flags = ["N", None, "N", ""] * 3 + ["Y", "N", "Y", " "] * 3  # the second half: another dictionary
+    table = {field.name: pa.nulls(len(flags), field.type) for field in svc.schema}
+    table["shared_request_flag"] = pa.array(flags)
+    table["hvfhs_license_num"] = pa.array(range(len(flags)))  # text the file stores as integers
+    pq.write_table(pa.table(table), src, row_group_size=len(flags) // 2)
+    assert pq.ParquetFile(src).num_row_groups == 2
+
+    rows = convert_parquet(str(src), ",".join(pq.read_schema(src).names), str(dst), svc, "fhvhv 2021-01 (month.parquet)", {})
+
+    written = pq.read_table(dst)
+    assert rows == len(flags) and written.schema.remove_metadata() == svc.schema
+    assert written["shared_request_flag"].to_pylist() == flags
+    assert written["hvfhs_license_num"].to_pylist() == [str(n) for n in range(len(flags))]
+    assert written["access_a_ride_flag"].null_count == len(flags)
