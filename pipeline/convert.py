@@ -169,9 +169,13 @@ def footer(metadata: dict) -> dict[str, str]:
     return {f"tlc.{k}": str(v) for k, v in metadata.items()}
 
 
+# The catalog's types as the batches carry them to the writer, where they differ.
+_IN_MEMORY = {catalog.STRING: TEXT}
+
+
 def _in_memory(schema: pa.Schema) -> pa.Schema:
-    """``schema`` as the batches carry it to the writer: text columns as TEXT."""
-    return pa.schema([pa.field(f.name, TEXT) if f.type == catalog.STRING else f for f in schema])
+    """``schema`` as the batches carry it to the writer (_IN_MEMORY)."""
+    return pa.schema([f.with_type(_IN_MEMORY.get(f.type, f.type)) for f in schema])
 
 
 def _conform(
@@ -297,8 +301,8 @@ def convert_parquet(
 
 
 # What the csv reader makes of a column of the catalog's type: integer codes as float64 (see
-# _to_int), text as TEXT.
-_CSV_TYPES = {catalog.INT: catalog.FLOAT, catalog.STRING: TEXT}
+# _to_int), the rest as the writer takes them.
+_CSV_TYPES = {**_IN_MEMORY, catalog.INT: catalog.FLOAT}
 
 _CHECK_TEXT: dict[pa.DataType, Callable[[str], object]] = {
     catalog.INT: float,
