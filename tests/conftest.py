@@ -16,6 +16,7 @@ import luigi
 import luigi.configuration
 import psycopg2
 import pytest
+from hypothesis import HealthCheck, settings
 from luigi.execution_summary import LuigiStatusCode
 
 import pipeline  # noqa: F401  (reads the settings files, once, before any fixture sets a value)
@@ -25,6 +26,20 @@ import servers
 import tlc_parquet
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Generated cases (hypothesis): CI runs a fixed, repeatable set ("ci"); HYPOTHESIS_PROFILE=long runs
+# many more, newly drawn each time (README, "Development"). No deadline: the cases run real steps.
+settings.register_profile(
+    "ci",
+    max_examples=25,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile(
+    "long", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
