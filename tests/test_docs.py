@@ -1,4 +1,5 @@
-"""Every command the README and config/ show runs as written.
+"""Every command the README, the pages under docs/ and config/ show runs as written, and the
+README stays a front door: short, the install, the tests and the demo first, its links whole.
 
 Each runs word for word, through bash, in a project folder of its own (a copy of luigi.cfg,
 config/ and samples/, named by NYC_TLC_HOME, so that what it writes stays there), with the
@@ -7,7 +8,8 @@ swapped for the test's own, by one settings profile the `luigi` on that PATH app
 LUIGI_CONFIG_PATH: the public source becomes a file:// mirror of real sample rows, the course's
 Postgres the test server, a GCS bucket and BigQuery the emulators. The samples profile runs
 with nothing swapped: it needs no network by design. The commands that are not run are listed
-with the reason; a test checks that this file and the docs name the same commands.
+with the reason; a test checks that this file and the docs name the same commands. The README's
+pipeline commands run once more on the samples profile alone, as a new user tries them first.
 """
 
 from __future__ import annotations
@@ -46,6 +48,15 @@ LOCAL = [
     "luigi --module pipeline IngestMonth --service yellow --month 2009-01 --source-kind tlc --local-scheduler",
     "python -m pipeline.report --services yellow,green,zones --first 2019-01 --last 2021-07 --verify --png data/coverage.png",
 ]
+# The README's pipeline commands, each of which also runs as written with
+# LUIGI_CONFIG_PATH=config/samples.cfg exported and nothing swapped: the samples hold one month of
+# each service, so the README's backfill starts at yellow's one month.
+README_ON_SAMPLES = [
+    "luigi --module pipeline IngestMonth --service yellow --month 2021-01 --local-scheduler",
+    "luigi --module pipeline IngestZones --local-scheduler",
+    "luigi --module pipeline IngestRange --services yellow,zones --first 2021-01 --last 2021-07 --local-scheduler",
+    "luigi --module pipeline Reingest --services yellow --first 2021-01 --last 2021-01 --local-scheduler",
+]
 SAMPLES = [
     "LUIGI_CONFIG_PATH=config/samples.cfg luigi --module pipeline IngestMonth --service yellow --month 2021-01 --local-scheduler",
     "python -c \"import duckdb; print(duckdb.connect('data/samples/warehouse.duckdb', read_only=True).sql('SELECT month, "
@@ -67,6 +78,7 @@ LUIGID = [
 ]
 BENCH_HELP = [
     "python bench/zone_lookup.py",
+    "python bench/backfill_decision.py",
     "python bench/whole_history.py",
     "python bench/projection.py",
     "python bench/parquet_step.py",
@@ -92,29 +104,91 @@ NOT_RUN = {
         "the whole history: bench/whole_history.py runs it, through a real luigid, on a mirror of every file the TLC lists"
     ),
     ".venv/bin/ruff format --check .": ".ci/run runs it before the tests, as written",
+    "HYPOTHESIS_PROFILE=long .venv/bin/pytest tests/test_content_trust.py tests/test_source_trust.py tests/test_warehouse_trust.py "
+    "tests/test_flow_trust.py": "the same tests as the README's test command, with more generated cases",
     **{command: "a benchmark takes minutes; each one's --help is run here" for command in BENCH_HELP},
 }
 COMMAND = re.compile(r"((?:[A-Z_]+=\S+ )*(?:luigi|luigid|python3?|mkdir|cd|\.venv/bin/\S+|\.|export|psql|gcloud|pip)(?: .*)?)$")
+README = ROOT / "README.md"
+PAGES = sorted((ROOT / "docs").glob("*.md"))
+INSTALL, TESTS = "python3 -m venv .venv && .venv/bin/pip install -e '.[test]'", ".venv/bin/pytest"
+
+
+def without_comment(command: str) -> str:
+    return re.split(r"\s{2,}#", command)[0].strip()
+
+
+def commands_in(page: Path) -> set[str]:
+    """The shell commands in a markdown page's code blocks (indented by four spaces), without
+    their trailing comments."""
+    found = set()
+    for line in page.read_text().splitlines():
+        if line.startswith("    ") and not line.startswith("     ") and (match := COMMAND.match(line[4:])):
+            found.add(without_comment(match[1]))
+    return found
 
 
 def commands_in_docs() -> set[str]:
-    """The shell commands in the README's code blocks, in the profiles' usage comments and in
-    the crontab, without their trailing comments."""
-    found = []
-    for line in (ROOT / "README.md").read_text().splitlines():
-        if line.startswith("    ") and not line.startswith("     ") and (match := COMMAND.match(line[4:])):
-            found.append(match[1])
+    """The shell commands in the README's and the docs pages' code blocks, in the profiles'
+    usage comments and in the crontab."""
+    found = [command for page in (README, *PAGES) for command in commands_in(page)]
     for path in [*(ROOT / "config").glob("*.cfg"), ROOT / "config" / "crontab"]:
         for line in path.read_text().splitlines():
             text = line.removeprefix("#   ") if line.startswith("#   ") else line.partition("  ")[2] if line[:1].isdigit() else ""
             if match := COMMAND.match(text):
                 found.append(match[1])
-    return {re.split(r"\s{2,}#", command)[0].strip() for command in found}
+    return {without_comment(command) for command in found}
 
 
 def test_the_docs_name_exactly_the_commands_run_here_or_listed_as_not_run():
-    here = {*LOCAL, *SAMPLES, *POSTGRES, *GCP, *LUIGID, *NOT_RUN}
+    here = {*LOCAL, *README_ON_SAMPLES, *SAMPLES, *POSTGRES, *GCP, *LUIGID, *NOT_RUN}
     assert commands_in_docs() == here
+
+
+def test_every_readme_command_runs_on_the_samples_profile_or_is_listed_as_not_run():
+    on_samples = {*README_ON_SAMPLES, *SAMPLES, *LUIGID[:2]}  # luigid and its worker: the luigid test
+
+    assert commands_in(README) - set(NOT_RUN) <= on_samples
+
+
+def test_the_readme_is_a_front_door():
+    lines = README.read_text().splitlines()
+    first = "\n".join(lines[:60])
+
+    assert len(lines) <= 300
+    assert INSTALL in first and f"    {TESTS} " in first and SAMPLES[0] in first and SAMPLES[1] in first
+
+
+def test_ci_runs_the_readme_install_and_test_commands_as_written():
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+
+    assert INSTALL in ci and TESTS in ci and {INSTALL, TESTS} <= commands_in(README)
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's anchors for a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = (line.lstrip("#").strip() for line in page.read_text().splitlines() if re.match(r"#{1,6} ", line))
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+@pytest.mark.parametrize("page", [README, *PAGES], ids=lambda page: page.name)
+def test_every_link_to_a_file_resolves_to_it_and_its_heading(page):
+    for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+        if re.match(r"[a-z]+://", target):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        assert linked.is_file(), f"{page.name}: {target}"
+        if anchor:
+            assert anchor in anchors(linked), f"{page.name}: {target}"
+
+
+@pytest.mark.parametrize("page", [README, *PAGES], ids=lambda page: page.name)
+def test_no_page_keeps_a_dated_remeasurement(page):
+    """A figure in the docs is current or it goes (bench/HISTORY.md keeps the earlier ones)."""
+    stale = re.compile(r"measured again\b|earlier the same day|in a later session|earlier sessions?\b", re.IGNORECASE)
+
+    assert not [line for line in page.read_text().splitlines() if stale.search(line)]
 
 
 @pytest.fixture
@@ -151,14 +225,14 @@ def run_as_written(project: dict, command: str, settings: dict | None, env: dict
             "".join(f"[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in keys.items()) for section, keys in settings.items())
         )
     home = project["home"]
+    outer = {key: value for key, value in os.environ.items() if key != "LUIGI_CONFIG_PATH"}  # only the command's own
     env = {
-        **os.environ,
+        **outer,
         "NYC_TLC_HOME": str(home),
         "PATH": f"{home / '.venv' / 'bin'}:{os.environ['PATH']}",
         "TEST_PROFILE": str(project["profile"]) if settings is not None else "",
         **(env or {}),
     }
-    env.pop("LUIGI_CONFIG_PATH", None)
     return subprocess.run(["bash", "-c", command], cwd=home, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -198,6 +272,19 @@ def test_the_samples_commands_need_nothing_swapped(project):
     assert "2021-01" in outs[SAMPLES[1]].stdout and "22792" in outs[SAMPLES[1]].stdout
     assert (project["home"] / "data" / "samples" / "lake" / "zones" / "taxi_zone_lookup.parquet").is_file()
     assert not (project["home"] / "data" / "lake").exists()  # apart from real data
+
+
+def test_the_readme_commands_on_the_samples_profile_alone(project):
+    samples = {"LUIGI_CONFIG_PATH": "config/samples.cfg"}  # as `export LUIGI_CONFIG_PATH=config/samples.cfg`
+
+    outs = {command: ok(run_as_written(project, command, None, samples), command) for command in README_ON_SAMPLES}
+
+    assert "yellow 2021-02..2021-07: not published at the source yet" in outs[README_ON_SAMPLES[2]].stderr
+    assert "yellow 2021-01: downloading" in outs[README_ON_SAMPLES[3]].stderr  # Reingest fetched it again
+    with duckdb.connect(str(project["home"] / "data" / "samples" / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM yellow_tripdata").fetchone()[0] == 22792
+        assert con.execute("SELECT count(*) FROM taxi_zone_lookup").fetchone()[0] == 265
+    assert not (project["home"] / "data" / "lake").exists()  # nothing went to the real data's place
 
 
 def test_the_postgres_commands(project, pg, mirror_files):
@@ -253,7 +340,7 @@ def test_luigid_a_month_reported_to_it_and_the_crontab_line(project):
     try:
         _wait_http("http://127.0.0.1:8082/api/task_list", luigid, 30, "luigid")
         settings = mirror_source(project)
-        ok(run_as_written(project, LUIGID[1], settings), LUIGID[1])
+        ok(run_as_written(project, LUIGID[1], None, {"LUIGI_CONFIG_PATH": "config/samples.cfg"}), LUIGID[1])  # the README's
         cron = run_as_written(project, LUIGID[2], settings, {"REPO": str(home)})
     finally:
         os.killpg(luigid.pid, signal.SIGTERM)
