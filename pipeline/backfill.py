@@ -40,11 +40,12 @@ from pipeline.download import Download, published, source_url
 from pipeline.flows import IngestMonth, IngestZones
 from pipeline.lake import LakeFile, LakeRecord
 from pipeline.params import Month, Services, UsageError
+from pipeline.scheduling import Scheduled
 
 logger = logging.getLogger("pipeline.backfill")
 
 
-class PublishedMonths(RangeMonthly):
+class PublishedMonths(Scheduled, RangeMonthly):
     """RangeMonthly over a DatasetTask-shaped `of` (service and month parameters): missing months
     decided in bulk, the unpublished tail of the range left out."""
 
@@ -100,7 +101,7 @@ def months_between(a: datetime.date, b: datetime.date) -> int:
     return (b.year - a.year) * 12 + b.month - a.month
 
 
-class MonthRange:
+class MonthRange(Scheduled):
     """The parameters of a command over services and an inclusive range of months (a mixin:
     luigi finds parameters on every base class)."""
 
@@ -212,12 +213,12 @@ class Reingest(MonthRange, luigi.Task):
                         target.remove()
             with forgotten.open("w") as f:
                 f.write(f"{len(datasets)} files\n")
-        self.set_status_message(
+        self.tell(
             f"downloading and converting {len(datasets)} file(s) again; the lake and the "
             "warehouses keep the old ones until the new ones are whole"
         )
         yield [ToParquet(**params) for params in datasets]
-        self.set_status_message(f"replacing {len(datasets)} file(s) in the lake and the warehouses")
+        self.tell(f"replacing {len(datasets)} file(s) in the lake and the warehouses")
         yield [ingest_task(params) for params in datasets]
         with self.output().open("w") as f:
             f.write(f"{len(datasets)} files ingested again\n")
@@ -283,7 +284,7 @@ class Republished(MonthRange, luigi.Task):
             changes = json.load(f)
         changed = [c for c in changes if "no longer published" not in c["why"]]
         if self.reingest and changed:
-            self.set_status_message(f"{len(changed)} month(s) changed at the source; ingesting them again")
+            self.tell(f"{len(changed)} month(s) changed at the source; ingesting them again")
             yield [self.reingest_of(change) for change in changed]
         lines = [f"{c['label']}: {c['why']}" for c in changes] or ["no month in the lake has changed at the source"]
         with self.output().open("w") as f:
@@ -306,7 +307,7 @@ def difference(record: LakeRecord, now: Optional[dict[str, str]]) -> str:
     return "republished: " + ", ".join(changed) if changed else ""
 
 
-class IngestRecent(luigi.WrapperTask):
+class IngestRecent(Scheduled, luigi.WrapperTask):
     """The newest months of each service and the zone lookup: what cron runs once a month. The
     TLC publishes a month about two months after it ends, so the window looks back `--months`
     months from `--until` and ingests what is published and not yet done (months already done

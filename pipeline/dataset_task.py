@@ -1,24 +1,34 @@
 """What every step has in common: it works on one dataset file of one service (a month of trips,
-or the zone lookup), reports progress to the visualiser, and writes its output atomically."""
+or the zone lookup), reports progress to the visualiser, and writes its output atomically, never
+outside its root.
+
+Nothing outside its roots: the lake root and the staging area are the only places a step writes
+or deletes, and it never does so through a symbolic link below them (a root itself may be one: that
+is where the user put it). Every local write and delete goes through `atomic_path`, `remove` or
+`sweep_stale` here, which check the folders from the root down with lstat.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import re
 import secrets
+import stat
 import time
 from pathlib import Path
 from typing import Iterator
 
 import luigi
 
-from pipeline import catalog, completion, params, settings
+from pipeline import catalog, completion, params, redaction, settings
+from pipeline.scheduling import Scheduled
 
 logger = logging.getLogger("pipeline")
 
 
-class DatasetTask(luigi.Task):
+class DatasetTask(Scheduled, luigi.Task):
     service = params.Choice(choices=list(catalog.SERVICES), description="The TLC service, or zones for the zone lookup.")
     month = params.OptionalMonth(default=None, description="YYYY-MM: the month of the published file (not for zones).")
 
@@ -51,15 +61,19 @@ class DatasetTask(luigi.Task):
         """atomic_path for an output in the staging area."""
         return atomic_path(target, settings.ingest().staging)
 
+    def on_failure(self, exception: BaseException) -> str:
+        """What luigid keeps and the visualiser shows of the failure (luigi's traceback text),
+        without the secrets the settings carry (redaction: one scrubber, whatever raised)."""
+        return redaction.scrub(super().on_failure(exception))
+
     def report(self, done: float, total: float, what: str) -> None:
-        """Progress bar and status line in the visualiser, at most once a second."""
+        """Progress bar and status line in the visualiser, at most once a second (scheduling.tell:
+        never waits for the scheduler, never fails the step)."""
         now = time.monotonic()
         if now - self._last_report < 1.0 and done < total:
             return
         self._last_report = now
-        if total:
-            self.set_progress_percentage(min(100, round(100 * done / total)))
-        self.set_status_message(f"{self.label}: {what}")
+        self.tell(f"{self.label}: {what}", min(100, round(100 * done / total)) if total else None)
 
 
 class SourcePin:
@@ -87,18 +101,78 @@ STALE_SECONDS = 600
 # rename is atomic), and outside every service folder, because lake readers take every file under
 # a service's folder as data (DuckDB's `**` glob reads hidden files and folders too).
 TEMP_AREA = ".tmp"
+# The names of what atomic_path writes in a temp area ({name}.{pid}-{8 hex}), and of what luigi's
+# own temporary_path left beside outputs in earlier versions: a sweep deletes nothing else.
+TEMP_NAME = re.compile(r".+\.\d+-[0-9a-f]{8}")
+LUIGI_TEMP_NAME = re.compile(r".+-luigi-tmp-\d+")
 
 
-def sweep_stale(folder: Path, pattern: str = "*") -> None:
-    """Remove what killed runs left in ``folder``: a failed run removes its own temporary file,
-    a SIGKILL or a power cut cannot. A file written in the last STALE_SECONDS may be another
-    run's work in progress, so it is left alone."""
+class OutsideRoot(RuntimeError):
+    """A path a step would write or delete is not plainly inside its root: outside it, or reached
+    through a symbolic link below it."""
+
+    def __init__(self, path: str, root: str, why: str):
+        self.path, self.root, self.why = path, root, why
+        super().__init__(
+            f"{path}: {why}; the pipeline writes and deletes only inside {root}, never through a link below it. "
+            "Remove the link, or point the setting ([lake] root, [ingest] staging) at the real folder"
+        )
+
+
+def inside(root: str, folder: str, make: bool = True) -> Path:
+    """``folder``, which must lie under ``root``, with every folder from ``root`` down to it made
+    where missing (unless not ``make``) and checked (lstat) to be a real folder, not a link.
+    Raises OutsideRoot."""
+    base = os.path.abspath(root)
+    relative = os.path.relpath(os.path.abspath(folder), base)
+    if relative == ".." or relative.startswith(".." + os.sep) or os.path.isabs(relative):
+        raise OutsideRoot(folder, root, "it is not under the root")
+    os.makedirs(base, exist_ok=True)
+    current = Path(base)
+    for part in Path(relative).parts:
+        if part == ".":
+            continue
+        current = current / part
+        if make:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(current)
+        elif not os.path.lexists(current):
+            break  # nothing below it exists, so no link either
+        mode = os.lstat(current).st_mode
+        if stat.S_ISLNK(mode):
+            raise OutsideRoot(str(current), root, f"a symbolic link (to {os.readlink(current)})")
+        if not stat.S_ISDIR(mode):
+            raise OutsideRoot(str(current), root, "not a folder")
+    return current
+
+
+def sweep_stale(folder: Path, name: re.Pattern = TEMP_NAME) -> None:
+    """Remove what killed runs left in ``folder`` (checked by the caller with `inside`): a failed
+    run removes its own temporary file, a SIGKILL or a power cut cannot. Only regular files whose
+    name is a temporary one (``name``) are touched, never a link; a file written in the last
+    STALE_SECONDS may be another run's work in progress, so it is left alone."""
     now = time.time()
-    for stale in folder.glob(pattern):
-        with contextlib.suppress(FileNotFoundError):
-            if stale.is_file() and now - stale.stat().st_mtime > STALE_SECONDS:
-                stale.unlink()
-                logger.info("removed %s, left by a run that was killed", stale)
+    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                if (
+                    name.fullmatch(entry.name)
+                    and entry.is_file(follow_symlinks=False)
+                    and now - entry.stat(follow_symlinks=False).st_mtime > STALE_SECONDS
+                ):
+                    os.unlink(entry.path)
+                    logger.info("removed %s, left by a run that was killed", entry.path)
+
+
+def remove(target: luigi.LocalTarget, root: str) -> None:
+    """Delete the file ``target`` names under ``root`` (nothing if it is not there), never through
+    a link: the file itself may not be one either."""
+    folder = inside(root, os.path.dirname(target.path))
+    path = folder / os.path.basename(target.path)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            raise OutsideRoot(str(path), root, "a folder where a file should be")
+        os.unlink(path)
 
 
 @contextlib.contextmanager
@@ -108,17 +182,15 @@ def atomic_path(target: luigi.LocalTarget, root: str) -> Iterator[str]:
     a cut run, or that lost a race to an identical run, still finishes); removed when the block
     fails, so a failed run leaves neither a complete-looking output nor litter. What killed runs
     left in the temp area is swept first (and the `-luigi-tmp-` files older versions left beside
-    their outputs)."""
-    temp_area = Path(root) / TEMP_AREA
-    temp_area.mkdir(parents=True, exist_ok=True)
+    their outputs). Both folders are checked to be inside ``root`` with no link on the way."""
+    temp_area = inside(root, os.path.join(root, TEMP_AREA))
     sweep_stale(temp_area)
-    sweep_stale(Path(target.path).parent, "*-luigi-tmp-*")
+    sweep_stale(inside(root, os.path.dirname(target.path), make=False), LUIGI_TEMP_NAME)
     # Not created here: the writer creates it, with the usual permissions (mkstemp's are 0600).
     tmp = str(temp_area / f"{Path(target.path).name}.{os.getpid()}-{secrets.token_hex(4)}")
     try:
         yield tmp
-        Path(target.path).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target.path)
+        os.replace(tmp, inside(root, os.path.dirname(target.path)) / os.path.basename(target.path))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

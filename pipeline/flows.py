@@ -12,6 +12,7 @@ import luigi
 from pipeline import catalog, completion, params, settings
 from pipeline.dataset_task import SourcePin
 from pipeline.lake import LakeFile
+from pipeline.scheduling import Scheduled
 from pipeline.warehouses.bigquery import ExposeBigQuery
 from pipeline.warehouses.bigquery_table import LoadBigQueryTable
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
@@ -28,7 +29,7 @@ def sink_tasks(**params) -> list[luigi.Task]:
     return [SINKS[name](**params) for name in names]
 
 
-class IngestMonth(SourcePin, luigi.WrapperTask):
+class IngestMonth(Scheduled, SourcePin, luigi.WrapperTask):
     """Download a month of one service, convert it to Parquet, put it in the lake, expose it in
     every configured warehouse. Steps already done are skipped."""
 
@@ -43,7 +44,7 @@ class IngestMonth(SourcePin, luigi.WrapperTask):
     bulk_complete = classmethod(completion.bulk_complete)
 
 
-class IngestZones(SourcePin, luigi.WrapperTask):
+class IngestZones(Scheduled, SourcePin, luigi.WrapperTask):
     """The taxi zone lookup: download, Parquet, lake, warehouses."""
 
     def requires(self):

@@ -213,6 +213,11 @@ class ingest(luigi.Config):
         default="data/staging",
         description="Work area for downloaded files and Parquet before they go to the lake",
     )
+    deployment = luigi.Parameter(
+        default="",
+        description="A name for this setup in a luigid shared with other setups: part of every task's id, so two setups "
+        "never take each other's months for done (empty: the lake root and the warehouses' locations name it)",
+    )
 
     def sink_names(self) -> list[str]:
         return [s.strip() for s in self.sinks.split(",") if s.strip() not in ("", "none")]

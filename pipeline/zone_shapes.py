@@ -28,9 +28,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import catalog, download, settings
+from pipeline import catalog, download, redaction, settings
 from pipeline.convert import footer
 from pipeline.lake import LakeTarget, lake_target, shapes_path
+from pipeline.scheduling import Scheduled
 
 logger = logging.getLogger("pipeline.zone_shapes")
 
@@ -91,17 +92,21 @@ def read_shapes(path: str, where: str) -> pa.Table:
     )
 
 
-class ZoneShapes(luigi.Task):
+class ZoneShapes(Scheduled, luigi.Task):
     """The TLC's taxi zone shapes, downloaded, checked, and kept in the lake."""
 
     def output(self) -> LakeTarget:
         return lake_target(shapes_path(catalog.ZONE_SHAPES))
 
+    def on_failure(self, exception: BaseException) -> str:
+        """luigi's explanation for luigid, scrubbed as DatasetTask's is."""
+        return redaction.scrub(super().on_failure(exception))
+
     def run(self):
         url = f"{download.base_url()}/{catalog.ZONE_SHAPES.path}"
         where = f"{catalog.ZONE_SHAPES.name} ({download.redact(url)})"
         logger.info("%s: downloading", where)
-        self.set_status_message(f"downloading {download.redact(url)}")
+        self.tell(f"downloading {download.redact(url)}")
         os.makedirs(settings.ingest().staging, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=settings.ingest().staging, prefix="shapes-") as tmp:
             raw = os.path.join(tmp, posixpath.basename(catalog.ZONE_SHAPES.path))
@@ -112,7 +117,7 @@ class ZoneShapes(luigi.Task):
             pq.write_table(table.replace_schema_metadata(footer(record)), out)
             self.output().put(out)
         logger.info("%s: %d zones in the lake at %s", where, table.num_rows, self.output().path)
-        self.set_status_message(f"{table.num_rows} zones in the lake")
+        self.tell(f"{table.num_rows} zones in the lake")
 
 
 def _return_freed_heap() -> None:

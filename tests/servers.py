@@ -234,11 +234,12 @@ def fake_gcs_server(root: Path) -> Iterator[dict]:
 
 
 @contextlib.contextmanager
-def luigid(work: Path, logdir: Path, env: Optional[dict] = None) -> Iterator[dict]:
-    """A real central scheduler on 127.0.0.1, run from ``work`` (its output in work/luigid.out),
-    its task history in ``logdir``; yields its port, URL, folder and process id."""
-    port = free_port()
-    log = open(work / "luigid.out", "wb")
+def luigid(work: Path, logdir: Path, env: Optional[dict] = None, port: Optional[int] = None) -> Iterator[dict]:
+    """A real central scheduler on 127.0.0.1 (on ``port``, else a free one), run from ``work`` (its
+    output in work/luigid.out), its task history in ``logdir``; yields its port, URL, folder and
+    process id."""
+    port = port or free_port()
+    log = open(work / "luigid.out", "ab")
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("luigid")), "--address", "127.0.0.1", "--port", str(port), "--logdir", str(logdir)],
         cwd=work,

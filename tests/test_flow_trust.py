@@ -1,0 +1,223 @@
+"""The flows' promises, each as a class of cases (issue 26): the scheduler is advice, never a
+dependency of the data; nothing is written or deleted outside the roots; a backfill never calls a
+published month unpublished; Reingest makes every sink agree with the lake file."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import luigi
+import luigi.worker
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from luigi.task import task_id_str
+
+import pipeline  # noqa: F401
+from pipeline import IngestMonth, LakeFile, ToParquet, scheduling
+from pipeline.dataset_task import TEMP_AREA, OutsideRoot
+
+from conftest import LUIGI, ROOT, cli, configured, workspace_flags
+from mirror import month
+from servers import free_port, luigid
+
+# --- luigi's internals that pipeline/scheduling.py leans on ------------------------------------------
+
+
+def test_the_luigi_internals_scheduling_leans_on_are_still_there():
+    """If a luigi release changes these, task ids lose their deployment or progress reports stop:
+    this fails first, naming which."""
+    task = luigi.Task()
+    assert task.task_id == task_id_str(task.get_task_family(), task.to_str_params(only_significant=True, only_public=True))
+    assert hash(task) == task._Task__hash, "luigi.Task caches the id's hash as _Task__hash"
+    reporter = luigi.worker.TaskProcess.forward_reporter_attributes
+    assert reporter["update_status_message"] == "set_status_message"
+    assert reporter["update_progress_percentage"] == "set_progress_percentage"
+    assert task.set_status_message is None  # set by the worker only while the task runs
+
+
+# --- the deployment is part of every task's identity -------------------------------------------------
+
+_ROOTS = st.sampled_from(["/lakes/a", "/lakes/b", "gs://bucket/lake"])
+_NAMES = st.sampled_from(["", "prod", "staging"])
+_SINKS = st.sampled_from(["duckdb", "none", "postgres", "duckdb,postgres"])
+
+
+@given(first=st.tuples(_ROOTS, _NAMES, _SINKS), second=st.tuples(_ROOTS, _NAMES, _SINKS))
+def test_two_setups_share_a_task_id_exactly_when_they_are_one_deployment(first, second):
+    def ids(root, name, sinks):
+        with configured({("lake", "root"): root, ("ingest", "deployment"): name, ("ingest", "sinks"): sinks}):
+            luigi.task_register.Register.clear_instance_cache()
+            tasks = [
+                IngestMonth(service="yellow", month=month("2021-01")),
+                LakeFile(service="yellow", month=month("2021-01")),
+                pipeline.IngestRange(services="yellow", first=month("2021-01"), last=month("2021-02")),
+            ]
+            return scheduling.deployment(), [t.task_id for t in tasks]
+
+    (deployment_a, ids_a), (deployment_b, ids_b) = ids(*first), ids(*second)
+    luigi.task_register.Register.clear_instance_cache()
+    assert (deployment_a == deployment_b) == (first[1] == second[1] if first[1] or second[1] else first[::2] == second[::2])
+    for a, b in zip(ids_a, ids_b):
+        assert (a == b) == (deployment_a == deployment_b)
+
+
+def test_two_setups_sharing_one_luigid_each_get_their_month(tmp_path, http_server):
+    """Two lakes, one luigid, the same month asked of both within luigid's done-cooldown: each lake
+    gets it (the second ran nothing before)."""
+    (tmp_path / "luigid" / "log").mkdir(parents=True)
+    with luigid(tmp_path / "luigid", tmp_path / "luigid" / "log") as scheduler:
+        for setup in ("one", "two"):
+            work = tmp_path / setup
+            flags = [f for f in workspace_flags(work, f"{http_server}/releases") if f != "--local-scheduler"]
+            done = cli(
+                "IngestMonth", "--service", "green", "--month", "2019-01", *flags, "--scheduler-port", str(scheduler["port"])
+            )
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert (work / "lake" / "green" / "month=2019-01" / "green_tripdata_2019-01.parquet").is_file(), setup
+
+
+# --- the scheduler is advice: a luigid outage does not fail healthy work -----------------------------
+
+
+class _SlowFile(http.server.BaseHTTPRequestHandler):
+    """Serves one file in small pieces over a few seconds (with its Content-Length)."""
+
+    body = b""
+    seconds = 6.0
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        pieces = 30
+        step = len(self.body) // pieces + 1
+        for i in range(0, len(self.body), step):
+            self.wfile.write(self.body[i : i + step])
+            self.wfile.flush()
+            time.sleep(self.seconds / pieces)
+
+
+@contextlib.contextmanager
+def slow_source(body: bytes):
+    handler = type("Handler", (_SlowFile,), {"body": body})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_luigid_outage_while_a_step_reports_progress_does_not_fail_it(tmp_path, mirror):
+    """luigid is killed while a download reports its progress and comes back after the worker's
+    RPC tries are spent (2 x 1 s here, 3 x 30 s by default): the download finishes and the run
+    exits 0. Before, the refused report was raised into the step and failed it."""
+    body = (mirror / "releases" / "green" / "green_tripdata_2019-01.csv.gz").read_bytes()
+    profile = tmp_path / "rpc.cfg"
+    profile.write_text("[core]\nrpc-retry-attempts = 2\nrpc-retry-wait = 1\n")
+    work = tmp_path / "luigid"
+    (work / "log").mkdir(parents=True)
+    port = free_port()
+    with slow_source(body) as url:
+        with luigid(work, work / "log", port=port) as first:
+            flags = [f for f in workspace_flags(tmp_path, url) if f != "--local-scheduler"]
+            proc = subprocess.Popen(
+                [*LUIGI, "Download", "--service", "green", "--month", "2019-01", *flags, "--scheduler-port", str(port)],
+                cwd=ROOT,
+                env={**os.environ, "LUIGI_CONFIG_PATH": str(profile)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            deadline = time.monotonic() + 30
+            temp = tmp_path / "staging" / TEMP_AREA
+            while not any(temp.glob("green_tripdata_2019-01.csv.gz.*")):  # downloading
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+                time.sleep(0.05)
+            os.kill(first["pid"], signal.SIGKILL)
+        time.sleep(3.5)  # longer than the worker's RPC tries
+        with luigid(work, work / "log", port=port):
+            output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output[-3000:]
+    assert (tmp_path / "staging" / "raw" / "green" / "green_tripdata_2019-01.csv.gz").read_bytes() == body
+    assert "the scheduler did not take a progress report" in output
+
+
+# --- nothing outside the roots ------------------------------------------------------------------------
+
+# Places under the roots a link could be, as (root, folder under it) for green 2019-01.
+_LINKABLE = [
+    ("staging", TEMP_AREA),
+    ("staging", "raw"),
+    ("staging", "raw/green"),
+    ("staging", "parquet/green"),
+    ("lake", TEMP_AREA),
+    ("lake", "green"),
+    ("lake", "green/month=2019-01"),
+]
+
+
+def _outside_folder(path: Path) -> dict[str, bytes]:
+    """A folder outside the roots holding what a careless sweep would delete: files older than the
+    sweep's age, one named like the pipeline's own temporary files."""
+    path.mkdir(parents=True)
+    files = {"precious.csv": b"keep me", "green_tripdata_2019-01.csv.gz.1-0a0b0c0d": b"also mine", "x-luigi-tmp-0000000001": b"mine"}
+    long_ago = time.time() - 86400
+    for name, content in files.items():
+        (path / name).write_bytes(content)
+        os.utime(path / name, (long_ago, long_ago))
+    return files
+
+
+@given(where=st.sampled_from(_LINKABLE), case=st.integers(0, 10**9))
+def test_no_step_writes_or_deletes_through_a_link_below_its_roots(workspace, run, where, case):
+    """Whichever folder below the lake root or the staging area is a link to another folder, the
+    step that would write there fails naming the link, and the other folder is untouched."""
+    base = workspace / f"case-{case}"
+    if base.exists():
+        return  # the same case drawn twice
+    outside = base / "elsewhere"
+    before = _outside_folder(outside)
+    root, folder = where
+    link = base / root / folder
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(outside, target_is_directory=True)
+    settings = {("lake", "root"): str(base / "lake"), ("ingest", "staging"): str(base / "staging")}
+    with configured(settings):
+        result = run(IngestMonth(service="green", month=month("2019-01")))
+        assert not IngestMonth(service="green", month=month("2019-01")).complete()
+    (error,) = [e for _, e in result.every_failure]
+    assert isinstance(error, OutsideRoot) and str(link) in str(error) and "symbolic link" in str(error)
+    assert {p.name: p.read_bytes() for p in outside.iterdir()} == before
+
+
+def test_the_temp_area_as_a_link_deletes_nothing_where_it_points(workspace, run):
+    """The attack as reported: lake/.tmp a link to any folder; the next ingest deleted every file
+    there older than 10 minutes."""
+    before = _outside_folder(workspace / "elsewhere")
+    (workspace / "lake").mkdir()
+    (workspace / "lake" / TEMP_AREA).symlink_to(workspace / "elsewhere")
+    result = run(IngestMonth(service="green", month=month("2019-01")))
+    assert "symbolic link" in str(result.failures["LakeFile"])
+    assert {p.name: p.read_bytes() for p in (workspace / "elsewhere").iterdir()} == before
+    assert ToParquet(service="green", month=month("2019-01")).complete()  # the steps inside the staging root went on
+
+
+def test_a_path_outside_the_root_is_refused(tmp_path):
+    from pipeline.dataset_task import inside
+
+    with pytest.raises(OutsideRoot, match="not under the root"):
+        inside(str(tmp_path / "lake"), str(tmp_path / "elsewhere"))
+    assert not (tmp_path / "elsewhere").exists()
