@@ -24,6 +24,7 @@ Reingest runs months again on purpose (luigi itself has no "force"):
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
 import datetime
 import json
 import logging
@@ -47,54 +48,54 @@ logger = logging.getLogger("pipeline.backfill")
 
 class PublishedMonths(Scheduled, RangeMonthly):
     """RangeMonthly over a DatasetTask-shaped `of` (service and month parameters): missing months
-    decided in bulk, the unpublished tail of the range left out."""
+    decided in bulk, the months after the source's last left out.
+
+    The invariant: a month the source has published is never called "not published yet". Only
+    the months after the last one the source has published, or the last one done, are "not yet";
+    a missing month before either is a gap, and stays in the run, so that its download fails
+    naming it. Nothing is assumed about the order the source publishes in: it may have holes."""
 
     def missing_datetimes(self, finite_datetimes):
         of = self.of
         months = [self.datetime_to_parameter(d) for d in finite_datetimes]
         done = set(of.bulk_complete.__func__(lambda **kw: of(**self.of_params, **kw), months))
         missing = [d for d, m in zip(finite_datetimes, months) if m not in done]
-        # Only months after the last one done can be "not published yet"; a missing month before
-        # it is a gap, and stays in, so that its download fails naming it.
         tail = [d for d in missing if not done or self.datetime_to_parameter(d) > max(done)]
         svc = catalog.SERVICES[self.of_params["service"]]
-        out = published_prefix(svc, [self.datetime_to_parameter(d) for d in tail])
-        if out < len(tail):
-            first, last = tail[out].strftime("%Y-%m"), tail[-1].strftime("%Y-%m")
+        kept = last_published(svc, [self.datetime_to_parameter(d) for d in tail]) + 1
+        if kept < len(tail):
+            first, last = tail[kept].strftime("%Y-%m"), tail[-1].strftime("%Y-%m")
             logger.warning(
                 "%s %s: not published at the source yet (%d month(s)); the range ends before it",
                 svc.name,
                 first if first == last else f"{first}..{last}",
-                len(tail) - out,
+                len(tail) - kept,
             )
-        return missing[: len(missing) - len(tail) + out]
+        return missing[: len(missing) - len(tail) + kept]
 
 
-def published_prefix(svc: catalog.Service, months: list[datetime.date]) -> int:
-    """How many of ``months`` (consecutive, oldest first) are published, counted from the first:
-    the source publishes in order, so the unpublished ones are a tail.
+# How many months are asked at once when looking for the source's last month (body-less GETs).
+PROBES_AT_ONCE = 8
 
-    The current month and later cost no request (a month is published after it ends). Before
-    them, months are asked from the end backwards at distances 1, 2, 4, ... until one is
-    published, then the boundary is bisected: a handful of requests for any range, however far
-    into the future it reaches."""
+
+def last_published(svc: catalog.Service, months: list[datetime.date]) -> int:
+    """The index of the last of ``months`` (oldest first) that the source publishes, or -1.
+
+    The current month and later cost no request (a month is published after it ends), so a range
+    into 2099 costs what the months before this one cost. Those are asked from the newest back,
+    PROBES_AT_ONCE at a time, until one is published: every month after it was asked and is not
+    there. A source may skip a month, so nothing between two answers is guessed."""
     this_month = datetime.date.today().replace(day=1)
     end = bisect.bisect_left(months, this_month)  # months[end:] are not over yet
-    is_published = lambda i: published(source_url(svc, months[i])) is not None  # noqa: E731
-    unpublished, distance = end, 1  # months[unpublished:] are known unpublished
-    while unpublished > 0:
-        probe = max(0, end - distance)
-        if is_published(probe):
-            low = probe  # published; everything between low and unpublished is unknown
-            while unpublished - low > 1:
-                middle = (low + unpublished) // 2
-                if is_published(middle):
-                    low = middle
-                else:
-                    unpublished = middle
-            return unpublished
-        unpublished, distance = probe, distance * 2
-    return 0
+    with concurrent.futures.ThreadPoolExecutor(PROBES_AT_ONCE) as pool:
+        while end > 0:
+            batch = range(max(0, end - PROBES_AT_ONCE), end)
+            answers = list(pool.map(lambda i: published(source_url(svc, months[i])) is not None, batch))
+            found = [i for i, yes in zip(batch, answers) if yes]
+            if found:
+                return found[-1]
+            end = batch.start
+    return -1
 
 
 def months_between(a: datetime.date, b: datetime.date) -> int:

@@ -221,3 +221,58 @@ def test_a_path_outside_the_root_is_refused(tmp_path):
     with pytest.raises(OutsideRoot, match="not under the root"):
         inside(str(tmp_path / "lake"), str(tmp_path / "elsewhere"))
     assert not (tmp_path / "elsewhere").exists()
+
+
+# --- a backfill never calls a published month unpublished ---------------------------------------------
+
+_WINDOW = [f"2020-{m:02d}" for m in range(1, 13)]
+
+
+@given(
+    published=st.sets(st.sampled_from(_WINDOW)),
+    done=st.sets(st.sampled_from(_WINDOW)),
+    bounds=st.tuples(st.integers(0, 11), st.integers(0, 11)).map(sorted),
+)
+def test_a_backfill_schedules_every_month_up_to_the_sources_last_or_the_last_done(workspace, published, done, bounds):
+    """Whatever months the source has (holes anywhere) and whichever are done: the run takes every
+    month not done up to the last month published or done (a missing one among them is a gap, and
+    fails loudly at its download), and none after it."""
+    first, last = _WINDOW[bounds[0]], _WINDOW[bounds[1]]
+    case = workspace / f"case-{'-'.join(sorted(published))}-{'-'.join(sorted(done))}-{first}-{last}"
+    if case.exists():
+        return  # the same case drawn twice
+    for m in published:
+        path = case / "source" / "yellow" / f"yellow_tripdata_{m}.csv.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"published")
+    settings = {("source", "base_url"): (case / "source").as_uri(), ("lake", "root"): str(case / "lake"), ("ingest", "sinks"): "none"}
+    with configured(settings):
+        luigi.task_register.Register.clear_instance_cache()
+        for m in done:  # with no sink, a month is done when its lake file is there
+            path = Path(LakeFile(service="yellow", month=month(m)).output().path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"done")
+        (months,) = pipeline.IngestRange(services="yellow", first=month(first), last=month(last)).requires()
+        scheduled = {task.month.strftime("%Y-%m") for task in months.requires()}
+    in_range = [m for m in _WINDOW if first <= m <= last]
+    there = [m for m in in_range if m in published or m in done]
+    expected = {m for m in in_range if there and m <= there[-1] and m not in done}
+    assert scheduled == expected
+
+
+def test_a_month_after_a_hole_at_the_source_is_ingested_and_the_hole_fails_loudly(range_source, run, mirror):
+    """The source has 2020-01, -02 and -04 (not -03): the range up to 2020-06 ingests -04 and fails
+    on -03 naming it; -05 and -06 are not published yet. Before, -03..-06 were all 'not yet'."""
+    from mirror import replaced
+
+    with replaced(mirror / "range" / "yellow" / "yellow_tripdata_2020-03.csv.gz", None):
+        result = run(pipeline.IngestRange(services="yellow", first=month("2020-01"), last=month("2020-06")))
+
+    assert [IngestMonth(service="yellow", month=month(m)).complete() for m in ("2020-01", "2020-02", "2020-03", "2020-04")] == [
+        True,
+        True,
+        False,
+        True,
+    ]
+    (failed,) = [e for task_id, e in result.every_failure if task_id.startswith("Download")]
+    assert "yellow 2020-03 (" in str(failed) and "not published (HTTP 404)" in str(failed)
