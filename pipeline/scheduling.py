@@ -21,7 +21,6 @@ import logging
 import threading
 from typing import Callable, Optional
 
-import luigi
 from luigi.task import task_id_str
 
 from pipeline import settings

@@ -77,9 +77,7 @@ def test_two_setups_sharing_one_luigid_each_get_their_month(tmp_path, http_serve
         for setup in ("one", "two"):
             work = tmp_path / setup
             flags = [f for f in workspace_flags(work, f"{http_server}/releases") if f != "--local-scheduler"]
-            done = cli(
-                "IngestMonth", "--service", "green", "--month", "2019-01", *flags, "--scheduler-port", str(scheduler["port"])
-            )
+            done = cli("IngestMonth", "--service", "green", "--month", "2019-01", *flags, "--scheduler-port", str(scheduler["port"]))
             assert done.returncode == 0, done.stderr[-2000:]
             assert (work / "lake" / "green" / "month=2019-01" / "green_tripdata_2019-01.parquet").is_file(), setup
 
