@@ -6,11 +6,20 @@ counts agree, from what the pipeline recorded (no download, nothing re-read from
 Per month and service it shows the source file's size as recorded at download, the rows of the
 Parquet file in staging and of the lake file (its record), and the rows each configured
 warehouse's marker records; with --verify also the rows counted in DuckDB and Postgres
-themselves. A month is `ok` when every place has it with the same count, `missing` when the lake
-or a warehouse lacks a month another place has, `differs` when two counts disagree. The exit code
-is 1 when any month is missing or differs (so cron can run it after a backfill), else 0; a month
-that is nowhere yet is not a problem. --png draws the grid (months x services, coloured by state,
-rows as bars); it needs the `report` extra (matplotlib).
+themselves. A month is in one of four states (`state`, the one place that decides it):
+
+- `ok`: every place has it, with one count;
+- `differs`: two places hold different counts;
+- `missing`: some place lacks it while another has it, or no place has it although a later month
+  of the service is somewhere: a gap, as the backfill treats it (it fails on such a month);
+- `nowhere`: no place has it, and no later month of the service is anywhere either: not ingested
+  yet (or not published yet), which is no problem, unless every line of the report is nowhere.
+
+The exit code (`verdict`) is 1 when any month is missing or differs, so cron can run the report
+after a backfill; 1 too, with one line saying what to run, when nothing of the range is anywhere
+(a wrong lake, profile or range looks just like that); else 0. The staging area is a work area:
+its copy is shown (`-` once cleaned) but never makes a month missing. --png draws the grid
+(months x services, coloured by state, rows as bars); it needs the `report` extra (matplotlib).
 """
 
 from __future__ import annotations
@@ -31,17 +40,51 @@ from pipeline.params import Month, Services, UsageError
 class Line:
     service: str
     month: str  # "" for the zones
-    source_size: str = ""
+    source_size: Optional[int] = None  # bytes, as recorded at download (None: nothing recorded)
     counts: dict[str, Optional[int]] = dataclasses.field(default_factory=dict)  # place -> rows (None: not there)
+    # A later month of the service is somewhere: this one, if nowhere, is a gap (see `state`).
+    before_present: bool = False
+
+    @property
+    def anywhere(self) -> bool:
+        return any(n is not None for n in self.counts.values())
 
     @property
     def state(self) -> str:
         present = [n for n in self.counts.values() if n is not None]
         if not present:
-            return "nowhere"
+            return "missing" if self.before_present else "nowhere"
         if len(present) < len(self.counts):
             return "missing"
         return "ok" if len(set(present)) == 1 else "differs"
+
+
+def mark_gaps(lines: list[Line]) -> None:
+    """Mark each line that lies before a month of its service that is somewhere (the backfill's
+    rule: a month missing before a month done is a gap, not the future). ``lines`` are in month
+    order within each service."""
+    for service in {line.service for line in lines}:
+        own = [line for line in lines if line.service == service]
+        last = max((i for i, line in enumerate(own) if line.anywhere), default=0)
+        for line in own[:last]:
+            line.before_present = True
+
+
+# Each state, in the order the summary counts them, with its colour in the grid.
+COLOURS = {"ok": "#4caf50", "missing": "#ffb300", "differs": "#e53935", "nowhere": "#e0e0e0"}
+
+
+def verdict(lines: list[Line], services: str, first: str, last: str) -> tuple[int, str]:
+    """The exit code and the report's last line: a count per state; when no line is anywhere,
+    that and what to run instead."""
+    if not any(line.anywhere for line in lines):
+        return 1, (
+            f"nothing of {services} {first}..{last} is ingested anywhere (the lake at {settings.lake().root}, "
+            f"sinks: {settings.ingest().sinks}): check the profile (LUIGI_CONFIG_PATH) and the range, or ingest it: "
+            f"luigi --module pipeline IngestRange --services {services} --first {first} --last {last}"
+        )
+    counts = ", ".join(f"{sum(1 for line in lines if line.state == s)} {s}" for s in COLOURS)
+    return (1 if any(line.state in ("missing", "differs") for line in lines) else 0), f"{len(lines)} month(s): {counts}"
 
 
 def counted_sinks(verify: bool) -> list[str]:
@@ -65,16 +108,17 @@ def staged_rows(download: Download) -> Optional[int]:
         return None
 
 
-def recorded_size(download: Download, lake) -> str:
-    """The source file's size as the pipeline recorded it: the lake file's record, else the
-    download's."""
+def recorded_size(download: Download, lake) -> Optional[int]:
+    """The source file's size in bytes as the pipeline recorded it: the lake file's record, else
+    the download's."""
     if lake is not None and lake.source_size:
-        return lake.source_size
+        return int(lake.source_size)
     meta = download.output()["meta"]
     if meta.exists():
         with meta.open() as f:
-            return str(json.load(f).get("size", ""))
-    return ""
+            size = json.load(f).get("size")
+        return None if size in (None, "") else int(size)
+    return None
 
 
 def report(services: list[str], months: list, verify: bool) -> list[Line]:
@@ -106,22 +150,28 @@ def report(services: list[str], months: list, verify: bool) -> list[Line]:
             if line.counts["staged"] is None:  # staging is a work area: cleaning it loses nothing
                 del line.counts["staged"]
             lines.append(line)
+    mark_gaps(lines)
     return lines
 
 
+def number(n: Optional[int]) -> str:
+    """A count or a size as the table shows it: thousands separated, `-` where there is none."""
+    return "-" if n is None else f"{n:,}"
+
+
 def table(lines: list[Line], verify: bool) -> str:
+    """One row a line: the names left-aligned, the numbers right-aligned, every cell filled."""
     columns = ["service", "month", "source bytes", *places(verify), "state"]
     rows = [
-        [line.service, line.month or "-", line.source_size or "-"]
-        + [f"{line.counts[p]:,}" if line.counts.get(p) is not None else ("-" if p in line.counts else "") for p in places(verify)]
-        + [line.state]
+        [line.service, line.month or "-", number(line.source_size), *(number(line.counts.get(p)) for p in places(verify)), line.state]
         for line in lines
     ]
-    widths = [max(len(str(x)) for x in column) for column in zip(columns, *rows)]
-    return "\n".join("  ".join(str(x).rjust(w) for x, w in zip(row, widths)) for row in [columns, *rows])
-
-
-COLOURS = {"ok": "#4caf50", "missing": "#ffb300", "differs": "#e53935", "nowhere": "#e0e0e0"}
+    widths = [max(len(x) for x in column) for column in zip(columns, *rows)]
+    numeric = range(2, len(columns) - 1)
+    return "\n".join(
+        "  ".join(x.rjust(w) if i in numeric else x.ljust(w) for i, (x, w) in enumerate(zip(row, widths))).rstrip()
+        for row in [columns, *rows]
+    )
 
 
 def picture(lines: list[Line], path: str) -> None:
@@ -179,16 +229,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"--first {args.first} is after --last {args.last}")
     months = [first + relativedelta(months=n) for n in range(months_between(first, last) + 1)]
     lines = report(Services.names(args.services), months, args.verify)
-    print(table(lines, args.verify))
-    bad = [line for line in lines if line.state in ("missing", "differs")]
-    print(f"{len(lines)} month(s): " + ", ".join(f"{sum(1 for x in lines if x.state == s)} {s}" for s in COLOURS))
-    if args.png:
-        try:
-            picture(lines, args.png)
-        except UsageError as e:
-            parser.error(str(e))
-        print(f"wrote {args.png}")
-    return 1 if bad else 0
+    code, last_line = verdict(lines, args.services, args.first, args.last)
+    if any(line.anywhere for line in lines):  # else a table of nothing would bury the one line that matters
+        print(table(lines, args.verify))
+        if args.png:
+            try:
+                picture(lines, args.png)
+            except UsageError as e:
+                parser.error(str(e))
+            print(f"wrote {args.png}")
+    print(last_line)
+    return code
 
 
 if __name__ == "__main__":
