@@ -37,10 +37,11 @@ from luigi.tools.range import RangeMonthly
 
 from pipeline import catalog, settings
 from pipeline.convert import ToParquet
+from pipeline.dataset_task import remove
 from pipeline.download import Download, published, source_url
 from pipeline.flows import IngestMonth, IngestZones
 from pipeline.lake import LakeFile, LakeRecord
-from pipeline.params import Month, Services, UsageError
+from pipeline.params import Moment, Month, Services, UsageError
 from pipeline.scheduling import Scheduled
 
 logger = logging.getLogger("pipeline.backfill")
@@ -189,51 +190,61 @@ class Reingest(MonthRange, luigi.Task):
        Postgres by swapping the month's partition with its marker in one transaction, the native
        BigQuery table by a write-truncate load of the month's partition, DuckDB and the BigQuery
        external tables by their marker row; their views read the lake). Each output counts as done only
-       when it records the new file's sha256, so until then every sink keeps the old month, and
-       a failed run can simply be run again."""
+       when it records the new file's sha256 and holds the lake file's rows (counted in the
+       warehouse where a count costs nothing), so until then every sink keeps the old month, a sink
+       that lost rows is loaded again even when the source is unchanged, and a failed run can
+       simply be run again.
 
-    requested = luigi.DateSecondParameter(
-        default=datetime.datetime.now().replace(microsecond=0),
-        description="When the re-ingest was asked for (default: now): each request is its own task",
-    )
+    It leaves nothing behind: it is complete when every file was downloaded after it was asked
+    for and every sink agrees with it."""
 
-    def output(self):
-        return self._receipt("done")
+    requested = Moment(description="When the re-ingest was asked for (default: now): each request is its own task")
+
+    def fresh(self, params: dict) -> bool:
+        """Whether the dataset's staging download was made after this request."""
+        meta = Download(**params).output()["meta"]
+        return meta.exists() and datetime.datetime.fromtimestamp(os.stat(meta.path).st_mtime) > self.requested
+
+    def complete(self) -> bool:
+        return all(self.fresh(params) and ingest_task(params).complete() for params in self.datasets())
 
     def run(self):
         datasets = self.datasets()
-        # run() starts over after each batch of dynamic dependencies: the receipt makes sure the
-        # staging files are forgotten once, not again after they have been made anew.
-        forgotten = self._receipt("forgotten")
-        if not forgotten.exists():
-            for params in datasets:
-                download = Download(**params)
-                for target in [*luigi.task.flatten(download.output()), ToParquet(**params).output()]:
-                    if target.exists():
-                        logger.info("%s: forgetting the staging file %s", download.label, target.path)
-                        target.remove()
-            with forgotten.open("w") as f:
-                f.write(f"{len(datasets)} files\n")
+        # run() starts over after each batch of dynamic dependencies: only what was made before
+        # the request is forgotten, so the files made anew for it stay.
+        staging = settings.ingest().staging
+        for params in datasets:
+            if self.fresh(params):
+                continue
+            download = Download(**params)
+            for target in [*luigi.task.flatten(download.output()), ToParquet(**params).output()]:
+                if target.exists():
+                    logger.info("%s: forgetting the staging file %s", download.label, target.path)
+                    remove(target, staging)
         self.tell(
             f"downloading and converting {len(datasets)} file(s) again; the lake and the "
             "warehouses keep the old ones until the new ones are whole"
         )
         yield [ToParquet(**params) for params in datasets]
+        flows = [ingest_task(params) for params in datasets]
+        for flow in flows:
+            for step in flow.requires():
+                if step.complete():
+                    logger.info("%s: %s already has this file, its rows whole; left as it is", step.label, step.task_family)
+                else:
+                    logger.info("%s: %s replaces its month with this file", step.label, step.task_family)
         self.tell(f"replacing {len(datasets)} file(s) in the lake and the warehouses")
-        yield [ingest_task(params) for params in datasets]
-        with self.output().open("w") as f:
-            f.write(f"{len(datasets)} files ingested again\n")
-        forgotten.remove()
+        yield flows
 
 
 def ingest_task(params: dict) -> luigi.Task:
     """The flow that puts the dataset file just downloaded into the lake and the warehouses,
-    pinned to it."""
+    pinned to it, the warehouses' rows counted."""
     with Download(**params).output()["meta"].open() as f:
         sha256 = json.load(f)["sha256"]
     if params["service"] == "zones":
-        return IngestZones(source_sha256=sha256)
-    return IngestMonth(service=params["service"], month=params["month"], source_sha256=sha256)
+        return IngestZones(source_sha256=sha256, recount=True)
+    return IngestMonth(service=params["service"], month=params["month"], source_sha256=sha256, recount=True)
 
 
 class Republished(MonthRange, luigi.Task):
@@ -243,10 +254,7 @@ class Republished(MonthRange, luigi.Task):
     those months again."""
 
     reingest = luigi.BoolParameter(description="Ingest the changed months again (Reingest, month by month)")
-    requested = luigi.DateSecondParameter(
-        default=datetime.datetime.now().replace(microsecond=0),
-        description="When the check was asked for (default: now): each request is its own task",
-    )
+    requested = Moment(description="When the check was asked for (default: now): each request is its own task")
 
     def output(self):
         return self._receipt("report")

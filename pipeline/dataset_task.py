@@ -24,6 +24,7 @@ import luigi
 
 from pipeline import catalog, completion, params, redaction, settings
 from pipeline.scheduling import Scheduled
+from pipeline.targets.marker import MonthMarker
 
 logger = logging.getLogger("pipeline")
 
@@ -84,13 +85,25 @@ class SourcePin:
     source_sha256 = luigi.Parameter(
         default="", description="Only complete when made from the source file with this sha256 (set by Reingest; empty: any)"
     )
+    recount = luigi.BoolParameter(
+        description="Only complete when each warehouse holds the lake file's row count, counted there where that costs "
+        "nothing, not only as its marker claims (set by Reingest)"
+    )
+
+    def complete(self) -> bool:
+        if not super().complete():
+            return False
+        output = self.output()
+        if not self.recount or not isinstance(output, MonthMarker):
+            return True
+        return output.holds(self.requires().output().record().rows)
 
     def __repr__(self) -> str:
-        # Logs name a step as they always have; the pin only when there is one.
+        # Logs name a step as they always have; the pin and the recount only when there are.
         shown = [
             f"{name}={param.serialize(getattr(self, name))}"
             for name, param in self.get_params()
-            if param.significant and (name != "source_sha256" or self.source_sha256)
+            if param.significant and (name not in ("source_sha256", "recount") or getattr(self, name))
         ]
         return f"{self.get_task_family()}({', '.join(shown)})"
 

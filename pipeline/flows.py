@@ -37,7 +37,7 @@ class IngestMonth(Scheduled, SourcePin, luigi.WrapperTask):
     month = params.Month(description="YYYY-MM: the month of the published file.")
 
     def requires(self):
-        params = {"service": self.service, "month": self.month, "source_sha256": self.source_sha256}
+        params = {"service": self.service, "month": self.month, "source_sha256": self.source_sha256, "recount": self.recount}
         return [LakeFile(**params), *sink_tasks(**params)]
 
     # Each kind of output asked once for all the months (pipeline/completion.py).
@@ -48,5 +48,5 @@ class IngestZones(Scheduled, SourcePin, luigi.WrapperTask):
     """The taxi zone lookup: download, Parquet, lake, warehouses."""
 
     def requires(self):
-        params = {"service": "zones", "source_sha256": self.source_sha256}
+        params = {"service": "zones", "source_sha256": self.source_sha256, "recount": self.recount}
         return [LakeFile(**params), *sink_tasks(**params)]

@@ -11,51 +11,17 @@ BoolParameter uses), so the command line itself refuses the mistake.
 from __future__ import annotations
 
 import argparse
-import logging
-import re
+import datetime
 from typing import Mapping, Sequence
 
 import luigi
-from luigi.parameter import MissingParameterException
-from luigi.rpc import RPCError
 
 from pipeline import catalog
 
 
 class UsageError(ValueError):
     """Parameters that make no sense together (a month for the zones, --first after --last):
-    found when luigi builds the task, and shown as this one line (see _OneLine)."""
-
-
-class _OneLine(logging.Filter):
-    """luigi logs an error building the command's task as "Uncaught exception in luigi" with a
-    traceback (exit code 40); a user's mistake (a UsageError, a missing parameter, no luigid to
-    report to) is shown as one line that says what to do."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, RPCError) or str(record.msg).startswith("Failed connecting to remote scheduler"):
-            record.exc_info = None  # luigi's tries and its scheduling error: the last line says what to do
-        if record.msg != "Uncaught exception in luigi":
-            return True
-        if isinstance(error, (UsageError, MissingParameterException)):
-            # luigi's own words: "IngestMonth[args=(), kwargs={...}]: requires the 'month' parameter to be set"
-            missing = re.match(r"(\w+)\[.*\]: requires the '(\w+)' parameter", str(error))
-            text = f"{missing[1]}: --{missing[2].replace('_', '-')} is required" if missing else str(error)
-            text += " (see --help)"
-        elif isinstance(error, RPCError):
-            url = re.search(r"remote scheduler '([^']*)'", str(error))
-            text = (
-                f"no central scheduler (luigid) answers at {url[1] if url else 'the configured address'}: start one "
-                '(README, "The central scheduler"), or add --local-scheduler'
-            )
-        else:
-            return True
-        record.msg, record.args, record.exc_info = "%s", (text,), None
-        return True
-
-
-logging.getLogger("luigi-interface").addFilter(_OneLine())
+    found when luigi builds the task, and shown as this one line (pipeline/console.py)."""
 
 
 class _Checked:
@@ -125,3 +91,25 @@ class Services(_Checked, luigi.Parameter):
 
 
 ZONES_HINT = "the zone lookup has no month: luigi --module pipeline IngestZones"
+
+
+class Moment(luigi.Parameter):
+    """A moment to the microsecond, YYYY-MM-DDTHHMMSS.ffffff; by default the moment the task is
+    made (a luigi default is fixed once, when the class is defined: every task of a process, or
+    of a test session, would share it). Finer than luigi's DateSecondParameter, so that a file
+    written after it is told from one written in the same second before it."""
+
+    FORMAT = "%Y-%m-%dT%H%M%S.%f"
+
+    def parse(self, x: str) -> datetime.datetime:
+        return datetime.datetime.strptime(x, self.FORMAT if "." in x else self.FORMAT.removesuffix(".%f"))
+
+    def serialize(self, x: datetime.datetime) -> str:
+        return x.strftime(self.FORMAT)
+
+    def normalize(self, x):
+        return self.parse(x) if isinstance(x, str) else x
+
+    def _value_iterator(self, task_name, param_name):
+        yield from super()._value_iterator(task_name, param_name)
+        yield (datetime.datetime.now(), None)

@@ -274,3 +274,73 @@ def test_a_month_after_a_hole_at_the_source_is_ingested_and_the_hole_fails_loudl
     ]
     (failed,) = [e for task_id, e in result.every_failure if task_id.startswith("Download")]
     assert "yellow 2020-03 (" in str(failed) and "not published (HTTP 404)" in str(failed)
+
+
+# --- Reingest makes every sink agree with the lake file, and leaves nothing behind -------------------
+
+
+def _staging_files(workspace) -> list[str]:
+    staging = workspace / "staging"
+    return sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+
+
+def _damage(pg, workspace, how: str, rows: int) -> None:
+    """What an operator's mistake or a partial restore does to a month both sinks hold."""
+    table = f'"{pg.schema}".green_tripdata_2019_01'
+    if how == "postgres rows deleted":
+        pg.query(f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} LIMIT {max(1, rows // 5)}); SELECT 1")
+    elif how == "postgres marker wrong":
+        pg.query(f"UPDATE \"{pg.schema}\"._ingested SET rows = rows + 7 WHERE service = 'green'; SELECT 1")
+    elif how == "postgres month emptied":
+        pg.query(f"TRUNCATE {table}; SELECT 1")
+    elif how == "duckdb marker wrong":
+        import duckdb
+
+        with duckdb.connect(str(workspace / "warehouse.duckdb")) as con:
+            con.execute("UPDATE _ingested SET rows = rows - 1 WHERE service = 'green'")
+
+
+@pytest.mark.parametrize("how", ["postgres rows deleted", "postgres marker wrong", "postgres month emptied", "duckdb marker wrong"])
+def test_reingest_with_an_unchanged_source_repairs_every_sink_and_leaves_no_receipt(pg, workspace, run, mirror_files, how, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="pipeline.backfill")
+    rows = 0
+    with configured({("ingest", "sinks"): "duckdb,postgres"}):
+        assert not run(IngestMonth(service="green", month=month("2019-01"))).failures
+        rows = pg.count("green_tripdata", "2019-01")
+        _damage(pg, workspace, how, rows)
+        result = run(pipeline.Reingest(services="green", first=month("2019-01"), last=month("2019-01")))
+        assert not result.failures
+        assert IngestMonth(service="green", month=month("2019-01"), recount=True).complete()
+
+    assert pg.count("green_tripdata", "2019-01") == rows and pg.markers() == {("green", "2019-01"): rows}
+    import duckdb
+
+    with duckdb.connect(str(workspace / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT rows FROM _ingested WHERE service = 'green'").fetchall() == [(rows,)]
+    repaired = "LoadPostgres" if how.startswith("postgres") else "ExposeDuckDB"
+    kept = {"LoadPostgres", "ExposeDuckDB"} - {repaired}
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"green 2019-01: {repaired} replaces its month with this file" in messages
+    assert all(f"green 2019-01: {name} already has this file, its rows whole; left as it is" in messages for name in kept | {"LakeFile"})
+    assert _staging_files(workspace) == [
+        "parquet/green/green_tripdata_2019-01.parquet",
+        "raw/green/green_tripdata_2019-01.csv.gz",
+        "raw/green/green_tripdata_2019-01.csv.gz.json",
+    ]
+
+
+@given(damaged=st.sets(st.sampled_from(["postgres rows deleted", "postgres marker wrong", "duckdb marker wrong"]), min_size=1))
+def test_any_mix_of_damage_ends_exact_after_one_reingest(pg, workspace, run, damaged):
+    """The class: whichever sinks disagree with the lake file, one Reingest leaves them all exact."""
+    with configured({("ingest", "sinks"): "duckdb,postgres"}):
+        assert not run(IngestMonth(service="green", month=month("2019-01"))).failures
+        rows = pg.count("green_tripdata", "2019-01")
+        for how in sorted(damaged):
+            _damage(pg, workspace, how, rows)
+        assert not IngestMonth(service="green", month=month("2019-01"), recount=True).complete()
+        assert not run(pipeline.Reingest(services="green", first=month("2019-01"), last=month("2019-01"))).failures
+        assert IngestMonth(service="green", month=month("2019-01"), recount=True).complete()
+    assert pg.count("green_tripdata", "2019-01") == rows and pg.markers() == {("green", "2019-01"): rows}
+    assert not (workspace / "staging" / "reingest").exists()

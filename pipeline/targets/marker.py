@@ -89,6 +89,14 @@ class MonthMarker(luigi.Target):
     def exists(self) -> bool:
         return self.found_in(self.recorded(self.where()))
 
+    def holds(self, rows: int) -> bool:
+        """Whether the warehouse holds ``rows`` rows for this month, as its marker records them and,
+        where a count costs nothing (``countable``), as counted there: what Reingest checks before
+        it trusts a marker."""
+        where = self.where()
+        marked = self.marked_rows(where).get((self.service, self.month))
+        return marked == rows and (not self.countable or self.counted_rows(where, self.service).get(self.month) == rows)
+
     @classmethod
     def bulk_exists(cls, markers: list[MonthMarker]) -> list[bool]:
         """One read per marker table for all the markers."""
