@@ -15,8 +15,9 @@ from pathlib import Path
 
 import luigi
 import luigi.worker
+import pyarrow.parquet as pq
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from luigi.task import task_id_str
 
@@ -192,8 +193,8 @@ def test_no_step_writes_or_deletes_through_a_link_below_its_roots(workspace, run
     link = base / root / folder
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(outside, target_is_directory=True)
-    settings = {("lake", "root"): str(base / "lake"), ("ingest", "staging"): str(base / "staging")}
-    with configured(settings):
+    roots = {("lake", "root"): str(base / "lake"), ("ingest", "staging"): str(base / "staging")}
+    with configured(roots):
         result = run(IngestMonth(service="green", month=month("2019-01")))
         assert not IngestMonth(service="green", month=month("2019-01")).complete()
     (error,) = [e for _, e in result.every_failure]
@@ -243,8 +244,8 @@ def test_a_backfill_schedules_every_month_up_to_the_sources_last_or_the_last_don
         path = case / "source" / "yellow" / f"yellow_tripdata_{m}.csv.gz"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"published")
-    settings = {("source", "base_url"): (case / "source").as_uri(), ("lake", "root"): str(case / "lake"), ("ingest", "sinks"): "none"}
-    with configured(settings):
+    where = {("source", "base_url"): (case / "source").as_uri(), ("lake", "root"): str(case / "lake"), ("ingest", "sinks"): "none"}
+    with configured(where):
         luigi.task_register.Register.clear_instance_cache()
         for m in done:  # with no sink, a month is done when its lake file is there
             path = Path(LakeFile(service="yellow", month=month(m)).output().path)
@@ -344,3 +345,37 @@ def test_any_mix_of_damage_ends_exact_after_one_reingest(pg, workspace, run, dam
         assert IngestMonth(service="green", month=month("2019-01"), recount=True).complete()
     assert pg.count("green_tripdata", "2019-01") == rows and pg.markers() == {("green", "2019-01"): rows}
     assert not (workspace / "staging" / "reingest").exists()
+
+
+# --- a kill at any point of any step keeps exactly-once -----------------------------------------------
+
+
+@settings(max_examples=6)
+@given(delay=st.floats(0.3, 4.0), service=st.sampled_from(["green", "yellow"]))
+def test_a_kill_at_any_moment_of_a_month_then_a_rerun_ends_with_it_exactly_once_everywhere(pg, workspace, http_server, delay, service):
+    """SIGKILL the command at a drawn moment (inside whichever step runs then: download, convert,
+    lake copy, DuckDB, the Postgres COPY), then run it again: the lake, DuckDB and Postgres each
+    hold the month once, with the source's row count, and every marker agrees."""
+    import duckdb
+
+    text = {"green": "2019-01", "yellow": "2021-01"}[service]
+    case = workspace / f"kill-{service}-{delay:.3f}"
+    if case.exists():
+        return
+    flags = [*workspace_flags(case, f"{http_server}/releases"), "--ingest-sinks", "duckdb,postgres", *pg.flags()]
+    command = [*LUIGI, "IngestMonth", "--service", service, "--month", text, *flags]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    again = cli("IngestMonth", "--service", service, "--month", text, *flags)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+    lake_file = case / "lake" / service / f"month={text}" / f"{service}_tripdata_{text}.parquet"
+    rows = pq.ParquetFile(lake_file).metadata.num_rows
+    assert rows > 0 and pg.count(f"{service}_tripdata", text) == rows
+    assert pg.markers()[(service, text)] == rows
+    with duckdb.connect(str(case / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute(f"SELECT count(*) FROM {service}_tripdata WHERE month = ?", [text]).fetchone()[0] == rows
+        assert con.execute("SELECT rows FROM _ingested WHERE service = ?", [service]).fetchall() == [(rows,)]
+    assert [p.name for p in (case / "lake" / service).rglob("*.parquet")] == [lake_file.name]
