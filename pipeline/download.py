@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import posixpath
+import re
+import threading
 import time
 import urllib.parse
 from typing import BinaryIO, Callable, Iterator, Mapping, Optional
@@ -33,6 +35,7 @@ from isal import igzip, isal_zlib
 
 from pipeline import catalog, retry, settings
 from pipeline.dataset_task import DatasetTask
+from pipeline.redaction import redact, scrub
 
 logger = logging.getLogger("pipeline.download")
 
@@ -52,6 +55,43 @@ class _Retryable(SourceError, retry.Transient):
     pass
 
 
+class CutShort(_Retryable):
+    """The transfer ended before the file did: fewer bytes than the server announced, or, where
+    it announced none, a text file whose last line has no line end."""
+
+    def __init__(self, where: str, size: int, announced: int):
+        self.where, self.size, self.announced = where, size, announced
+        if announced:
+            super().__init__(f"{where}: got {size} bytes of {announced} announced")
+        else:
+            super().__init__(
+                f"{where}: the transfer ended inside a line after {size:,} bytes, and the server sent no Content-Length "
+                "that would tell a whole file: cut short"
+            )
+
+
+class TooLong(SourceError):
+    """A file's download, its tries included, went on past `[source] deadline`."""
+
+    def __init__(self, where: str, seconds: float, received: int, deadline: float):
+        self.where, self.seconds, self.received, self.deadline = where, seconds, received, deadline
+        super().__init__(
+            f"{where}: not done after {seconds:,.0f} s ({received:,} bytes so far): over [source] deadline ({deadline:g} s); "
+            "for a slow link, raise it (--source-deadline)"
+        )
+
+
+class TooBig(SourceError):
+    """A file bigger than `[source] max_size_mib`, as announced or as it arrives."""
+
+    def __init__(self, where: str, size: int, max_size_mib: float, announced: bool):
+        self.where, self.size, self.max_size_mib, self.announced = where, size, max_size_mib, announced
+        super().__init__(
+            f"{where}: {size:,} bytes {'announced' if announced else 'and more'}: over [source] max_size_mib "
+            f"({max_size_mib:g} MiB); if the source really publishes a file this big, raise it (--source-max-size-mib)"
+        )
+
+
 def source_path(svc: catalog.Service, month) -> str:
     """The file's path under the source's base, in the configured kind's layout."""
     return catalog.SOURCES[settings.source().kind].path(svc, month)
@@ -67,28 +107,6 @@ def source_url(svc: catalog.Service, month) -> str:
     return f"{base_url()}/{source_path(svc, month)}"
 
 
-def redact(url: str) -> str:
-    """The URL as logs, errors and records show it: a user name, password or token in its user
-    part, and a query string (signed URLs carry their signature there), become ***."""
-    parts = urllib.parse.urlsplit(url)
-    if not (parts.username or parts.password or parts.query):
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(
-        (parts.scheme, ("***@" if "@" in parts.netloc else "") + host, parts.path, "***" if parts.query else "", "")
-    )
-
-
-def _scrub(text: str, url: str) -> str:
-    """``text`` (an error from the HTTP client, which quotes what it was asked) without the
-    secrets of ``url``."""
-    parts = urllib.parse.urlsplit(url)
-    for secret in (parts.password, parts.username, parts.query):
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
 def _suffix_of(url: str) -> str:
     return posixpath.splitext(urllib.parse.urlsplit(url).path)[1]
 
@@ -102,6 +120,50 @@ OFFLINE_HINT = (
 )
 # How much of the start is looked at: an HTML page shows itself in it, and every magic fits.
 HEAD_BYTES = 512
+# Seconds between the lines that say a download is still waiting (issue 27: a stalled source
+# talks). A constant: tests lower it.
+TALK_SECONDS = 30.0
+
+
+class _Limits:
+    """What bounds one file's download in all, its tries and their backoff included: `[source]
+    deadline` and `max_size_mib` (each wait within a try is bounded by `[source] timeout`, so a
+    try ends at most that long after the deadline). While it runs, it says every TALK_SECONDS
+    how far it got."""
+
+    def __init__(self, where: str, cfg: settings.source):
+        self.where, self.deadline, self.max_size_mib = where, cfg.deadline, cfg.max_size_mib
+        self.started = time.monotonic()
+        self.received = 0  # bytes of the current try
+
+    def check(self, size: int = 0, announced: int = 0) -> None:
+        if max(size, announced) > self.max_size_mib * 2**20:
+            raise TooBig(self.where, max(size, announced), self.max_size_mib, announced > size)
+        waited = time.monotonic() - self.started
+        if waited > self.deadline:
+            raise TooLong(self.where, waited, self.received, self.deadline)
+
+    @contextlib.contextmanager
+    def talking(self) -> Iterator[None]:
+        stop = threading.Event()
+
+        def talk() -> None:
+            while not stop.wait(TALK_SECONDS):
+                logger.info(
+                    "%s: still downloading: %s bytes so far, %.0f s since it started (it gives up after [source] deadline, %g s)",
+                    self.where,
+                    f"{self.received:,}",
+                    time.monotonic() - self.started,
+                    self.deadline,
+                )
+
+        thread = threading.Thread(target=talk, name="download-talk", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
 
 class _StreamCheck:
@@ -111,22 +173,26 @@ class _StreamCheck:
     `[source] timeout` seconds, which the socket's own timeout misses when a byte trickles in
     now and then."""
 
-    def __init__(self, url: str, where: str, cfg: settings.source):
-        self.where = where
+    def __init__(self, url: str, where: str, cfg: settings.source, limits: _Limits):
+        self.where, self.limits = where, limits
         self.sha256 = hashlib.sha256()
         self.size = 0
-        self.head = b""
+        self.head = self.tail = b""
+        self.text = _suffix_of(url) == ".csv"
         self.magic, self.kind = MAGIC.get(_suffix_of(url), (b"", ""))
         self.window, self.min_rate = cfg.timeout, cfg.min_rate_kib
         self.window_start, self.window_size = time.monotonic(), 0
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes, announced: int) -> None:
         if len(self.head) < HEAD_BYTES:
             self.head += chunk[: HEAD_BYTES - len(self.head)]
             if len(self.head) == HEAD_BYTES:
                 self.check_start()
         self.sha256.update(chunk)
         self.size += len(chunk)
+        self.tail = chunk[-1:] or self.tail
+        self.limits.received = self.size
+        self.limits.check(self.size, announced)
         self.window_size += len(chunk)
         now = time.monotonic()
         if now - self.window_start >= self.window:
@@ -137,10 +203,19 @@ class _StreamCheck:
                 )
             self.window_start, self.window_size = now, 0
 
-    def finish(self) -> None:
-        """The start of a file shorter than HEAD_BYTES, checked once it is all in."""
+    def finish(self, announced: int) -> None:
+        """Once it is all in: the start of a file shorter than HEAD_BYTES, and that the file is
+        whole. Done means proven whole: its bytes are the Content-Length the server announced;
+        where it announced none, a text file ends in its line end (CR for a file whose line ends
+        are CR only, else LF), so its last row is whole (a gzip, Parquet or zip file proves itself
+        whole by its own end)."""
         if len(self.head) < HEAD_BYTES:
             self.check_start()
+        if announced and self.size != announced:
+            raise CutShort(self.where, self.size, announced)
+        line_end = b"\r" if b"\r" in self.head and b"\n" not in self.head else b"\n"
+        if not announced and self.text and self.size and self.tail != line_end:
+            raise CutShort(self.where, self.size, announced)
 
     def check_start(self) -> None:
         start = self.head.lstrip().lower()
@@ -194,18 +269,21 @@ GZIP_PROBE = 4 << 20
 
 def _read_through(path: str, gzipped: bool, where: str) -> tuple[str, Optional[int]]:
     """Read the file, through gunzip for a .gz (which, to its end, proves the stream whole: its
-    end-of-stream marker and CRC), and return its header line and its number of lines after it;
-    for a .gz longer than GZIP_PROBE inflated, only its start is read, and the count is None."""
+    end-of-stream marker and CRC), and return its header line (without a UTF-8 byte order mark)
+    and its number of lines after it; for a .gz longer than GZIP_PROBE inflated, only its start
+    is read, and the count is None. Lines end in LF or CRLF, or, where the header line ends in a
+    CR alone, in CR (Arrow's csv reader, which converts the file, takes all three)."""
     head = b""
-    lines = read = 0
-    last = b"\n"
+    lf = cr = read = 0
+    last = b""
     whole = True  # read to its end
     with open(path, "rb") as raw, gunzipped(raw) if gzipped else raw as stream:
         try:
             while chunk := stream.read(CHUNK):
-                if b"\n" not in head and len(head) < 65536:
+                if not _LINE_END.search(head) and len(head) < 65536:
                     head += chunk[:65536]
-                lines += chunk.count(b"\n")
+                lf += chunk.count(b"\n")
+                cr += chunk.count(b"\r")
                 last = chunk[-1:]
                 read += len(chunk)
                 if gzipped and read >= GZIP_PROBE:
@@ -215,15 +293,24 @@ def _read_through(path: str, gzipped: bool, where: str) -> tuple[str, Optional[i
             raise SourceError(f"{where}: truncated or corrupt gzip ({e}); the download is incomplete") from None
     if not head.strip():
         raise SourceError(f"{where}: the file is empty")
-    if b"\n" not in head:
+    line_end = _LINE_END.search(head)
+    if line_end is None:
         raise SourceError(f"{where}: no complete header line in the first 64 KiB")
     try:
-        header = head.split(b"\n", 1)[0].decode("utf-8")
+        header = head[: line_end.start()].decode("utf-8").removeprefix(BOM)
     except UnicodeDecodeError as e:
         raise SourceError(f"{where}: header is not UTF-8 text: {e}") from None
-    # Lines after the header, a last one without its newline included (blank ones too: this is
+    ending, lines = (b"\r", cr) if line_end[0] == b"\r" else (b"\n", lf)
+    # Lines after the header, a last one without its line end included (blank ones too: this is
     # the upper bound that proves a file cut short; ToParquet counts the rows themselves).
-    return header, lines - 1 + (last != b"\n") if whole else None
+    return header, lines - 1 + (last != ending) if whole else None
+
+
+# The end of a line: CRLF, LF, or a CR alone (not one that a LF may follow in the next chunk:
+# the header is looked for in the first 64 KiB at once).
+_LINE_END = re.compile(rb"\r\n|\n|\r(?=[^\n])")
+# A UTF-8 byte order mark, as some editors and exports put before the header.
+BOM = "\ufeff"
 
 
 @contextlib.contextmanager
@@ -234,16 +321,33 @@ def _get(url: str, where: str, cfg: settings.source) -> Iterator[requests.Respon
     try:
         # No compression on the fly (requests asks for gzip by default, and a server that
         # compresses a text file would hand us bytes that are not the file).
-        with requests.get(url, stream=True, timeout=cfg.timeout, headers={"Accept-Encoding": "identity"}) as resp:
+        with requests.get(
+            url, stream=True, timeout=cfg.timeout, headers={"Accept-Encoding": "identity"}, hooks={"response": _unread_redirect}
+        ) as resp:
             if resp.status_code >= 500:
                 raise _Retryable(f"{where}: server error HTTP {resp.status_code}")
             if resp.status_code not in (200, 404):
                 raise SourceError(f"{where}: unexpected HTTP {resp.status_code} {resp.reason}")
             yield resp
     except requests.TooManyRedirects as e:
-        raise SourceError(f"{where}: too many redirects ({_scrub(str(e), url)})") from None
-    except (requests.ConnectionError, requests.Timeout, urllib3.exceptions.HTTPError) as e:
-        raise _Retryable(f"{where}: {type(e).__name__}: {_scrub(str(e), url)}{OFFLINE_HINT}") from None
+        raise SourceError(f"{where}: too many redirects ({scrub(str(e), [url])})") from None
+    except (requests.Timeout, urllib3.exceptions.TimeoutError) as e:
+        raise _Retryable(
+            f"{where}: {type(e).__name__}: {scrub(str(e), [url])}: no answer within [source] timeout ({cfg.timeout:g} s); "
+            f"to wait longer, raise it (--source-timeout){OFFLINE_HINT if isinstance(e, requests.ConnectionError) else ''}"
+        ) from None
+    except (requests.ConnectionError, urllib3.exceptions.HTTPError) as e:
+        raise _Retryable(f"{where}: {type(e).__name__}: {scrub(str(e), [url])}{OFFLINE_HINT}") from None
+    except requests.RequestException as e:  # a URL it cannot use (a bad port, no host): never retried
+        raise SourceError(f"{where}: {type(e).__name__}: {scrub(str(e), [url])}") from None
+
+
+def _unread_redirect(resp: requests.Response, **kwargs) -> None:
+    """requests reads a redirect's body to its end before it follows the redirect, and an endless
+    one never ends: the body is dropped unread (its connection closed) and taken for empty."""
+    if resp.is_redirect:
+        resp.raw.close()
+        resp._content = b""
 
 
 def _http_chunks(url: str, where: str, cfg: settings.source, found: dict) -> Iterator[tuple[bytes, int]]:
@@ -283,22 +387,23 @@ def fetch_file(url: str, dest: str, where: str, progress: Callable[[int, int], N
         raise SourceError(f"{where}: unsupported URL scheme {scheme!r} (use http(s):// or file://)")
 
     found: dict[str, str] = {}
+    limits = _Limits(where, cfg)
 
     def attempt() -> _StreamCheck:
-        check = _StreamCheck(url, where, cfg)
+        limits.check()  # the tries before and their backoff count
+        check = _StreamCheck(url, where, cfg, limits)
         expected = 0
         chunks = _file_chunks(url, where, found) if scheme == "file" else _http_chunks(url, where, cfg, found)
         with open(dest, "wb") as out:
             for chunk, expected in chunks:
-                check.feed(chunk)
+                check.feed(chunk, expected)
                 out.write(chunk)
                 progress(check.size, expected)
-        check.finish()
-        if expected and check.size != expected:
-            raise _Retryable(f"{where}: got {check.size} bytes of {expected} announced")
+        check.finish(expected)
         return check
 
-    check = retry.call(attempt, attempts=cfg.attempts, backoff=cfg.backoff, setting="[source]")
+    with limits.talking():
+        check = retry.call(attempt, attempts=cfg.attempts, backoff=cfg.backoff, setting="[source]")
     # What the server said of this version of the file, so a republished one can be noticed.
     return {
         "url": redact(url),
@@ -320,7 +425,7 @@ def fetch(url: str, dest: str, svc: catalog.Service, where: str, progress: Calla
     catalog.resolve_header(svc, header, where)
     if rows is not None:  # else ToParquet counts them
         catalog.check_rows(svc, rows, where)
-    return {**meta, "header": header.rstrip("\r")}
+    return {**meta, "header": header}
 
 
 def validators(headers: Mapping[str, str]) -> dict[str, str]:
@@ -346,12 +451,15 @@ def published(url: str) -> Optional[dict[str, str]]:
         return _file_validators(path) if os.path.exists(path) else None
     cfg = settings.source()
     where = f"{redact(url)}: asking whether it is published"
+    limits = _Limits(where, cfg)
 
     def ask() -> Optional[dict[str, str]]:
+        limits.check()
         with _get(url, where, cfg) as resp:  # the body is never read
             return validators(resp.headers) if resp.status_code == 200 else None
 
-    return retry.call(ask, attempts=cfg.attempts, backoff=cfg.backoff, setting="[source]")
+    with limits.talking():
+        return retry.call(ask, attempts=cfg.attempts, backoff=cfg.backoff, setting="[source]")
 
 
 class Download(DatasetTask):

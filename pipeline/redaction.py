@@ -44,11 +44,12 @@ def redact(url: str) -> str:
 
 def secrets_of(url: str) -> set[str]:
     """The secrets ``url`` carries (its user part, each of its user name and password, its
-    query), each as written and percent-decoded."""
+    query and each value in it), each as written and percent-decoded."""
     user_part = url.partition("://")[2].split("/", 1)[0].rpartition("@")[0] if "://" in url else ""
     query = urllib.parse.urlsplit(url).query
+    values = [value for _, value in urllib.parse.parse_qsl(query, keep_blank_values=True)]
     found = set()
-    for secret in (user_part, *user_part.split(":", 1), query):
+    for secret in (user_part, *user_part.split(":", 1), query, *values):
         found.update((secret, urllib.parse.unquote(secret), urllib.parse.unquote_plus(secret)))
     return {s for s in found if s}
 

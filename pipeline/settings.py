@@ -21,15 +21,19 @@ package runs from, or `$NYC_TLC_HOME`.
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import sys
+import urllib.parse
 from pathlib import Path
+from typing import Optional
 
 import luigi
 import luigi.configuration
 from luigi.configuration import LuigiConfigParser
 
-from pipeline import catalog
+from pipeline import catalog, params
 
 # The project folder: $NYC_TLC_HOME, else the checkout the package runs from (an editable install,
 # as the README's), else, installed as a plain package with no checkout around it, the current
@@ -42,15 +46,62 @@ EMBEDDED = HOME / "luigi.cfg"
 PATHS = (("core", "logging_conf_file"), ("core", "lock_pid_dir"), ("lake", "root"), ("ingest", "staging"), ("duckdb", "path"))
 
 
-class SettingsNotFound(SystemExit):
-    """A settings file that must be there is not (the project folder's luigi.cfg, a profile
-    LUIGI_CONFIG_PATH names): the command would silently run on other settings. A SystemExit, so
-    that luigi's command line ends with this one line (exit 2, as for any other command-line
-    mistake) instead of a traceback."""
+class SettingsError(SystemExit):
+    """A settings file holds what the command cannot run on. A SystemExit, so that luigi's
+    command line ends with this one line (exit 2, as for any other command-line mistake) instead
+    of a traceback."""
 
     def __init__(self, message: str):
         print(message, file=sys.stderr)
         super().__init__(2)
+
+
+class SettingsNotFound(SettingsError):
+    """A settings file that must be there is not (the project folder's luigi.cfg, a profile
+    LUIGI_CONFIG_PATH names): the command would silently run on other settings."""
+
+
+class LakeRootError(ValueError):
+    """A `[lake] root` the pipeline cannot write to as asked (see lake_root_problem)."""
+
+    def __init__(self, value: str, why: str):
+        self.value, self.why = value, why
+        super().__init__(f"[lake] root {value!r}: {why}")
+
+
+# A URL's scheme, as a lake root starts with one.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def lake_root_problem(value: str) -> Optional[str]:
+    """Why ``value`` is no lake root, or None: a lake is a local folder or gs://bucket/prefix.
+    Nothing outside its roots: any other URL (hdfs://, s3://) was taken for a local folder named
+    after its scheme, filled and reported done."""
+    scheme = _SCHEME.match(value)
+    if scheme is None:
+        return None
+    if scheme[1] == "gs":
+        return None if value[len("gs://") :].split("/", 1)[0] else "a gs:// lake needs its bucket: gs://bucket/prefix"
+    if scheme[1].lower() == "file":
+        return f"a local lake is given as its folder ({urllib.parse.unquote(urllib.parse.urlsplit(value).path)}), not as a file:// URL"
+    return f"{scheme[1]}:// is not a lake this pipeline writes; a lake is a local folder or gs://bucket/prefix"
+
+
+class LakeRoot(params._Checked, luigi.Parameter):
+    """`[lake] root`: refused on the command line (one line, exit 2, before anything runs) and
+    wherever else it is read (lake_root_problem)."""
+
+    def check(self, text: str) -> str:
+        why = lake_root_problem(text)
+        if why:
+            raise argparse.ArgumentTypeError(f"{text!r}: {why}")
+        return text
+
+    def normalize(self, x):
+        why = lake_root_problem(x)
+        if why:
+            raise LakeRootError(x, why)
+        return x
 
 
 def profiles(value: str, cwd: Path) -> list[Path]:
@@ -94,6 +145,10 @@ def load(cwd: Path | None = None) -> None:
     LuigiConfigParser._config_paths[:] = [str(EMBEDDED), *_LUIGIS, *map(str, found)]
     LuigiConfigParser.reload()
     config = luigi.configuration.get_config()
+    root = config.get("lake", "root", "")
+    why = lake_root_problem(root)  # before it is taken for a relative folder under HOME
+    if why:
+        raise SettingsError(str(LakeRootError(root, why)))
     for section, key in PATHS:
         if config.has_option(section, key):
             config.set(section, key, under_home(config.get(section, key)))
@@ -115,7 +170,9 @@ class source(luigi.Config):
         description="Where they are, http(s):// or file://, laid out like the source (empty: the "
         f"kind's own, {catalog.RELEASES.base_url} or {catalog.TLC.base_url}); any mirror works",
     )
-    timeout = luigi.FloatParameter(default=60.0, description="Seconds to wait for the server to connect or send data")
+    # timeout, attempts and backoff together: a source that accepts but never answers ends a run
+    # in 5 x 20 s + 2 + 4 + 8 + 16 s = 130 s.
+    timeout = luigi.FloatParameter(default=20.0, description="Seconds to wait for the server to connect or send data")
     min_rate_kib = luigi.FloatParameter(
         default=8.0,
         description="KiB/s a download must average over every `timeout` seconds; slower is a "
@@ -123,10 +180,18 @@ class source(luigi.Config):
     )
     attempts = luigi.IntParameter(default=5, description="Tries per file in all (at least 1) on connection errors, stalls and 5xx answers")
     backoff = luigi.FloatParameter(default=2.0, description="Seconds before the 2nd try; doubles for each further try")
+    # The biggest file the TLC publishes is fhvhv 2019-03, 611 MB: in an hour it comes over a
+    # link of 1.4 Mbit/s, and 4 GiB is 6 times it.
+    deadline = luigi.FloatParameter(
+        default=3600.0, description="Seconds a file's download may take in all, its tries included; longer fails it"
+    )
+    max_size_mib = luigi.FloatParameter(
+        default=4096.0, description="MiB a downloaded file may have (the biggest the TLC publishes is 583 MiB); more fails it"
+    )
 
 
 class lake(luigi.Config):
-    root = luigi.Parameter(default="data/lake", description="The data lake: a local directory, or gs://bucket/prefix")
+    root = LakeRoot(default="data/lake", description="The data lake: a local directory, or gs://bucket/prefix")
 
 
 class parquet(luigi.Config):

@@ -472,6 +472,11 @@ class MirrorHandler(http.server.SimpleHTTPRequestHandler):
                    first chunk is shorter than its magic)
     /onthefly/...  gzips the body on the fly (Content-Encoding: gzip) when the client accepts it
     /cut/...       the first 263 lines only, with no Content-Length (a text file cut short)
+    /cutat/N/...   the first N bytes only, with no Content-Length (cut anywhere, even inside a row)
+    /flood/R/S/... the file, then NUL bytes without end, at R bytes a second: with S 0, no
+                   Content-Length and no end; else S bytes in all, announced (an oversized file)
+    /redirect302/R/... a redirect to /releases/..., its body NUL bytes at R a second without end
+    /silent/...    accepts the request and never answers
     /loop/...      redirects to itself
     """
 
@@ -496,6 +501,19 @@ class MirrorHandler(http.server.SimpleHTTPRequestHandler):
             return self._send(200, b"<!DOCTYPE html><html><body>Not Found</body></html>", "text/html")
         if mode == "down" or (mode == "flaky" and self.hits[self.path] == 1):
             return self._send(503, b"busy", "text/plain")
+        if mode == "silent":
+            time.sleep(120)
+            self.close_connection = True
+            return
+        if mode == "redirect302":
+            rate, _, rest = rest.partition("/")
+            self.send_response(302)
+            self.send_header("Location", f"/releases/{rest}")
+            self.end_headers()
+            return self._pour(b"", int(rate), 0)
+        if mode in ("cutat", "flood"):
+            *numbers, rest = rest.split("/", 1 if mode == "cutat" else 2)
+            file = Path(self.directory) / "releases" / rest
         if mode == "loop":
             self.send_response(302)
             self.send_header("Location", self.path)
@@ -506,6 +524,19 @@ class MirrorHandler(http.server.SimpleHTTPRequestHandler):
         body = file.read_bytes()
         if mode == "flaky":
             return self._send(200, body, "application/octet-stream")
+        if mode == "cutat":
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body[: int(numbers[0])])
+            self.close_connection = True
+            return
+        if mode == "flood":
+            rate, size = map(int, numbers)
+            self.send_response(200)
+            if size:
+                self.send_header("Content-Length", str(size))
+            self.end_headers()
+            return self._pour(body, rate, size)
         if mode == "onthefly":
             if "gzip" not in self.headers.get("Accept-Encoding", ""):
                 return self._send(200, body, "text/csv")
@@ -547,6 +578,25 @@ class MirrorHandler(http.server.SimpleHTTPRequestHandler):
         self.wfile.flush()
         if mode == "slow":
             time.sleep(60)
+        self.close_connection = True
+
+    def _pour(self, body: bytes, rate: int, size: int) -> None:
+        """``body``, then NUL bytes, at ``rate`` bytes a second: ``size`` bytes in all, or
+        without end when it is 0, until the client goes."""
+        piece, sent = max(1, rate // 20), 0
+        data = body
+        try:
+            while not size or sent < size:
+                if len(data) < piece:
+                    data += bytes(piece)
+                out, data = data[:piece], data[piece:]
+                out = out[: size - sent] if size else out
+                self.wfile.write(out)
+                self.wfile.flush()
+                sent += len(out)
+                time.sleep(0.05)
+        except OSError:  # the client went
+            pass
         self.close_connection = True
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
