@@ -17,6 +17,7 @@ import sys
 if sys.platform == "linux":
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 
+from pipeline import console
 from pipeline.backfill import IngestRange, IngestRecent, PublishedMonths, Reingest, Republished
 from pipeline.convert import ToParquet
 from pipeline.download import Download
@@ -25,6 +26,10 @@ from pipeline.lake import LakeFile
 from pipeline.warehouses.bigquery import ExposeBigQuery
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
 from pipeline.warehouses.postgres import LoadPostgres
+
+# The console of `luigi --module pipeline`: luigi imports this package while it parses the command
+# line, before it runs anything, so this is where its hooks go in (pipeline/console.py says which).
+console.install()
 
 __all__ = [
     "Download",
