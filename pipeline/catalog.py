@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
-from typing import Optional
+from typing import Callable, Optional
 
 import pyarrow as pa
 
@@ -41,6 +41,51 @@ class SchemaMismatch(ValueError):
 
 class ConversionError(ValueError):
     """A row of the source file does not fit the catalog."""
+
+
+def _is_text(type_: pa.DataType) -> bool:
+    if pa.types.is_dictionary(type_):
+        type_ = type_.value_type
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_)
+
+
+# The kinds of Arrow type a source column can arrive as, by the name a refusal shows.
+SOURCE_KINDS: dict[str, Callable[[pa.DataType], bool]] = {
+    "integer": pa.types.is_integer,
+    "floating": lambda t: t in (pa.float32(), pa.float64()),  # not float16: Arrow has few kernels for it
+    "timestamp": pa.types.is_timestamp,  # any unit, with or without a zone
+    "string": _is_text,  # string, large_string, or a dictionary of either
+    "null": pa.types.is_null,  # a column with no value at all (how the TLC writes one)
+}
+
+# What each catalog type takes from a source Parquet file, as kinds of SOURCE_KINDS. Each is made
+# the catalog's type exactly or refused by value (convert._cast: no fraction, no overflow, no
+# sub-microsecond time). Any other kind is refused by name before a row is written: a cast of it
+# would make values up (INT64 epoch seconds as 1970 pickup times, a timestamp as a VendorID, a
+# boolean as a passenger count). csv text is read as the catalog's types, so this is Parquet's.
+ACCEPTS: dict[pa.DataType, tuple[str, ...]] = {
+    INT: ("integer", "floating", "null"),  # floating: whole numbers only (convert._to_int)
+    FLOAT: ("floating", "integer", "null"),
+    TIMESTAMP: ("timestamp", "null"),
+    STRING: ("string", "integer", "null"),  # integer: as its decimal text, one text per number
+}
+
+
+def kind_of(type_: pa.DataType) -> Optional[str]:
+    """The SOURCE_KINDS name of an Arrow type, or None for a type of no kind the catalog takes."""
+    return next((kind for kind, test in SOURCE_KINDS.items() if test(type_)), None)
+
+
+class UnacceptedType(SchemaMismatch):
+    """A source column's Arrow type is not one its catalog column takes (ACCEPTS)."""
+
+    def __init__(self, where: str, column: str, found: pa.DataType, becomes: Column, expected: tuple[str, ...]):
+        self.where, self.column, self.found, self.becomes, self.expected = where, column, found, becomes, expected
+        into = "" if becomes.name == column else f" (which becomes {becomes.name})"
+        super().__init__(
+            f"{where}: column {column}{into} is {found}, not one of the types it may arrive as ({', '.join(expected)}), "
+            "so the file is refused rather than cast"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,6 +375,9 @@ class LegacyLayout:
     points: dict[tuple[str, str], str]
     codes: dict[str, dict[str, object]]
     dropped: frozenset[str]
+    # The kinds of source type (SOURCE_KINDS) a column takes besides its catalog type's (ACCEPTS),
+    # by catalog column: what the old files write as text (times, words) or numbers (flags).
+    also_accepts: dict[str, tuple[str, ...]]
 
 
 # Yellow 2009-2010 in the TLC's Parquet files (and the old csv files): 2009 spells its columns
@@ -377,6 +425,17 @@ YELLOW_LEGACY = LegacyLayout(
         "store_and_fwd_flag": {"0": "N", "n": "N", "1": "Y", "y": "Y"},
     },
     dropped=frozenset({"__index_level_0__"}),
+    # Times as text (`2009-01-04 02:52:00`), parsed by the cast; vendors, payment types and 2010's
+    # flag as words, decoded by `codes`; rate_code text in ten 2010 months (tlc-schemas.md, 9);
+    # 2009's flag a DOUBLE 0/1, decoded as its text.
+    also_accepts={
+        "tpep_pickup_datetime": ("string",),
+        "tpep_dropoff_datetime": ("string",),
+        "VendorID": ("string",),
+        "payment_type": ("string",),
+        "RatecodeID": ("string",),
+        "store_and_fwd_flag": ("floating",),
+    },
 )
 LEGACY = {"yellow": YELLOW_LEGACY}
 
@@ -434,6 +493,18 @@ def legacy_plan(svc: Service, names: list[str], where: str) -> Optional[LegacyPl
     if twice:
         raise SchemaMismatch(f"{where}: more than one column of the header becomes {', '.join(twice)}")
     return LegacyPlan(layout, tuple(renamed), tuple(located))
+
+
+def source_kinds(svc: Service, names: list[str], where: str) -> list[tuple[str, Column, tuple[str, ...]]]:
+    """For each column of a source Parquet file with these names (in file order) that fills a
+    catalog column: (its name, that column, the kinds of Arrow type it takes). A legacy layout's
+    coordinates take what a FLOAT takes (they are read as degrees); its dropped columns are free."""
+    plan = legacy_plan(svc, names, where)
+    if plan is None:
+        return [(name, column, ACCEPTS[column.type]) for name, column in zip(names, _resolve_names(svc, names, where))]
+    also = plan.layout.also_accepts
+    renamed = [(name, column, ACCEPTS[column.type] + also.get(column.name, ())) for name, column in plan.renamed]
+    return renamed + [(name, column, ACCEPTS[FLOAT]) for lon, lat, column in plan.located for name in (lon, lat)]
 
 
 def check_rows(svc: Service, rows: int, where: str) -> None:

@@ -58,6 +58,33 @@ class SourceCorrupt(OSError):
     that is damaged): downloading it again may heal it, converting it again cannot."""
 
 
+class RowCountMismatch(SourceCorrupt):
+    """A Parquet file's rows disagree with what it declares (its footer's count, a row group's, a
+    column chunk's): the reader would drop rows or make them up. The bytes are not as their
+    writer wrote them (a writer's counts agree by construction), so it is damage: fetch again."""
+
+    def __init__(self, where: str, part: str, declared: int, found: int, found_what: str):
+        self.where, self.part, self.declared, self.found = where, part, declared, found
+        super().__init__(f"{where}: {part} declares {declared:,} rows, but {found_what} {found:,}, so rows would be lost or made up")
+
+
+class InvalidText(ConversionError):
+    """A text value of the source is not valid UTF-8 (every reader of the lake would fail on it)."""
+
+    def __init__(self, where: str, column: str, row: int):
+        self.where, self.column, self.row = where, column, row
+        super().__init__(f"{where}: column {column}, data row {row}: not valid UTF-8 text")
+
+
+class BadCsvRow(ConversionError):
+    """A csv row the reader refused, found again (_first_bad_row): its number, line and why."""
+
+    def __init__(self, where: str, row: int, line: int, why: str, column: Optional[str], error: str):
+        self.where, self.row, self.line, self.why, self.column = where, row, line, why, column
+        named = f"column {column}: " if column else ""
+        super().__init__(f"{where}: data row {row} (line {line}): {named}{why}: {error}")
+
+
 # float64 holds every integer below 2**53 exactly; an integer code a csv file writes beyond that
 # may already have been rounded when it was read as float64 (9007199254740993 reads as ...992),
 # so it is refused, never stored changed.
@@ -247,25 +274,100 @@ def _write_row_groups(
         if pending:
             write(writer)
         writer.add_key_value_metadata(footer({**metadata, "rows": rows}))
+    written = pq.read_metadata(dst).num_rows
+    if written != rows:  # what is on disk is what the lake gets
+        raise RowCountMismatch(where, f"the written file {dst}", written, rows, "the source gave")
     return rows
+
+
+def _declared_rows(metadata: pq.FileMetaData, where: str) -> list[int]:
+    """Each row group's row count, once the footer is proven to agree with itself: the groups add
+    up to the file's count, and each flat column's chunk holds a value (or a null) for every row
+    of its group. The reader takes a group's count on trust: a smaller one drops rows silently."""
+    groups = [metadata.row_group(g) for g in range(metadata.num_row_groups)]
+    if sum(g.num_rows for g in groups) != metadata.num_rows:
+        raise RowCountMismatch(where, "the footer", metadata.num_rows, sum(g.num_rows for g in groups), "its row groups add up to")
+    flat = [c for c in range(metadata.num_columns) if metadata.schema.column(c).max_repetition_level == 0]
+    for g, group in enumerate(groups):
+        for c in flat:
+            chunk = group.column(c)
+            if chunk.num_values != group.num_rows:
+                part = f"row group {g + 1} of {len(groups)}"
+                raise RowCountMismatch(where, part, group.num_rows, chunk.num_values, f"its column {chunk.path_in_schema} holds")
+    return [g.num_rows for g in groups]
+
+
+def _valid_text(batch: pa.RecordBatch, text: list[int], where: str, first_row: int) -> pa.RecordBatch:
+    """``batch``, its columns ``text`` proven valid UTF-8 (the Parquet reader takes a file's bytes
+    as they are), or InvalidText naming the first row that is not. A dictionary's values are
+    checked, not every row: cheap. A dictionary is its row group's, so a bad value in it may be
+    one no row of this batch uses: then the batch goes on as plain text, without that value."""
+    for i in text:
+        values = batch.column(i)
+        dictionary = pa.types.is_dictionary(values.type)
+        try:
+            (values.dictionary if dictionary else values).validate(full=True)
+        except pa.ArrowInvalid:
+            bad = _invalid_utf8(values.dictionary if dictionary else values)
+            if not bad:  # not the text's bytes but the array's own structure: damage (_parquet_batches)
+                raise
+            row = pc.index(pc.is_in(values.indices, value_set=pa.array(bad, values.indices.type)), True).as_py() if dictionary else bad[0]
+            if row >= 0:
+                raise InvalidText(where, batch.schema.names[i], first_row + row + 1) from None
+            batch = batch.set_column(i, batch.schema.field(i).with_type(values.type.value_type), values.dictionary_decode())
+    return batch
+
+
+def _invalid_utf8(values: pa.Array) -> list[int]:
+    """The indices of the values of ``values`` (text) that are not valid UTF-8: on the error's
+    path only, one value at a time."""
+    binary = pa.large_binary() if pa.types.is_large_string(values.type) else pa.binary()
+    bad = []
+    for i, raw in enumerate(values.view(binary).to_pylist()):
+        try:
+            if raw is not None:
+                raw.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(i)
+    return bad
 
 
 def _parquet_batches(source: pq.ParquetFile, where: str) -> Iterator[pa.RecordBatch]:
     """One source row group at a time (one iter_batches over the whole file holds on to more
     memory the more groups it has read), in small batches (the reader's memory grows with the
     batch size), decoded on this one thread (Arrow's threads, one per column, hold more pages
-    at once, and are no faster: the writer has the other core). The footer was checked at
+    at once, and are no faster: the writer has the other core). Every row group must give the
+    rows it declares (_declared_rows), and its text be UTF-8. The footer was checked at
     download; a page that cannot be read is corruption."""
+    declared = _declared_rows(source.metadata, where)
+    text = [i for i, field in enumerate(source.schema_arrow) if catalog.kind_of(field.type) == "string"]
     rows = 0
     try:
         for group in range(source.num_row_groups):
+            start = rows
             for batch in source.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group], use_threads=False):
-                yield batch
+                yield _valid_text(batch, text, where, rows)
                 rows += batch.num_rows
+            if rows - start != declared[group]:
+                part = f"row group {group + 1} of {source.num_row_groups}"
+                raise RowCountMismatch(where, part, declared[group], rows - start, "reading it gave")
     except (OSError, pa.ArrowInvalid) as e:
+        if isinstance(e, SourceCorrupt):
+            raise
         raise SourceCorrupt(
             f"{where}: corrupt Parquet data after data row {rows}, in row group {group + 1} of {source.num_row_groups} ({e})"
         ) from None
+
+
+def _check_source_types(schema: pa.Schema, svc: catalog.Service, where: str) -> None:
+    """Refuse a source Parquet file with a column whose Arrow type its catalog column does not
+    take (catalog.source_kinds), naming the column, the type found and the kinds taken: once per
+    file, from its schema, before any row is read."""
+    found = {field.name.strip(): field.type for field in schema}
+    for name, column, kinds in catalog.source_kinds(svc, schema.names, where):
+        type_ = found[name.strip()]
+        if catalog.kind_of(type_) not in kinds:
+            raise catalog.UnacceptedType(where, name, type_, column, kinds)
 
 
 def convert_parquet(
@@ -287,7 +389,9 @@ def convert_parquet(
     # one huge row group still streams. Text columns are read as the dictionaries the file holds
     # (see TEXT), but for the legacy layout, whose text is decoded into codes.
     file_metadata = pq.read_metadata(src)
-    text = [] if plan else [f.name for f in file_metadata.schema.to_arrow_schema() if pa.types.is_string(f.type)]
+    schema = file_metadata.schema.to_arrow_schema()
+    _check_source_types(schema, svc, where)
+    text = [] if plan else [f.name for f in schema if pa.types.is_string(f.type)]
     source = pq.ParquetFile(src, metadata=file_metadata, buffer_size=BLOCK_SIZE, read_dictionary=text)
     total = source.metadata.num_rows
     batches = _parquet_batches(source, where)
@@ -311,32 +415,71 @@ _CHECK_TEXT: dict[pa.DataType, Callable[[str], object]] = {
 }
 
 
-def _first_bad_row(src: str, columns: list[catalog.Column], after: int) -> Optional[str]:
+# The longest line the csv error path reads (_first_bad_row), in characters: far above any real
+# TLC row (a few hundred), far below what a small gzip can inflate to (547 KB held a 1 GB line).
+LINE_LIMIT = 1 << 20
+
+
+class _LineTooLong(Exception):
+    pass
+
+
+def _lines(text: io.TextIOBase) -> Iterator[str]:
+    """The lines of ``text``, each read up to LINE_LIMIT characters, so memory stays bounded
+    whatever the file holds; raises _LineTooLong at a longer one."""
+    while line := text.readline(LINE_LIMIT):
+        if len(line) == LINE_LIMIT and not line.endswith(("\n", "\r")):
+            raise _LineTooLong
+        yield line
+
+
+def _first_bad_row(src: str, columns: list[catalog.Column], after: int) -> Optional[tuple[int, int, str, Optional[str]]]:
     """Where the csv reader stopped in ``src``: the first data row after the first ``after`` (the
-    rows of the blocks read before the failing one) with the wrong number of fields or a value its
-    column's type cannot hold, as "data row N (line L): why". Arrow's errors name neither, and
-    it reads a block of rows at once; this reads the rows again, one by one, on the error's path
-    only. None when Python's readers take every row (they are more lenient in places)."""
+    rows of the blocks read before the failing one) with the wrong number of fields, text that is
+    not UTF-8, a value its column's type cannot hold, or a line longer than LINE_LIMIT, as
+    (data row, line, why, column or None). Arrow's errors name neither, and it reads a block of
+    rows at once; this reads the rows again, one by one, on the error's path only. None when
+    Python's readers take every row (they are more lenient in places)."""
     with open(src, "rb") as raw:
-        text = io.TextIOWrapper(gunzipped(raw) if src.endswith(".gz") else raw, encoding="utf-8", errors="replace", newline="")
-        reader = csv.reader(text)
-        next(reader, None)  # the header
+        # surrogateescape: bytes that are not UTF-8 survive, to be found in their field below.
+        text = io.TextIOWrapper(gunzipped(raw) if src.endswith(".gz") else raw, encoding="utf-8", errors="surrogateescape", newline="")
+        lines = _lines(text)
+        reader = csv.reader(lines)
         row = 0
-        for fields in _until_damage(reader):
-            if not fields:  # a blank line is no row, for Arrow either
-                continue
-            row += 1
-            if row <= after:
-                continue
-            if len(fields) != len(columns):
-                return f"data row {row} (line {reader.line_num}): {len(fields)} fields, the header has {len(columns)}"
-            for column, text in zip(columns, fields):
-                check = _CHECK_TEXT.get(column.type)
-                try:
-                    if text and check:
-                        check(text)
-                except ValueError:
-                    return f"data row {row} (line {reader.line_num}): column {column.name}: {text!r} is not a {column.type}"
+        try:
+            next(reader, None)  # the header
+            for fields in _until_damage(reader):
+                if not fields:  # a blank line is no row, for Arrow either
+                    continue
+                row += 1
+                if row <= after:
+                    continue
+                if len(fields) != len(columns):
+                    return row, reader.line_num, f"{len(fields)} fields, the header has {len(columns)}", None
+                for column, value in zip(columns, fields):
+                    why = _field_fault(value, column)
+                    if why:
+                        return row, reader.line_num, why, column.name
+        except csv.Error as e:  # a field longer than csv.field_size_limit(), or a line cut at LINE_LIMIT inside quotes
+            return row + 1, reader.line_num, str(e), None
+        except _LineTooLong:
+            why = f"a line longer than {LINE_LIMIT:,} characters (convert.LINE_LIMIT), which no TLC row is"
+            return row + 1, reader.line_num + 1, why, None
+    return None
+
+
+def _field_fault(value: str, column: catalog.Column) -> Optional[str]:
+    """Why a csv field cannot be its column's value, or None."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{value.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8 text"
+    check = _CHECK_TEXT.get(column.type)
+    try:
+        if value and check:
+            check(value)
+    except ValueError:
+        return f"{value!r} is not a {column.type}"
     return None
 
 
@@ -363,7 +506,9 @@ def _csv_batches(
         yield from counted()
     except pa.ArrowInvalid as e:
         found = _first_bad_row(src, columns, parsed)
-        raise ConversionError(f"{where}: {found or f'in data rows {parsed + 1} and on'}: {e}") from None
+        if found:
+            raise BadCsvRow(where, *found, str(e)) from None
+        raise ConversionError(f"{where}: in data rows {parsed + 1} and on: {e}") from None
     except GZIP_ERRORS as e:
         raise SourceCorrupt(f"{where}: truncated or corrupt gzip after data row {parsed} ({e})") from None
 
@@ -477,7 +622,8 @@ class ToParquet(DatasetTask):
                 catalog.check_rows(self.svc, rows, where)
         except SourceCorrupt as e:
             self.forget_download()
-            raise SourceCorrupt(f"{e}; the download was removed, so the next run fetches it again") from None
+            e.args = (f"{e}; the download was removed, so the next run fetches it again",)  # the same error, its fields kept
+            raise
         seconds = time.monotonic() - started
         logger.info(
             "%s: wrote %s rows to %s in %.1f s (%.0f rows/s)",
