@@ -190,16 +190,22 @@ class Warehouse:
             if not cur.fetchone()[0]:
                 cur.execute(f"CREATE SCHEMA {self.schema}")
             PostgresMarker.create(cur)
-            cur.execute(
-                "SELECT attname, format_type(atttypid, atttypmod), pg_get_partkeydef(attrelid) "
-                "FROM pg_attribute WHERE attrelid = to_regclass(format('%I.%I', $1::text, $2::text)) "
-                "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                [self.schema_name, self.svc.table],
-            )
-            found = cur.fetchall()
-            if not found:
-                return self._create(cur)
+            if not self.existing_fits(cur):
+                self._create(cur)
+
+    def existing_fits(self, cur: adbc.Cursor) -> bool:
+        """Whether the service's table exists, refusing one that does not fit the catalog
+        (PostgresError). It only reads: `python -m pipeline.doctor` checks with it too."""
+        cur.execute(
+            "SELECT attname, format_type(atttypid, atttypmod), pg_get_partkeydef(attrelid) "
+            "FROM pg_attribute WHERE attrelid = to_regclass(format('%I.%I', $1::text, $2::text)) "
+            "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            [self.schema_name, self.svc.table],
+        )
+        found = cur.fetchall()
+        if found:
             self._check({name: type_ for name, type_, _ in found}, found[0][2])
+        return bool(found)
 
     def _create(self, cur: adbc.Cursor) -> None:
         columns = ", ".join(
