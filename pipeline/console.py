@@ -97,10 +97,11 @@ class _Console(logging.Filter):
             if _failures.write(record.args[2], error) and errors.hint_of(error) is not None:
                 record.exc_info = None  # a known failure: its traceback is in the log file
             return True
-        if record.msg.startswith(_COMPLETE_FAILED) and record.msg[len(_COMPLETE_FAILED) :].partition(" or any")[0] in _checks_failed:
-            record.msg = record.msg.partition(":\n")[0] + "; the last lines of the run say why"
+        text = str(record.msg)
+        if text.startswith(_COMPLETE_FAILED) and text[len(_COMPLETE_FAILED) :].partition(" or any")[0] in _checks_failed:
+            record.msg = text.partition(":\n")[0] + "; the last lines of the run say why"
             return True
-        if isinstance(error, RPCError) or str(record.msg).startswith("Failed connecting to remote scheduler"):
+        if isinstance(error, RPCError) or text.startswith("Failed connecting to remote scheduler"):
             record.exc_info = None  # luigi's tries and its scheduling error: the last line says what to do
         if record.msg != "Uncaught exception in luigi":
             return True
