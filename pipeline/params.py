@@ -32,6 +32,37 @@ class _Checked:
         return {**super()._parser_kwargs(*args, **kwargs), "type": self.check}
 
 
+class AtLeast(_Checked):
+    """A number with a least value (`[source] attempts`: 1, the tries in all): below it is refused
+    in one line before any task runs, from the command line (argparse) or a settings file
+    (pipeline/console.py reads every setting first), not found by a failing step."""
+
+    def __init__(self, least: float, **kwargs):
+        super().__init__(**kwargs)
+        self.least = least
+
+    def check(self, text: str) -> str:
+        try:
+            self.normalize(self.parse(text))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+        return text
+
+    def normalize(self, x):
+        x = super().normalize(x)
+        if x is not None and x < self.least:
+            raise UsageError(f"{x:g} is below {self.least:g}, the least it can be")
+        return x
+
+
+class Count(AtLeast, luigi.IntParameter):
+    """A whole number, at least ``least``."""
+
+
+class Amount(AtLeast, luigi.FloatParameter):
+    """A number, at least ``least`` (seconds, KiB/s, MiB)."""
+
+
 class Month(_Checked, luigi.MonthParameter):
     """YYYY-MM."""
 
