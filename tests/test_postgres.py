@@ -213,7 +213,7 @@ def test_the_cli_loads_with_the_password_from_pgpassword_and_shows_it_nowhere(pg
 
 
 def test_the_password_is_no_task_parameter_and_a_bad_schema_name_is_refused(pg):
-    assert sorted(LoadPostgres.get_param_names()) == ["month", "service", "source_sha256"]
+    assert sorted(LoadPostgres.get_param_names()) == ["month", "recount", "service", "source_sha256"]
     with configured({("postgres", "schema"): 'x"; DROP TABLE y; --'}):
         with pytest.raises(PostgresError, match="is not a valid Postgres identifier"):
             PostgresMarker("yellow", month("2021-01")).exists()
