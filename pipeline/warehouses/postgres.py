@@ -12,6 +12,16 @@ What makes a month exactly-once:
   replaces exactly its rows.
 - The zone lookup is a plain table, emptied and refilled in one transaction the same way.
 
+What makes every wait bounded, and parallel loads deadlock-free (`transaction`, `Warehouse._swap_in`):
+- Every statement of a load runs under `[postgres] lock_timeout`: a wait for another session's
+  lock that outlasts it rolls the load back with an error naming the table (LockTimeout). The only
+  unbounded wait is a writer's for another writer of the same month (or schema), whose own waits
+  are bounded, so it ends.
+- Locks are taken in one order: the month's advisory lock; the fresh table (no one else's); then
+  the service table, in the strongest mode the swap needs, at the swap only; then the marker row.
+  No load holds a lock on the service table while it waits for another, so two loads of one
+  service cannot deadlock.
+
 Only COPY moves rows, in its binary format, straight from Arrow: the ADBC PostgreSQL driver
 (an Apache Arrow project) encodes the Parquet row groups as they are read, so no value is
 formatted as text and parsed back, and memory stays flat whatever the month's size.
@@ -25,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import math
 import os
 import re
 import time
@@ -66,8 +77,53 @@ class PostgresError(RuntimeError):
     """The Postgres warehouse cannot take the data; the message says what and where."""
 
 
-class CountMismatch(PostgresError):
+class RolledBack(PostgresError):
+    """A load's transaction did not commit: nothing of it was kept; the message says why."""
+
+
+class CountMismatch(RolledBack):
     """A month's load holds another row count than the lake file records: rolled back."""
+
+
+class LockTimeout(RolledBack):
+    """Other sessions held a table the load needed for longer than [postgres] lock_timeout."""
+
+    def __init__(self, table: str, seconds: float, gave_up: str):
+        self.table, self.seconds, self.gave_up = table, seconds, gave_up
+        super().__init__(
+            f"other sessions were using {table} for more than [postgres] lock_timeout ({seconds:g} s), "
+            f"so {gave_up}. Run again when they are done"
+        )
+
+
+class ConnectionLost(RolledBack):
+    """The connection broke in the middle of a transaction (a restarted or killed server, a cut
+    network): the server rolls back what it had not committed."""
+
+    def __init__(self, server: str, reason: str):
+        self.server, self.reason = server, reason
+        super().__init__(
+            f"the connection to Postgres at {server} was lost in the middle of the transaction ({reason}); "
+            "the server rolls it back, and a re-run loads it once"
+        )
+
+
+# SQLSTATE lock_not_available: a statement waited longer than lock_timeout.
+LOCK_NOT_AVAILABLE = "55P03"
+# Postgres takes lock_timeout in whole milliseconds, as an int; 0 would mean no timeout at all.
+MAX_LOCK_TIMEOUT_MS = 2**31 - 1
+
+
+def lock_timeout_ms() -> int:
+    """[postgres] lock_timeout in whole milliseconds. A fraction of a millisecond is rounded up,
+    never down to 0, which Postgres takes as waiting forever; 0 or less is refused."""
+    seconds = settings.postgres().lock_timeout
+    if not 0 < seconds <= MAX_LOCK_TIMEOUT_MS / 1000:  # (NaN too)
+        raise PostgresError(
+            f"[postgres] lock_timeout = {seconds:g}: must be more than 0 and at most {MAX_LOCK_TIMEOUT_MS / 1000:g} "
+            "seconds (how long a load waits for other sessions' locks; Postgres would take 0 as no limit)"
+        )
+    return max(1, math.ceil(seconds * 1000))
 
 
 def identifier(name: str, what: str) -> str:
@@ -149,12 +205,31 @@ def connect() -> adbc.Connection:
 
 
 @contextlib.contextmanager
-def transaction(conn: adbc.Connection) -> Iterator[adbc.Cursor]:
-    """A cursor whose statements commit together when the block ends, or not at all."""
+def transaction(conn: adbc.Connection, table: str, gave_up: str, after_writers_of: str = "") -> Iterator[adbc.Cursor]:
+    """A cursor whose statements commit together when the block ends, or not at all; the one
+    place where every lock wait of a load is bounded.
+
+    With ``after_writers_of``, it first waits for the other writers of that (an advisory lock of
+    that name), without a limit: each of them ends, its own waits being bounded. Then every
+    statement waits at most [postgres] lock_timeout for another session's lock; a longer wait
+    rolls all back as LockTimeout, naming ``table`` and saying ``gave_up`` (what was not done and
+    what is still there). A connection lost on the way raises ConnectionLost."""
+    timeout = lock_timeout_ms()
     try:
         with conn.cursor() as cur:
+            if after_writers_of:
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext($1))", [after_writers_of])
+            cur.execute(f"SET LOCAL lock_timeout = '{timeout}ms'")
             yield cur
         conn.commit()
+    except Error as e:
+        try:
+            conn.rollback()
+        except Error:  # nothing answers: the connection is gone, and its transaction with it
+            raise ConnectionLost(server(), _reason(e)) from e
+        if e.sqlstate == LOCK_NOT_AVAILABLE:
+            raise LockTimeout(table, settings.postgres().lock_timeout, gave_up) from e
+        raise
     except BaseException:
         with contextlib.suppress(Error):  # a lost connection has nothing left to roll back
             conn.rollback()
@@ -182,10 +257,11 @@ class Warehouse:
     def ensure(self, conn: adbc.Connection) -> None:
         """Create the schema, the service's table and the marker table where missing, in a
         transaction of its own; refuse an existing table that does not fit the catalog."""
-        with transaction(conn) as cur:
-            # Two first loads at once (two workers, two services) must not race to create the
-            # same schema or table: the schema's DDL is done one transaction at a time.
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext($1))", [f"schema {self.schema_name}"])
+        # Two first loads at once (two workers, two services) must not race to create the same
+        # schema or table: the schema's DDL is done one transaction at a time.
+        with transaction(
+            conn, PostgresMarker.table(), "the marker table could not be brought up to date", after_writers_of=f"schema {self.schema_name}"
+        ) as cur:
             cur.execute("SELECT count(*) FROM pg_namespace WHERE nspname = $1", [self.schema_name])
             if not cur.fetchone()[0]:
                 cur.execute(f"CREATE SCHEMA {self.schema}")
@@ -207,13 +283,16 @@ class Warehouse:
             self._check({name: type_ for name, type_, _ in found}, found[0][2])
         return bool(found)
 
-    def _create(self, cur: adbc.Cursor) -> None:
-        columns = ", ".join(
+    def _columns(self) -> str:
+        """The service table's column definitions, for it and for each month's fresh table."""
+        return ", ".join(
             f"{identifier(name, 'column')} {type_}" + (" NOT NULL" if name == MONTH_COLUMN else "")
             for name, type_ in table_columns(self.svc)
         )
+
+    def _create(self, cur: adbc.Cursor) -> None:
         partitioning = f" PARTITION BY LIST ({MONTH_COLUMN})" if self.svc.monthly else ""
-        cur.execute(f"CREATE TABLE {self.table} ({columns}){partitioning}")
+        cur.execute(f"CREATE TABLE {self.table} ({self._columns()}){partitioning}")
         logger.info("created table %s at %s", self.name, server())
 
     def _check(self, have: dict[str, str], partition_key: Optional[str]) -> None:
@@ -240,34 +319,49 @@ class Warehouse:
     ) -> int:
         """Replace the month's rows (or the whole zone table) with the Parquet file's, and write the
         marker, in one transaction. Returns the row count Postgres holds for it afterwards."""
-        expected = source.rows
-        month_str = catalog.month_str(month) if month else ""
-        with transaction(conn) as cur:
-            if self.svc.monthly:
-                partition = f"{self.svc.table}_{month:%Y_%m}"
-                cur.execute("SELECT pg_advisory_xact_lock(hashtext($1))", [f"{self.schema_name}.{partition}"])
-                loading = partition + "_loading"
-                # A plain table shaped like the parent: the COPY locks nothing that readers use.
-                # Its CHECK proves the partition bound, so ATTACH below need not scan the rows.
-                cur.execute(f"CREATE TABLE {self.qualified(loading)} (LIKE {self.table})")
-                cur.execute(f"ALTER TABLE {self.qualified(loading)} ADD CHECK ({MONTH_COLUMN} = DATE '{month.isoformat()}')")
-            else:
-                loading = self.svc.table
+        if not self.svc.monthly:
+            # The zones keep their table (and so the grants and views of it users made): emptied
+            # and refilled while the load holds it, which is a moment for 265 rows. TRUNCATE waits
+            # for the table's readers, at most lock_timeout.
+            with transaction(conn, self.name, "the zones could not be replaced; the earlier zones are still there") as cur:
                 cur.execute(f"TRUNCATE {self.table}")
-            copied = self._copy(cur, loading, parquet, month, lambda rows: progress(rows, expected))
-            if self.svc.monthly:
-                # The swap needs the parent table to itself for a moment: wait for its readers
-                # at most lock_timeout (a waiting DROP would hold up every new reader meanwhile).
-                cur.execute(f"SET LOCAL lock_timeout = '{int(settings.postgres().lock_timeout * 1000)}ms'")
-                loading = self._swap_in(cur, loading, partition, month)
-            cur.execute(f"SELECT count(*) FROM {self.qualified(loading)}")
-            held = cur.fetchone()[0]
-            if not held == copied == expected:
-                raise CountMismatch(
-                    f"{self.name} holds {held} rows for {month_str or 'the zones'} after COPY "
-                    f"reported {copied}; the lake file records {expected}"
-                )
+                held = self._fill(cur, self.svc.table, None, parquet, source, progress)
+                PostgresMarker(self.svc.name, month).touch(cur, held, source.source_sha256, source.source_url)
+            return held
+        partition = f"{self.svc.table}_{month:%Y_%m}"
+        loading = partition + "_loading"
+        gave_up = "the month could not be swapped in; the earlier load of the month is still there"
+        with transaction(conn, self.name, gave_up, after_writers_of=f"{self.schema_name}.{partition}") as cur:
+            # A plain table of the catalog's columns, not LIKE the service table: that would hold
+            # a lock on the service table through the COPY, and two loads, each holding one and
+            # waiting to swap, deadlock. Its CHECK proves the partition bound, so ATTACH below
+            # need not scan the rows.
+            cur.execute(f"CREATE TABLE {self.qualified(loading)} ({self._columns()})")
+            cur.execute(f"ALTER TABLE {self.qualified(loading)} ADD CHECK ({MONTH_COLUMN} = DATE '{month.isoformat()}')")
+            held = self._fill(cur, loading, month, parquet, source, progress)
+            self._swap_in(cur, loading, partition, month)
             PostgresMarker(self.svc.name, month).touch(cur, held, source.source_sha256, source.source_url)
+        return held
+
+    def _fill(
+        self,
+        cur: adbc.Cursor,
+        table: str,
+        month: Optional[datetime.date],
+        parquet: str,
+        source: LakeRecord,
+        progress: Callable[[int, int], None],
+    ) -> int:
+        """COPY the file into ``table`` and count what it holds against the lake file's count."""
+        expected = source.rows
+        copied = self._copy(cur, table, parquet, month, lambda rows: progress(rows, expected))
+        cur.execute(f"SELECT count(*) FROM {self.qualified(table)}")
+        held = cur.fetchone()[0]
+        if not held == copied == expected:
+            raise CountMismatch(
+                f"{self.name} holds {held} rows for {catalog.month_str(month) if month else 'the zones'} after COPY "
+                f"reported {copied}; the lake file records {expected}"
+            )
         return held
 
     def _copy(self, cur: adbc.Cursor, table: str, parquet: str, month: Optional[datetime.date], progress: Callable[[int], None]) -> int:
@@ -289,18 +383,23 @@ class Warehouse:
 
         return cur.adbc_ingest(table, pa.RecordBatchReader.from_batches(schema, batches()), mode="append", db_schema_name=self.schema_name)
 
-    def _swap_in(self, cur: adbc.Cursor, loading: str, partition: str, month: datetime.date) -> str:
-        """Make the loaded table the month's partition, in place of an earlier load of the month."""
+    def _swap_in(self, cur: adbc.Cursor, loading: str, partition: str, month: datetime.date) -> None:
+        """Make the loaded (and counted) table the month's partition, in place of an earlier load
+        of the month. The first lock on the service table is taken here, in the strongest mode
+        the swap needs (DROP of a partition needs the table to itself, ATTACH only to keep other
+        swaps out), so no load ever holds a weaker one and waits to strengthen it: two swaps
+        queue, never deadlock. Readers are kept out only from here to the commit."""
         cur.execute(
             "SELECT count(*) FROM pg_inherits WHERE inhrelid = to_regclass(format('%I.%I', $1::text, $2::text)) "
             "AND inhparent = to_regclass(format('%I.%I', $1::text, $3::text))",
             [self.schema_name, partition, self.svc.table],
         )
-        if cur.fetchone()[0]:
+        replacing = cur.fetchone()[0]
+        cur.execute(f"LOCK TABLE ONLY {self.table} IN {'ACCESS EXCLUSIVE' if replacing else 'SHARE UPDATE EXCLUSIVE'} MODE")
+        if replacing:
             cur.execute(f"DROP TABLE {self.qualified(partition)}")
         cur.execute(f"ALTER TABLE {self.qualified(loading)} RENAME TO {identifier(partition, 'table')}")
         cur.execute(f"ALTER TABLE {self.table} ATTACH PARTITION {self.qualified(partition)} FOR VALUES IN (DATE '{month.isoformat()}')")
-        return partition
 
 
 def parquet_batches(file: pq.ParquetFile, columns: list[str]) -> Iterator[pa.RecordBatch]:
@@ -400,14 +499,8 @@ class LoadPostgres(SourcePin, DatasetTask):
             rows = warehouse.load(
                 conn, self.month, parquet, record, lambda done, total: self.report(done, total, f"copied {done:,} of {total:,} rows")
             )
-        except (Error, CountMismatch) as e:
-            reason = str(e) if isinstance(e, CountMismatch) else _reason(e)
-            if "lock timeout" in reason:
-                reason = (
-                    f"other sessions were using {warehouse.name} for more than [postgres] lock_timeout "
-                    f"({settings.postgres().lock_timeout:g} s), so the month could not be swapped in; the "
-                    f"earlier load of the month is still there. Run again when they are done ({reason})"
-                )
+        except (Error, RolledBack) as e:
+            reason = str(e) if isinstance(e, RolledBack) else _reason(e)
             raise PostgresError(
                 f"{self.label}: loading {lake_file} into {warehouse.name} at {server()} failed, "
                 f"and nothing of it was kept (one transaction): {reason}"
