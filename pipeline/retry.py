@@ -1,4 +1,5 @@
-"""One retry policy for every network operation (downloads, source checks, Postgres connections).
+"""One retry policy for every network operation (downloads, source checks, Postgres connections),
+and one bounded wait for a lock another process holds (`until`: the DuckDB warehouse).
 
 An operation says what may heal by itself by raising an error that is also `Transient` (a 503, a
 dropped connection, a server still starting); anything else fails at once (a 404, a wrong
@@ -45,3 +46,17 @@ def call(operation: Callable[[], T], *, attempts: int, backoff: float, setting: 
             logger.warning("%s; try %d of %d in %.1f s", e, attempt + 1, attempts, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def until(operation: Callable[[], T], *, seconds: float, interval: float = 0.2) -> T:
+    """``operation()``, tried again every ``interval`` seconds after each `Transient` error until
+    ``seconds`` have passed, then its last error raised as it is: for waiting on a lock another
+    process holds, where what bounds the wait is time, not a number of tries."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return operation()
+        except Transient:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(interval)

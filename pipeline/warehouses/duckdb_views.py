@@ -2,18 +2,28 @@
 Parquet files (the local twin of the BigQuery external table), and a marker per ingested month.
 
 A month counts as exposed only when the view answers for it with exactly the Parquet row count;
-that check and the marker row are one transaction, so a marker never claims what the view does not show.
+that check and the marker row go in together, so a marker never claims what the view does not show.
+
+Readers never block an ingest: the file (views and the small marker table only) is never changed in
+place. A writer copies it, changes the copy and swaps it in with an atomic rename (`_writing`), so a
+read-only session keeps reading the file it opened (the old inode) and the next one opens the new
+file. Writers take turns through a lock file beside it, so none loses another's marker row. The
+only sessions an ingest waits for, at most LOCK_WAIT_SECONDS, are read-write ones (DuckDB's own
+lock) and another ingest writing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
+import glob
 import logging
 import os
-import time
-from typing import TYPE_CHECKING, Optional
+import shutil
+from typing import TYPE_CHECKING, Iterator, Optional
 
-from pipeline import catalog, settings
+from pipeline import catalog, retry, settings
 from pipeline.dataset_task import DatasetTask, SourcePin
 from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_glob, lake_root
 from pipeline.targets.marker import MARKER_COLUMNS, MARKER_TABLE, WRITTEN, MonthMarker, create_table_sql
@@ -31,26 +41,106 @@ MARKER_TYPES = {"text": "VARCHAR", "integer": "BIGINT", "timestamp": "TIMESTAMP"
 
 
 class WarehouseBusy(RuntimeError):
-    """Another process holds the DuckDB file for longer than we wait."""
+    """Another process holds the DuckDB file (or its writer lock) for longer than we wait."""
+
+    def __init__(self, path: str, seconds: float, holder: str, advice: str):
+        self.path, self.seconds, self.holder, self.advice = path, seconds, holder, advice
+        super().__init__(f"the DuckDB warehouse {path} has been held by another process for {seconds:g} s ({holder}); {advice}")
+
+
+class _Held(retry.Transient):
+    """The lock is taken by another process: waited for, up to LOCK_WAIT_SECONDS."""
 
 
 def _connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse, waiting while another process holds DuckDB's single-writer lock."""
+    """Open the warehouse, waiting while a read-write session of another process holds it
+    (DuckDB's own lock); read-only sessions never hold it against us."""
     import duckdb
 
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    while True:
+    def attempt() -> duckdb.DuckDBPyConnection:
         try:
             return duckdb.connect(path, read_only=read_only)
         except duckdb.IOException as e:
             if "lock" not in str(e).lower():
                 raise
-            if time.monotonic() > deadline:
-                raise WarehouseBusy(
-                    f"the DuckDB warehouse {path} has been held by another process for {LOCK_WAIT_SECONDS:g} s ({e}); "
-                    "close that session, and query while ingesting with duckdb.connect(path, read_only=True)"
-                ) from None
-            time.sleep(0.2)
+            raise _Held(str(e)) from None
+
+    try:
+        return retry.until(attempt, seconds=LOCK_WAIT_SECONDS)
+    except _Held as e:
+        raise WarehouseBusy(
+            path, LOCK_WAIT_SECONDS, str(e), "close that session, and query while ingesting with duckdb.connect(path, read_only=True)"
+        ) from None
+
+
+@contextlib.contextmanager
+def _writer_lock(path: str) -> Iterator[None]:
+    """The turn to write the warehouse: an exclusive lock on ``{path}.lock``, which holds the
+    writer's PID for messages. The kernel drops it when its process dies, so a lock held is a
+    writer alive."""
+    with open(path + ".lock", "a+") as lock:
+
+        def attempt() -> None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                raise _Held(f"another ingest writes it: {path}.lock names PID {lock.read().strip() or '?'}") from None
+
+        try:
+            retry.until(attempt, seconds=LOCK_WAIT_SECONDS)
+        except _Held as e:
+            raise WarehouseBusy(path, LOCK_WAIT_SECONDS, str(e), "run again when that ingest has ended") from None
+        try:
+            lock.truncate(0)
+            lock.write(str(os.getpid()))
+            lock.flush()
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _writing(path: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection to a copy of the warehouse file, swapped in for the file (an atomic
+    rename) when the block ends without an error, and thrown away when it raises. Sessions that
+    have the file open keep the old one, whole; none of them is waited for unless it writes."""
+    import duckdb
+
+    new = f"{path}.new-{os.getpid()}"
+    with _writer_lock(path):
+        for stale in glob.glob(glob.escape(path) + ".new-*"):  # a writer killed before its rename
+            os.remove(stale)
+        if os.path.exists(path + ".wal"):
+            # A read-write session is writing, or one ended without a checkpoint: its changes are
+            # in the WAL, which a copy of the file would miss and the swapped-in file would replay.
+            _connect(path, read_only=False).close()  # closing checkpoints it into the file
+        # A read-only session of ours on the file until the rename: no read-write session can
+        # start changing the file (or its WAL) while it is copied and replaced.
+        current = _connect(path, read_only=True) if os.path.exists(path) else None
+        try:
+            if current is not None:
+                shutil.copyfile(path, new)
+            con = duckdb.connect(new)
+            try:
+                yield con
+                con.execute("CHECKPOINT")
+            finally:
+                con.close()
+            with open(new, "rb") as f:  # on disk before it takes the name: a crash leaves old or new, whole
+                os.fsync(f.fileno())
+            os.replace(new, path)
+        finally:
+            if current is not None:
+                current.close()
+            for left in (new, new + ".wal"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(left)
+        directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 def _sql_string(value: str) -> str:
@@ -195,9 +285,7 @@ class ExposeDuckDB(SourcePin, DatasetTask):
         record = self.input().record()
         expected = record.rows
         os.makedirs(os.path.dirname(os.path.abspath(marker.path)), exist_ok=True)
-        con = _connect(marker.path, read_only=False)
-        try:
-            con.begin()
+        with _writing(marker.path) as con:
             con.execute(view_sql(self.svc))
             where = f" WHERE {PARTITION_KEY} = ?" if self.svc.monthly else ""
             params = [marker.month] if self.svc.monthly else []
@@ -208,8 +296,5 @@ class ExposeDuckDB(SourcePin, DatasetTask):
                     f"the lake file {self.input().path} holds {expected}"
                 )
             marker.touch(con, expected, record.source_sha256, record.source_url)
-            con.commit()
-        finally:
-            con.close()
         logger.info("%s: view %s in %s shows its %s rows", self.label, self.svc.table, marker.path, f"{expected:,}")
         self.report(1, 1, f"queryable as {self.svc.table} in {marker.path}")
