@@ -36,7 +36,8 @@ def test_a_month_against_luigid_every_step_done_in_its_graph_and_history(pg, wor
     ingest = next(
         task_id
         for task_id, task in api(luigid, "task_list", status="DONE").items()
-        if task["name"] == "IngestMonth" and task["params"] == {"service": "green", "month": "2019-10", "source_sha256": ""}
+        if task["name"] == "IngestMonth"
+        and task["params"] == {"service": "green", "month": "2019-10", "source_sha256": "", "recount": "False"}
     )
     graph = api(luigid, "dep_graph", task_id=ingest)
     assert sorted((task["name"], task["status"]) for task in graph.values()) == [
