@@ -38,7 +38,7 @@ from luigi.tools.range import RangeMonthly
 from pipeline import catalog, settings
 from pipeline.convert import ToParquet
 from pipeline.dataset_task import remove
-from pipeline.download import Download, published, source_url
+from pipeline.download import Download, DownloadRecord, published, source_url
 from pipeline.flows import IngestMonth, IngestZones
 from pipeline.lake import LakeFile, LakeRecord
 from pipeline.params import Moment, Month, Services, UsageError
@@ -240,8 +240,7 @@ class Reingest(MonthRange, luigi.Task):
 def ingest_task(params: dict) -> luigi.Task:
     """The flow that puts the dataset file just downloaded into the lake and the warehouses,
     pinned to it, the warehouses' rows counted."""
-    with Download(**params).output()["meta"].open() as f:
-        sha256 = json.load(f)["sha256"]
+    sha256 = DownloadRecord.read(Download(**params).output()["meta"].path).sha256
     if params["service"] == "zones":
         return IngestZones(source_sha256=sha256, recount=True)
     return IngestMonth(service=params["service"], month=params["month"], source_sha256=sha256, recount=True)

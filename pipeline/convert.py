@@ -13,7 +13,6 @@ import contextlib
 import csv
 import datetime
 import io
-import json
 import logging
 import math
 import os
@@ -30,7 +29,7 @@ import pyarrow.parquet as pq
 from pipeline import catalog, legacy, settings
 from pipeline.catalog import ConversionError
 from pipeline.dataset_task import DatasetTask
-from pipeline.download import GZIP_ERRORS, Download, gunzipped, gzip_damage
+from pipeline.download import GZIP_ERRORS, Download, DownloadRecord, gunzipped, gzip_damage
 
 if TYPE_CHECKING:
     from pipeline.zone_shapes import ZoneIndex
@@ -595,8 +594,7 @@ class ToParquet(DatasetTask):
 
     def run(self):
         raw = self.input()["download"]["file"].path
-        with open(self.input()["download"]["meta"].path) as f:
-            source = json.load(f)
+        source = DownloadRecord.read(self.input()["download"]["meta"].path)
         where = f"{self.label} ({raw})"
         logger.info("%s: converting %s to Parquet", self.label, raw)
         started = time.monotonic()
@@ -607,18 +605,18 @@ class ToParquet(DatasetTask):
         meta = {
             "service": self.service,
             "month": catalog.month_str(self.month) if self.month else "",
-            "source_url": source["url"],
-            "source_sha256": source["sha256"],
-            "source_size": source["size"],
-            "source_etag": source.get("etag", ""),
-            "source_last_modified": source.get("last_modified", ""),
+            "source_url": source.url,
+            "source_sha256": source.sha256,
+            "source_size": source.size,
+            "source_etag": source.etag,
+            "source_last_modified": source.last_modified,
         }
         try:
             with self.staged(self.output()) as tmp:
                 if raw.endswith(".parquet"):
-                    rows = convert_parquet(raw, source["header"], tmp, self.svc, where, meta, progress, self.zones())
+                    rows = convert_parquet(raw, source.header, tmp, self.svc, where, meta, progress, self.zones())
                 else:
-                    rows = convert(raw, source["header"], tmp, self.svc, where, meta, progress)
+                    rows = convert(raw, source.header, tmp, self.svc, where, meta, progress)
                 catalog.check_rows(self.svc, rows, where)
         except SourceCorrupt as e:
             self.forget_download()

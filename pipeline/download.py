@@ -14,6 +14,7 @@ published (not retried); connection errors and 5xx answers are retried with back
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import email.utils
 import hashlib
 import json
@@ -41,6 +42,56 @@ logger = logging.getLogger("pipeline.download")
 
 CHUNK = 1 << 20  # file reads
 NET_CHUNK = 64 << 10  # network reads: small, so progress moves and bytes reach disk on a slow link
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadRecord:
+    """What a download knows of the file it fetched, kept as JSON beside it (`{file}.json`, the
+    Download's second output): written by `write` and read by `read`, nowhere else. ToParquet
+    copies the source's fields into the lake file's record; a Reingest pins its flow to sha256;
+    the report shows size."""
+
+    url: str  # as shown in logs: redacted (redaction.redact)
+    size: int  # bytes, as received
+    sha256: str  # of the bytes as received
+    # The server's validators ("" where it sent none; records of versions before them lack the
+    # keys): what tells a republished file.
+    etag: str = ""
+    last_modified: str = ""
+    # The header line (a csv's first line, a Parquet file's column names joined by commas), as
+    # the catalog accepted it; "" from fetch_file, which reads no header.
+    header: str = ""
+
+    def write(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(dataclasses.asdict(self), f, indent=1)
+
+    @classmethod
+    def read(cls, path: str) -> DownloadRecord:
+        """The record at ``path``, from this version or an earlier one (keys it does not know are
+        left out); a file that is not one is a RecordUnreadable naming it."""
+        try:
+            with open(path) as f:
+                values = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RecordUnreadable(path, f"not JSON: {e}") from None
+        if not isinstance(values, dict):
+            raise RecordUnreadable(path, f"not a JSON object but {type(values).__name__}")
+        fields = {field.name for field in dataclasses.fields(cls)}
+        lacking = [field.name for field in dataclasses.fields(cls) if field.default is dataclasses.MISSING and field.name not in values]
+        if lacking:
+            raise RecordUnreadable(path, f"it lacks {', '.join(lacking)}")
+        return cls(**{k: v for k, v in values.items() if k in fields})
+
+
+class RecordUnreadable(ValueError):
+    """A download's record (DownloadRecord) that cannot be read as one."""
+
+    def __init__(self, path: str, why: str):
+        self.path, self.why = path, why
+        super().__init__(
+            f"{path}: not a download record ({why}); remove it and the file beside it, and the next run downloads the file again"
+        )
 
 
 class SourceError(RuntimeError):
@@ -377,10 +428,10 @@ def _file_chunks(url: str, where: str, found: dict) -> Iterator[tuple[bytes, int
             yield chunk, total
 
 
-def fetch_file(url: str, dest: str, where: str, progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+def fetch_file(url: str, dest: str, where: str, progress: Callable[[int, int], None] = lambda done, total: None) -> DownloadRecord:
     """Download ``url`` to ``dest``, retrying what may heal, and check the transfer (the whole
     body, how it starts, the rate); return what we know about the file: its URL as shown, size,
-    sha256, and the server's validators."""
+    sha256, and the server's validators (no header: see fetch)."""
     cfg = settings.source()
     scheme = urllib.parse.urlparse(url).scheme
     if scheme not in ("http", "https", "file"):
@@ -405,19 +456,21 @@ def fetch_file(url: str, dest: str, where: str, progress: Callable[[int, int], N
     with limits.talking():
         check = retry.call(attempt, attempts=cfg.attempts, backoff=cfg.backoff, setting="[source]")
     # What the server said of this version of the file, so a republished one can be noticed.
-    return {
-        "url": redact(url),
-        "size": check.size,
-        "sha256": check.sha256.hexdigest(),
-        "etag": found.get("etag", ""),
-        "last_modified": found.get("last_modified", ""),
-    }
+    return DownloadRecord(
+        url=redact(url),
+        size=check.size,
+        sha256=check.sha256.hexdigest(),
+        etag=found.get("etag", ""),
+        last_modified=found.get("last_modified", ""),
+    )
 
 
-def fetch(url: str, dest: str, svc: catalog.Service, where: str, progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+def fetch(
+    url: str, dest: str, svc: catalog.Service, where: str, progress: Callable[[int, int], None] = lambda done, total: None
+) -> DownloadRecord:
     """Download a data file of ``svc`` to ``dest`` and check it (fetch_file, then its header
     and, where it is known here, its row count); return what we know about the file."""
-    meta = fetch_file(url, dest, where, progress)
+    record = fetch_file(url, dest, where, progress)
     if _suffix_of(url) == ".parquet":
         header, rows = _parquet_rows(dest, where)
     else:
@@ -425,7 +478,7 @@ def fetch(url: str, dest: str, svc: catalog.Service, where: str, progress: Calla
     catalog.resolve_header(svc, header, where)
     if rows is not None:  # else ToParquet counts them
         catalog.check_rows(svc, rows, where)
-    return {**meta, "header": header}
+    return dataclasses.replace(record, header=header)
 
 
 def validators(headers: Mapping[str, str]) -> dict[str, str]:
@@ -480,13 +533,12 @@ class Download(DatasetTask):
 
         out = self.output()
         with self.staged(out["file"]) as tmp:
-            meta = fetch(url, tmp, self.svc, where, progress)
-        # The data file is in place before its metadata: a run cut between the two renames leaves
+            record = fetch(url, tmp, self.svc, where, progress)
+        # The data file is in place before its record: a run cut between the two renames leaves
         # the task incomplete (both are its outputs) and the next run fetches again.
         with self.staged(out["meta"]) as tmp:
-            with open(tmp, "w") as f:
-                json.dump(meta, f, indent=1)
+            record.write(tmp)
         logger.info(
-            "%s: downloaded %s bytes in %.1f s, sha256 %s", self.label, f"{meta['size']:,}", time.monotonic() - started, meta["sha256"]
+            "%s: downloaded %s bytes in %.1f s, sha256 %s", self.label, f"{record.size:,}", time.monotonic() - started, record.sha256
         )
         self.report(1, 1, "downloaded")

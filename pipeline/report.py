@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from typing import Optional
 
 from pipeline import catalog, settings
-from pipeline.download import Download
+from pipeline.download import Download, DownloadRecord
 from pipeline.lake import lake_path, lake_target, parquet_record
 from pipeline.params import Month, Services, UsageError
 
@@ -114,11 +113,7 @@ def recorded_size(download: Download, lake) -> Optional[int]:
     if lake is not None and lake.source_size:
         return int(lake.source_size)
     meta = download.output()["meta"]
-    if meta.exists():
-        with meta.open() as f:
-            size = json.load(f).get("size")
-        return None if size in (None, "") else int(size)
-    return None
+    return DownloadRecord.read(meta.path).size if meta.exists() else None
 
 
 def report(services: list[str], months: list, verify: bool) -> list[Line]:
@@ -137,7 +132,7 @@ def report(services: list[str], months: list, verify: bool) -> list[Line]:
         svc = catalog.SERVICES[service]
         for month in months if svc.monthly else [None]:
             download = Download(service=service, month=month)
-            key = catalog.month_str(month) if month else ""
+            key = catalog.month_key(month)
             target = lake_target(lake_path(svc, month))
             lake = target.record() if target.exists() else None
             line = Line(service, key, recorded_size(download, lake))

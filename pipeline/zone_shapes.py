@@ -112,7 +112,7 @@ class ZoneShapes(Scheduled, luigi.Task):
             raw = os.path.join(tmp, posixpath.basename(catalog.ZONE_SHAPES.path))
             source = download.fetch_file(url, raw, where)
             table = read_shapes(raw, where)
-            record = {"rows": table.num_rows, "source_url": source["url"], "source_sha256": source["sha256"], "source_size": source["size"]}
+            record = {"rows": table.num_rows, "source_url": source.url, "source_sha256": source.sha256, "source_size": source.size}
             out = os.path.join(tmp, "shapes.parquet")
             pq.write_table(table.replace_schema_metadata(footer(record)), out)
             self.output().put(out)

@@ -302,7 +302,7 @@ def test_a_signed_query_string_is_redacted_and_the_file_still_recognised(workspa
     url = f"{http_server}/releases/green/green_tripdata_2019-01.csv.gz?X-Signature=abc123secret"
     assert redact(url) == f"{http_server}/releases/green/green_tripdata_2019-01.csv.gz?***"
     record = fetch(url, str(workspace / "green.csv.gz"), catalog.SERVICES["green"], "green 2019-01")
-    assert record["url"] == redact(url)
+    assert record.url == redact(url)
 
 
 def test_an_unreachable_source_says_how_to_use_a_mirror_or_the_samples(workspace, run):
@@ -408,7 +408,7 @@ def test_a_zone_lookup_whose_last_row_has_no_line_end_counts_it(workspace, tmp_p
 
     record = fetch((tmp_path / "taxi_zone_lookup.csv").as_uri(), str(tmp_path / "out"), catalog.SERVICES["zones"], "here")
 
-    assert record["size"] == len(lookup) and record["header"].startswith('"LocationID"')
+    assert record.size == len(lookup) and record.header.startswith('"LocationID"')
     with pytest.raises(catalog.SchemaMismatch, match="264 data rows; a whole zones file has at least 265"):
         (tmp_path / "cut.csv").write_bytes(lookup.rsplit(b"\n", 1)[0])
         fetch((tmp_path / "cut.csv").as_uri(), str(tmp_path / "out2"), catalog.SERVICES["zones"], "here")
