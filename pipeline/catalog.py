@@ -519,6 +519,11 @@ def month_str(month: datetime.date) -> str:
     return month.strftime("%Y-%m")
 
 
+def month_key(month: Optional[datetime.date]) -> str:
+    """How marker tables and reports key a dataset's month: YYYY-MM, or "" for the zones (no month)."""
+    return month_str(month) if month else ""
+
+
 def resolve_header(svc: Service, header_line: str, where: str) -> list[Column]:
     """Map a file's header line (a CSV header, or a Parquet file's column names joined with
     commas) to catalog columns, in file order; a legacy layout's header to the columns its

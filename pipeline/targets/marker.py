@@ -45,7 +45,7 @@ class MonthMarker(luigi.Target):
 
     def __init__(self, service: str, month: Optional[datetime.date], source_sha256: str = ""):
         self.service = service
-        self.month = catalog.month_str(month) if month else ""  # "" for the zones
+        self.month = catalog.month_key(month)
         self.source_sha256 = source_sha256
 
     def __str__(self) -> str:
