@@ -1,18 +1,33 @@
-"""One retry policy for every network operation (downloads, source checks, Postgres connections),
-and one bounded wait for a lock another process holds (`until`: the DuckDB warehouse).
+"""What is retried, how often, how long: every remote operation's retry is declared here, and
+the call site uses it (docs/design.md has the table).
 
-An operation says what may heal by itself by raising an error that is also `Transient` (a 503, a
-dropped connection, a server still starting); anything else fails at once (a 404, a wrong
-password). Every section that retries has the same two settings with the same meaning:
-`attempts`, the tries in all (at least 1), and `backoff`, the seconds before the second try,
-doubling for each further one.
+- The source over HTTP (downloads, the published() probe) and Postgres connects: `call`, with
+  `[source]` / `[postgres]` attempts and backoff. An operation says what may heal by itself by
+  raising an error that is also `Transient` (a 503, a dropped connection, a server still
+  starting); anything else fails at once (a 404, a wrong password). `attempts` is the tries in
+  all (at least 1), `backoff` the seconds before the second try, doubling for each further one.
+- DuckDB's lock, held by another process: `duckdb_lock`, a wait bounded by time
+  (DUCKDB_LOCK_SECONDS), not by tries.
+- GCS (the lake): `gcs`, google-cloud-storage's own policy (its transient errors, exponential
+  backoff) for at most `[gcs] retry_deadline` seconds a call.
+- BigQuery: `bigquery` / `bigquery_query`, the client's own policies for its API calls and query
+  jobs; a load job that failed is submitted again under the next job id (`fresh_id`), never twice
+  under one, so a retry can never load a month twice.
+- Tasks as a whole: luigid's own retry (`[scheduler] retry_count`), not the pipeline's.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
+
+from pipeline import settings
+
+# The Google clients are imported where their policies are built: only a gs:// lake and the
+# BigQuery sinks need them, and they cost every other process half a second.
+if TYPE_CHECKING:
+    from google.api_core.retry import Retry
 
 logger = logging.getLogger("pipeline.retry")
 
@@ -60,3 +75,56 @@ def until(operation: Callable[[], T], *, seconds: float, interval: float = 0.2) 
             if time.monotonic() >= deadline:
                 raise
             time.sleep(interval)
+
+
+# How long an ingest waits for another process's hold on the DuckDB warehouse (a read-write
+# session, or another ingest writing) before it fails naming the holder.
+DUCKDB_LOCK_SECONDS = 30.0
+
+
+def duckdb_lock(operation: Callable[[], T]) -> T:
+    """``operation()`` (opening the warehouse, taking the writer's lock) while it raises
+    `Transient`: at most DUCKDB_LOCK_SECONDS."""
+    return until(operation, seconds=DUCKDB_LOCK_SECONDS)
+
+
+def gcs() -> Retry:
+    """google-cloud-storage's own policy (which errors are transient, exponential backoff), for at
+    most `[gcs] retry_deadline` seconds: the client's default of 120 s would ignore the setting."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_deadline(settings.gcs().retry_deadline)
+
+
+def bigquery() -> dict[str, Retry]:
+    """The BigQuery client's own policy for an API call (its default, given at the call so that it
+    is declared here): ``client.get_table(..., **retry.bigquery())``."""
+    from google.cloud.bigquery.retry import DEFAULT_RETRY
+
+    return {"retry": DEFAULT_RETRY}
+
+
+def bigquery_query() -> dict[str, Retry]:
+    """`bigquery`'s, and the client's own policy for a query job that failed with a transient
+    error (submitted again): for ``client.query`` and the job's ``result``."""
+    from google.cloud.bigquery.retry import DEFAULT_JOB_RETRY
+
+    return {**bigquery(), "job_retry": DEFAULT_JOB_RETRY}
+
+
+class Spent(Exception):
+    """The id was used by an attempt that failed: try the operation under the next one."""
+
+
+def fresh_id(ids: Iterable[str], operation: Callable[[str], T]) -> T:
+    """``operation(id)`` under the first of ``ids`` it does not find `Spent`. For a remote job
+    whose id says what it does (a BigQuery load job): submitted twice under one id, the second
+    submission finds the first, so a retry never does the work twice; one that failed is
+    submitted again under the next id. Not bounded by a count: each spent id is an earlier run
+    that failed."""
+    for id_ in ids:
+        try:
+            return operation(id_)
+        except Spent:
+            continue
+    raise ValueError("fresh_id: the ids ran out")

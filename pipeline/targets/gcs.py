@@ -31,11 +31,11 @@ import google_crc32c
 import luigi
 import luigi.target
 
-from pipeline import settings
+from pipeline import retry, settings
 
 # google-cloud-storage is imported where it is used: every process imports this module (the lake
-# may be on GCS), but only a gs:// lake needs the client. Calls keep the client's default retry
-# (transient errors, exponential backoff), bounded by `[gcs] timeout` and `retry_deadline`.
+# may be on GCS), but only a gs:// lake needs the client. Every call is bounded (`bounded`): its
+# retry is declared in pipeline/retry.py.
 if TYPE_CHECKING:
     from google.cloud import storage
 
@@ -80,12 +80,8 @@ def crc32c_of(path: str) -> str:
 
 
 def bounded() -> dict:
-    """The `[gcs]` limits for one call: each request's timeout, and how long its transient errors
-    are retried (the client's own default is 120 s, whatever the settings say)."""
-    from google.cloud.storage.retry import DEFAULT_RETRY
-
-    cfg = settings.gcs()
-    return {"timeout": cfg.timeout, "retry": DEFAULT_RETRY.with_deadline(cfg.retry_deadline)}
+    """The `[gcs]` limits for one call: each request's timeout, and its retry (pipeline/retry.py)."""
+    return {"timeout": settings.gcs().timeout, "retry": retry.gcs()}
 
 
 @contextlib.contextmanager
