@@ -373,6 +373,7 @@ def check_bigquery(sink: str) -> Check:
     from google.auth.exceptions import GoogleAuthError
 
     from pipeline.warehouses import bigquery, bigquery_table
+    from pipeline.warehouses import sink as sinks
 
     wanted, differences = {
         "bigquery": (bigquery.wanted_external_table, bigquery.differences),
@@ -380,7 +381,7 @@ def check_bigquery(sink: str) -> Check:
     }[sink]
     cfg = settings.bigquery()
     try:
-        bigquery.require_gcs_lake(sink)
+        sinks.require_lake(sink, sink, "gcs")
         client = bigquery.client()
         dataset = bigquery.dataset_id(client)
         try:
@@ -401,7 +402,7 @@ def check_bigquery(sink: str) -> Check:
             except NotFound:
                 continue
             problems += [f"table {want.table_id}: {problem}" for problem in differences(have, want)]
-    except bigquery.BigQueryError as e:
+    except (bigquery.BigQueryError, sinks.WrongLake) as e:
         return failed(sink, str(e), "set [lake] root, [bigquery] project and dataset as config/gcp.cfg shows")
     except (GoogleAPIError, GoogleAuthError, requests.RequestException) as e:
         return failed(

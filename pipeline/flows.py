@@ -11,14 +11,15 @@ import luigi
 
 from pipeline import catalog, completion, params, settings
 from pipeline.dataset_task import SourcePin
-from pipeline.lake import LakeFile
+from pipeline.lake_file import LakeFile
 from pipeline.scheduling import Scheduled
 from pipeline.warehouses.bigquery import ExposeBigQuery
 from pipeline.warehouses.bigquery_table import LoadBigQueryTable
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
 from pipeline.warehouses.postgres import LoadPostgres
 
-SINKS = {"duckdb": ExposeDuckDB, "postgres": LoadPostgres, "bigquery": ExposeBigQuery, "bigquery_table": LoadBigQueryTable}
+# Every warehouse sink, by the name [ingest] sinks gives it (pipeline/warehouses/sink.py).
+SINKS = {sink.name: sink for sink in (ExposeDuckDB, LoadPostgres, ExposeBigQuery, LoadBigQueryTable)}
 
 
 def sink_tasks(**params) -> list[luigi.Task]:

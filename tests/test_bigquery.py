@@ -16,7 +16,8 @@ from google.cloud import bigquery as bq
 
 from pipeline import IngestMonth, IngestZones
 from pipeline.catalog import SERVICES
-from pipeline.warehouses.bigquery import BigQueryError, BigQueryMarker, client
+from pipeline.warehouses.bigquery import BigQueryError, BigQueryMarker, TableMisfit, client
+from pipeline.warehouses.sink import WrongLake
 
 from conftest import bigquery_dataset, configured
 from mirror import data_rows, month
@@ -120,10 +121,18 @@ def test_an_external_table_over_other_files_or_types_is_refused(bigquery, gcs, r
 
     result = run(IngestMonth(service="green", month=month("2019-01")))
 
-    message = str(result.failures["ExposeBigQuery"])
+    error = result.failures["ExposeBigQuery"]
+    message = str(error)
     assert f"it reads ['gs://{gcs.name}/elsewhere/*.parquet'], not ['gs://{gcs.name}/lake/green/*']" in message
     assert "its hive partitioning is None, not ('CUSTOM', " in message
-    assert "missing or other type: [('VendorID', 'INTEGER')]; not in the catalog: [('VendorID', 'STRING')]" in message
+    assert "column VendorID is STRING, the catalog says INTEGER" in message
+    assert isinstance(error, TableMisfit)
+    assert (error.table, error.service, error.setting) == (
+        f"test.{bigquery_dataset()}.external_green_tripdata",
+        "green",
+        "[bigquery] dataset",
+    )
+    assert "column VendorID is STRING, the catalog says INTEGER" in error.problems
 
 
 def test_a_missing_dataset_is_an_error_when_creating_it_is_off(bigquery, run):
@@ -140,7 +149,10 @@ def test_the_bigquery_sink_needs_a_gcs_lake(bigquery, workspace, run):
     with configured({("lake", "root"): str(workspace / "lake")}):
         result = run(IngestMonth(service="green", month=month("2019-01")))
 
-    assert "the BigQuery sinks read the lake from GCS, and [lake] root is " in str(result.failures["ExposeBigQuery"])
+    error = result.failures["ExposeBigQuery"]
+    assert "the bigquery sink reads the lake from GCS, and [lake] root is " in str(error)
+    assert isinstance(error, WrongLake)
+    assert (error.sink, error.reads, error.root) == ("bigquery", "gcs", str(workspace / "lake"))
 
 
 def test_a_bad_dataset_name_is_refused(bigquery):

@@ -193,4 +193,10 @@ def test_an_existing_table_that_does_not_fit_is_refused_with_what_differs(bigque
         "it is clustered by None, not ['lpep_pickup_datetime', 'PULocationID']. "
         "Drop or rename it, or set [bigquery] dataset to another dataset."
     )
+    error = result.failures["LoadBigQueryTable"]
+    assert (error.table, error.service, error.setting) == (f"test.{bigquery_dataset()}.green_tripdata", "green", "[bigquery] dataset")
+    assert error.problems == [
+        "its partitioning (type, column) is ('DAY', 'lpep_pickup_datetime'), not ('MONTH', None)",
+        "it is clustered by None, not ['lpep_pickup_datetime', 'PULocationID']",
+    ]
     assert bigquery.loads() == [] and not NativeTableMarker("green", month("2019-01")).exists()

@@ -8,7 +8,7 @@ import sys
 import duckdb
 import pytest
 
-from pipeline import IngestMonth
+from pipeline import IngestMonth, retry
 from pipeline.warehouses import duckdb_views
 
 from conftest import configured
@@ -63,7 +63,7 @@ def test_a_session_holding_the_warehouse_is_named_when_the_wait_ends(workspace, 
     )
     try:
         assert holder.stdout.readline() == "open\n"
-        monkeypatch.setattr(duckdb_views, "LOCK_WAIT_SECONDS", 1.0)
+        monkeypatch.setattr(retry, "DUCKDB_LOCK_SECONDS", 1.0)
         # Asking whether a month is exposed is the first thing that opens the file.
         with pytest.raises(duckdb_views.WarehouseBusy) as busy:
             duckdb_views.DuckDBMarker(str(path), "green", month("2019-01")).exists()
@@ -73,4 +73,5 @@ def test_a_session_holding_the_warehouse_is_named_when_the_wait_ends(workspace, 
         holder.wait()
     assert str(error).startswith(f"the DuckDB warehouse {path} has been held by another process for 1 s (")
     assert f"(PID {holder.pid})" in str(error)
+    assert (error.path, error.seconds) == (str(path), 1.0) and f"(PID {holder.pid})" in error.holder
     assert str(error).endswith("close that session, and query while ingesting with duckdb.connect(path, read_only=True)")

@@ -14,7 +14,7 @@ import pytest
 from pipeline import IngestMonth
 from pipeline.convert import ToParquet
 from pipeline.download import Download
-from pipeline.lake import LakeFile
+from pipeline.lake_file import LakeFile
 from pipeline.targets.gcs import GCSError, GCSFileSystem, GCSTarget, crc32c_of
 from pipeline.targets.gcs import client as gcs_client
 
@@ -148,8 +148,9 @@ def test_the_duckdb_sink_refuses_a_gcs_lake_clearly(gcs, run):
     with configured({("ingest", "sinks"): "duckdb"}):
         result = run(IngestMonth(service="green", month=month("2019-01")))
 
-    message = str(result.failures["ExposeDuckDB"])
-    assert "the duckdb sink reads the lake from local disk, and [lake] root is gs://" in message
+    error = result.failures["ExposeDuckDB"]
+    assert "the duckdb sink reads the lake from local disk, and [lake] root is gs://" in str(error)
+    assert (error.label, error.sink, error.reads, error.root) == ("green 2019-01", "duckdb", "local", gcs.lake)
     assert LakeFile(service="green", month=month("2019-01")).complete()  # the lake itself is fine
 
 

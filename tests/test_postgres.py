@@ -13,7 +13,7 @@ import pytest
 from pipeline import IngestMonth, IngestZones
 from pipeline.catalog import SERVICES
 from pipeline.lake import lake_path
-from pipeline.warehouses.postgres import LoadPostgres, PostgresError, PostgresMarker
+from pipeline.warehouses.postgres import LoadFailed, LoadPostgres, PostgresError, PostgresMarker, TableMisfit
 
 import servers
 from conftest import PG_PASSWORD, cli, configured, workspace_flags
@@ -148,6 +148,8 @@ def test_a_connection_cut_in_the_middle_of_the_copy_keeps_nothing_and_the_rerun_
     assert isinstance(error, PostgresError)
     assert "yellow 2021-01: loading" in str(error) and f"into {pg.schema}.yellow_tripdata" in str(error)
     assert "nothing of it was kept" in str(error)
+    assert isinstance(error, LoadFailed)
+    assert (error.label, error.table) == ("yellow 2021-01", f"{pg.schema}.yellow_tripdata")
     assert pg.markers() == {}
     # The empty service table from before the load, and no partition or half-loaded table.
     assert pg.tables() == ["_ingested", "yellow_tripdata"]
@@ -175,6 +177,12 @@ def test_an_existing_table_that_does_not_fit_is_refused_and_left_alone(pg, run):
     assert "column lpep_pickup_datetime is text, the catalog says timestamp without time zone" in message
     assert "column trip_distance (double precision) is missing" in message
     assert "it is partitioned by nothing, the pipeline needs LIST (source_month)" in message
+    error = result.failures["LoadPostgres"]
+    assert isinstance(error, TableMisfit)
+    assert (error.table, error.service, error.setting) == (f"{pg.schema}.green_tripdata", "green", "[postgres] schema")
+    assert error.at == f"postgres@127.0.0.1:{pg.server['port']}/postgres"
+    assert "column lpep_pickup_datetime is text, the catalog says timestamp without time zone" in error.problems
+    assert "column trip_distance (double precision) is missing" in error.problems
     assert pg.query(f'SELECT * FROM "{pg.schema}".green_tripdata') == [(1, "x", 2)]
     assert pg.markers() == {}
 

@@ -25,8 +25,8 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from pipeline import IngestMonth, IngestZones
-from pipeline.lake import LakeFile
+from pipeline import IngestMonth, IngestZones, retry
+from pipeline.lake_file import LakeFile
 from pipeline.warehouses import duckdb_views, postgres
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
 from pipeline.warehouses.postgres import LoadPostgres, PostgresError
@@ -61,8 +61,7 @@ class HeldLoad(Reload):
 def reload(service: str, month_: str | None, task_class=Reload) -> None:
     """Load the lake's month (or the zones) into Postgres again, as LoadPostgres runs it."""
     task = task_class(service=service, month=month(month_)) if month_ else task_class(service="zones", month=None)
-    with task.input().local_path() as parquet:
-        task._load(parquet, task.input().record())
+    task.load(task.input(), task.input().record())
 
 
 def lake_rows(service: str, month_: str | None) -> int:
@@ -290,6 +289,10 @@ def test_a_server_gone_mid_copy_reads_as_a_lost_connection_and_the_rerun_loads_o
     assert str(lost.value).startswith(f"yellow 2020-03: loading {LakeFile(service='yellow', month=month('2020-03')).output().path} into ")
     assert f"failed, and nothing of it was kept (one transaction): the connection to Postgres at {server} was lost " in str(lost.value)
     assert str(lost.value).endswith("; the server rolls it back, and a re-run loads it once")
+    assert isinstance(lost.value, postgres.LoadFailed)
+    assert (lost.value.label, lost.value.table, lost.value.server) == ("yellow 2020-03", f"{pg.schema}.yellow_tripdata", server)
+    assert lost.value.lake_file == LakeFile(service="yellow", month=month("2020-03")).output().path
+    assert lost.value.__cause__.server == server
     assert pg.count("yellow_tripdata", "2020-03") == before and ("yellow", "2020-03") not in pg.markers()
 
     reload("yellow", "2020-03")
@@ -329,7 +332,7 @@ def range_in_lake(range_source, run, monkeypatch):
     with configured({("ingest", "sinks"): "none"}):
         assert not run(*[IngestMonth(service=s, month=month(m)) for s, m in RANGE]).failures
     assert not run(ExposeDuckDB(service="yellow", month=month("2020-01"))).failures
-    monkeypatch.setattr(duckdb_views, "LOCK_WAIT_SECONDS", 3.0)
+    monkeypatch.setattr(retry, "DUCKDB_LOCK_SECONDS", 3.0)
     return range_source / "warehouse.duckdb"
 
 
@@ -340,7 +343,7 @@ def test_a_read_only_session_does_not_block_the_ingest(range_in_lake, run):
         result = run(IngestMonth(service="yellow", month=month("2020-02")))
         took = time.monotonic() - started
         assert not result.failures, result.failures
-        assert took < duckdb_views.LOCK_WAIT_SECONDS
+        assert took < retry.DUCKDB_LOCK_SECONDS
         assert reader.poll() is None  # the session was open the whole time
         assert exposed(range_in_lake) == {("yellow", "2020-01"), ("yellow", "2020-02")}
     finally:
@@ -385,7 +388,7 @@ def test_read_only_sessions_and_exposes_in_any_interleaving_never_wait_for_a_rea
             out, _ = r.communicate(timeout=60)
             assert out == "read\n" and r.returncode == 0
     assert [(s, m, error) for s, m, error, _ in results if error] == []
-    assert all(seconds < duckdb_views.LOCK_WAIT_SECONDS for *_, seconds in results)
+    assert all(seconds < retry.DUCKDB_LOCK_SECONDS for *_, seconds in results)
     assert exposed(path) == before | set(months)  # no writer lost another's marker row
 
 
@@ -406,7 +409,7 @@ def test_an_ingest_waits_for_another_writing_one_at_most_the_bound_and_names_it(
         started = time.monotonic()
         with pytest.raises(duckdb_views.WarehouseBusy) as busy:
             ExposeDuckDB(service="yellow", month=month("2020-03")).run()
-        assert time.monotonic() - started < duckdb_views.LOCK_WAIT_SECONDS + 2
+        assert time.monotonic() - started < retry.DUCKDB_LOCK_SECONDS + 2
     finally:
         holder.kill()
         holder.wait()

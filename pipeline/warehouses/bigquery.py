@@ -25,10 +25,11 @@ import os
 import re
 from typing import TYPE_CHECKING, Iterator, Optional
 
-from pipeline import catalog, settings
-from pipeline.dataset_task import DatasetTask, SourcePin
-from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_root, lake_wildcard, service_folder
+from pipeline import catalog, retry, settings
+from pipeline.lake import PARTITION_KEY, LakeRecord, LakeTarget, lake_wildcard, service_folder
 from pipeline.targets.marker import MARKER_COLUMNS, MARKER_TABLE, WRITTEN, MonthMarker
+from pipeline.warehouses.dialects import BIGQUERY, Misfit, add_missing_marker_columns, fits
+from pipeline.warehouses.sink import Sink
 
 # google-cloud-bigquery is imported in the functions that use it, not here: it adds half a
 # second and some 70 MB to every process that imports the pipeline, and only the bigquery sink
@@ -38,8 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pipeline.bigquery")
 
-MARKER_TYPES = {"text": "STRING", "integer": "INTEGER", "timestamp": "TIMESTAMP"}
-BQ_TYPES = {catalog.TIMESTAMP: "DATETIME", catalog.INT: "INTEGER", catalog.FLOAT: "FLOAT", catalog.STRING: "STRING"}
+BQ_TYPES = BIGQUERY.table_types
 # The API answers with the legacy names; a definition written with the standard ones is the same.
 _SAME_TYPE = {"INT64": "INTEGER", "FLOAT64": "FLOAT", "BOOL": "BOOLEAN"}
 _DATASET = re.compile(r"[A-Za-z0-9_]{1,1024}\Z")
@@ -48,6 +48,18 @@ _PROJECT = re.compile(r"[a-z0-9][a-z0-9.:-]{0,127}\Z")
 
 class BigQueryError(RuntimeError):
     """BigQuery cannot expose the data; the message says what and where."""
+
+
+class TableMisfit(Misfit, BigQueryError):
+    """A table of the name the pipeline uses exists in the dataset and is not the one it wants
+    (fields: table, service, problems, setting)."""
+
+
+def refuse_misfit(have: bq.Table, svc: catalog.Service, kind: str, problems: list[str]) -> None:
+    """Raise TableMisfit for ``have`` where there are ``problems``: not the ``kind`` the pipeline wants."""
+    if problems:
+        table = f"{have.project}.{have.dataset_id}.{have.table_id}"
+        raise TableMisfit(table, svc.name, f"is not the {svc.name} {kind} the pipeline wants", problems, "[bigquery] dataset")
 
 
 def client() -> bq.Client:
@@ -120,18 +132,7 @@ def differences(have: bq.Table, want: bq.Table) -> list[str]:
     if _hive(h) != _hive(w):
         problems.append(f"its hive partitioning is {_hive(h)}, not {_hive(w)}")
     # BigQuery lists the hive partition key among the columns; it is checked above.
-    return problems + column_differences(_fields(have, skip=w.hive_partitioning is not None), _fields(want, skip=False))
-
-
-def column_differences(have: list[tuple[str, str]], want: list[tuple[str, str]]) -> list[str]:
-    """How a table's (name, type) columns differ from the catalog's, for `differences` (empty:
-    they do not)."""
-    if have == want:
-        return []
-    extra, missing = sorted(set(have) - set(want)), sorted(set(want) - set(have))
-    if extra or missing:
-        return [f"its columns differ from the catalog's (missing or other type: {missing}; not in the catalog: {extra})"]
-    return ["its columns are in another order"]
+    return problems + fits(_fields(have, skip=w.hive_partitioning is not None), _fields(want, skip=False), ordered=True)
 
 
 def _hive(config: bq.ExternalConfig) -> Optional[tuple[str, str]]:
@@ -151,7 +152,7 @@ def ensure_dataset(client_: bq.Client) -> None:
     cfg, name = settings.bigquery(), dataset_id(client_)
     with _named(f"dataset {name}"):
         try:
-            client_.get_dataset(name)
+            client_.get_dataset(name, **retry.bigquery())
             return
         except gexc.NotFound:
             if not cfg.create_dataset:
@@ -160,7 +161,7 @@ def ensure_dataset(client_: bq.Client) -> None:
                 ) from None
         dataset = bq.Dataset(name)
         dataset.location = cfg.location
-        client_.create_dataset(dataset, exists_ok=True)
+        client_.create_dataset(dataset, exists_ok=True, **retry.bigquery())
         logger.info("created dataset %s in %s", name, cfg.location)
 
 
@@ -170,36 +171,21 @@ def ensure_external_table(client_: bq.Client, svc: catalog.Service) -> None:
     want = wanted_external_table(client_, svc)
     with _named(f"external table {want.table_id}"):
         try:
-            have = client_.get_table(want.reference)
+            have = client_.get_table(want.reference, **retry.bigquery())
         except gexc.NotFound:
-            client_.create_table(want)
+            client_.create_table(want, **retry.bigquery())
             logger.info(
                 "created external table %s over %s", want.full_table_id or want.reference, want.external_data_configuration.source_uris[0]
             )
             return
-    problems = differences(have, want)
-    if problems:
-        raise BigQueryError(
-            f"table {have.project}.{have.dataset_id}.{have.table_id} exists but is not the "
-            f"{svc.name} external table the pipeline wants: "
-            + "; ".join(problems)
-            + ". Drop or rename it, or set [bigquery] dataset to another dataset."
-        )
-
-
-def require_gcs_lake(label: str) -> None:
-    if not is_remote():
-        raise BigQueryError(
-            f"{label}: the BigQuery sinks read the lake from GCS, and [lake] root is "
-            f"{lake_root()}; set it to gs://bucket/prefix (config/gcp.cfg)"
-        )
+    refuse_misfit(have, svc, "external table", differences(have, want))
 
 
 def marker_schema() -> list[bq.SchemaField]:
     from google.cloud import bigquery as bq
 
     return [
-        bq.SchemaField(name, MARKER_TYPES[kind], mode="REQUIRED" if name in ("service", "month") else "NULLABLE")
+        bq.SchemaField(name, BIGQUERY.marker_types[kind], mode="REQUIRED" if name in ("service", "month") else "NULLABLE")
         for name, kind in MARKER_COLUMNS
     ]
 
@@ -212,7 +198,10 @@ def read_markers(client_: bq.Client, table_id: str, column: str) -> dict[tuple[s
     wanted = [field for field in marker_schema() if field.name in ("service", "month", column)]
     with _named(f"marker table {table_id}"):
         try:
-            return {(row["service"], row["month"]): row[column] for row in client_.list_rows(table_id, selected_fields=wanted)}
+            return {
+                (row["service"], row["month"]): row[column]
+                for row in client_.list_rows(table_id, selected_fields=wanted, **retry.bigquery())
+            }
         except gexc.NotFound:  # no dataset or no marker table yet: nothing recorded
             return {}
 
@@ -245,13 +234,15 @@ class BigQueryMarker(MonthMarker):
 
         table_id = self.table_id(connection)
         with _named(f"marker table {table_id}"):
-            table = connection.create_table(bq.Table(table_id, schema=marker_schema()), exists_ok=True)
-            missing = [field for field in marker_schema() if field.name not in {f.name for f in table.schema}]
-            for field in missing:  # DDL costs nothing; one column a statement, as the emulator needs
-                connection.query(
-                    f"ALTER TABLE `{table_id}` ADD COLUMN IF NOT EXISTS {field.name} {field.field_type}",
-                    location=settings.bigquery().location,
-                ).result()
+            table = connection.create_table(bq.Table(table_id, schema=marker_schema()), exists_ok=True, **retry.bigquery())
+            add_missing_marker_columns(  # DDL costs nothing
+                BIGQUERY,
+                table_id,
+                [field.name for field in table.schema],
+                lambda sql: connection.query(sql, location=settings.bigquery().location, **retry.bigquery_query()).result(
+                    **retry.bigquery_query()
+                ),
+            )
             types = dict(MARKER_COLUMNS)
             params = [
                 bq.ScalarQueryParameter(name, "INT64" if types[name] == "integer" else "STRING", value)
@@ -266,25 +257,22 @@ class BigQueryMarker(MonthMarker):
                 f"VALUES ({', '.join('@' + name for name in WRITTEN)}, CURRENT_TIMESTAMP())",
                 job_config=bq.QueryJobConfig(query_parameters=params),
                 location=settings.bigquery().location,
-            ).result()
+                **retry.bigquery_query(),
+            ).result(**retry.bigquery_query())
 
 
-class ExposeBigQuery(SourcePin, DatasetTask):
+class ExposeBigQuery(Sink):
     """Make the month queryable through the service's BigQuery external table."""
 
-    def requires(self):
-        return self.clone(LakeFile)
+    name = "bigquery"
+    reads = "gcs"
 
     def output(self):
         return BigQueryMarker(self.service, self.month, self.source_sha256)
 
-    def run(self):
-        require_gcs_lake(self.label)
+    def load(self, lake: LakeTarget, record: LakeRecord) -> str:
         client_ = client()
         ensure_dataset(client_)
         ensure_external_table(client_, self.svc)
-        lake = self.input().record()
-        rows = lake.rows
-        self.output().touch(client_, rows, lake.source_sha256, lake.source_url)
-        logger.info("%s: %s rows queryable through %s", self.label, f"{rows:,}", external_table_id(client_, self.svc))
-        self.report(1, 1, f"{rows:,} rows in {external_table_id(client_, self.svc)}")
+        self.output().touch(client_, record.rows, record.source_sha256, record.source_url)
+        return external_table_id(client_, self.svc)

@@ -27,21 +27,20 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Optional
 
-from pipeline import catalog, settings
-from pipeline.dataset_task import DatasetTask, SourcePin
-from pipeline.lake import LakeFile
+from pipeline import catalog, retry, settings
+from pipeline.lake import LakeRecord, LakeTarget
 from pipeline.warehouses.bigquery import (
-    BQ_TYPES,
     BigQueryError,
     BigQueryMarker,
     _fields,
     _named,
     client,
-    column_differences,
     dataset_id,
     ensure_dataset,
-    require_gcs_lake,
+    refuse_misfit,
 )
+from pipeline.warehouses.dialects import BIGQUERY, fits
+from pipeline.warehouses.sink import Sink
 
 if TYPE_CHECKING:
     from google.cloud import bigquery as bq
@@ -74,7 +73,7 @@ def wanted_native_table(client_: bq.Client, svc: catalog.Service) -> bq.Table:
 def schema(svc: catalog.Service) -> list[bq.SchemaField]:
     from google.cloud import bigquery as bq
 
-    return [bq.SchemaField(c.name, BQ_TYPES[c.type]) for c in svc.columns]
+    return [bq.SchemaField(c.name, BIGQUERY.table_types[c.type]) for c in svc.columns]
 
 
 def differences(have: bq.Table, want: bq.Table) -> list[str]:
@@ -86,7 +85,7 @@ def differences(have: bq.Table, want: bq.Table) -> list[str]:
         problems.append(f"its partitioning (type, column) is {_partitioning(have)}, not {_partitioning(want)}")
     if (have.clustering_fields or None) != want.clustering_fields:
         problems.append(f"it is clustered by {have.clustering_fields}, not {want.clustering_fields}")
-    return problems + column_differences(_fields(have, skip=False), _fields(want, skip=False))
+    return problems + fits(_fields(have, skip=False), _fields(want, skip=False), ordered=True)
 
 
 def _partitioning(table: bq.Table) -> Optional[tuple[str, Optional[str]]]:
@@ -101,17 +100,12 @@ def ensure_native_table(client_: bq.Client, svc: catalog.Service) -> bq.Table:
     want = wanted_native_table(client_, svc)
     with _named(f"table {want.table_id}"):
         try:
-            have = client_.get_table(want.reference)
+            have = client_.get_table(want.reference, **retry.bigquery())
         except gexc.NotFound:
-            table = client_.create_table(want, exists_ok=True)
+            table = client_.create_table(want, exists_ok=True, **retry.bigquery())
             logger.info("created table %s, partitioned by %s, clustered by %s", table.full_table_id, PARTITION_TYPE, want.clustering_fields)
             return table
-    problems = differences(have, want)
-    if problems:
-        raise BigQueryError(
-            f"table {have.project}.{have.dataset_id}.{have.table_id} exists but is not the {svc.name} table the pipeline "
-            "wants: " + "; ".join(problems) + ". Drop or rename it, or set [bigquery] dataset to another dataset."
-        )
+    refuse_misfit(have, svc, "table", differences(have, want))
     return have
 
 
@@ -134,19 +128,22 @@ def load(client_: bq.Client, table: bq.Table, svc: catalog.Service, month: str, 
     destination = f"{table.project}.{table.dataset_id}.{table.table_id}" + (f"${month.replace('-', '')}" if month else "")
     config = bq.LoadJobConfig(source_format="PARQUET", write_disposition="WRITE_TRUNCATE", schema=schema(svc))
     location = settings.bigquery().location
-    for job_id in job_ids(table, svc, month, source_sha256):
+
+    def submit(job_id: str) -> bq.LoadJob:
         with _named(f"load job {job_id} into {destination}"):
             try:
-                job = client_.load_table_from_uri(uri, destination, job_id=job_id, job_config=config, location=location)
+                job = client_.load_table_from_uri(uri, destination, job_id=job_id, job_config=config, location=location, **retry.bigquery())
                 logger.info("submitted load job %s: %s -> %s", job_id, uri, destination)
             except gexc.Conflict:  # submitted before (a retry, or a run that died waiting): that job
-                job = client_.get_job(job_id, location=location)
+                job = client_.get_job(job_id, location=location, **retry.bigquery())
                 if job.state == "DONE" and job.error_result:
                     logger.info("load job %s failed before (%s); the next id", job_id, job.error_result.get("message"))
-                    continue
+                    raise retry.Spent(job_id) from None
                 logger.info("load job %s was submitted before; waiting for it", job_id)
-            job.result()
+            job.result(**retry.bigquery())
         return job
+
+    return retry.fresh_id(job_ids(table, svc, month, source_sha256), submit)
 
 
 class NativeTableMarker(BigQueryMarker):
@@ -156,30 +153,40 @@ class NativeTableMarker(BigQueryMarker):
     marker_table = "_ingested_native"
 
 
-class LoadBigQueryTable(SourcePin, DatasetTask):
+class LoadCountMismatch(BigQueryError):
+    """A load job put another row count into the table than the lake file has: not marked."""
+
+    def __init__(self, label: str, job_id: str, destination: str, loaded: int, lake_file: str, expected: int):
+        self.label, self.job_id, self.destination, self.loaded, self.lake_file, self.expected = (
+            label,
+            job_id,
+            destination,
+            loaded,
+            lake_file,
+            expected,
+        )
+        super().__init__(
+            f"{label}: load job {job_id} put {loaded} rows into {destination}, "
+            f"and the lake file {lake_file} has {expected}; not marked loaded"
+        )
+
+
+class LoadBigQueryTable(Sink):
     """Load the month into its partition of the service's native BigQuery table."""
 
-    def requires(self):
-        return self.clone(LakeFile)
+    name = "bigquery_table"
+    reads = "gcs"
 
     def output(self):
         return NativeTableMarker(self.service, self.month, self.source_sha256)
 
-    def run(self):
-        require_gcs_lake(self.label)
+    def load(self, lake: LakeTarget, record: LakeRecord) -> str:
         client_ = client()
         ensure_dataset(client_)
         table = ensure_native_table(client_, self.svc)
-        lake = self.input()
-        record = lake.record()
-        month = catalog.month_str(self.month) if self.month else ""
         self.report(0, 1, f"loading {record.rows:,} rows into {table.table_id}")
-        job = load(client_, table, self.svc, month, lake.path, record.source_sha256)
+        job = load(client_, table, self.svc, catalog.month_key(self.month), lake.path, record.source_sha256)
         if job.output_rows != record.rows:
-            raise BigQueryError(
-                f"{self.label}: load job {job.job_id} put {job.output_rows} rows into {job.destination}, and the lake file "
-                f"{lake.path} has {record.rows}; not marked loaded"
-            )
+            raise LoadCountMismatch(self.label, job.job_id, str(job.destination), job.output_rows, lake.path, record.rows)
         self.output().touch(client_, record.rows, record.source_sha256, record.source_url)
-        logger.info("%s: %s rows in %s (job %s)", self.label, f"{record.rows:,}", job.destination, job.job_id)
-        self.report(1, 1, f"{record.rows:,} rows in {table.table_id}")
+        return f"{job.destination} (job {job.job_id})"

@@ -8,7 +8,7 @@ Readers never block an ingest: the file (views and the small marker table only) 
 place. A writer copies it, changes the copy and swaps it in with an atomic rename (`_writing`), so a
 read-only session keeps reading the file it opened (the old inode) and the next one opens the new
 file. Writers take turns through a lock file beside it, so none loses another's marker row. The
-only sessions an ingest waits for, at most LOCK_WAIT_SECONDS, are read-write ones (DuckDB's own
+only sessions an ingest waits for, at most retry.DUCKDB_LOCK_SECONDS, are read-write ones (DuckDB's own
 lock) and another ingest writing.
 """
 
@@ -24,9 +24,10 @@ import shutil
 from typing import TYPE_CHECKING, Iterator, Optional
 
 from pipeline import catalog, retry, settings
-from pipeline.dataset_task import DatasetTask, SourcePin
-from pipeline.lake import PARTITION_KEY, LakeFile, is_remote, lake_glob, lake_root
-from pipeline.targets.marker import MARKER_COLUMNS, MARKER_TABLE, WRITTEN, MonthMarker, create_table_sql
+from pipeline.lake import PARTITION_KEY, LakeRecord, LakeTarget, lake_glob, lake_root
+from pipeline.targets.marker import MARKER_TABLE, WRITTEN, MonthMarker, create_table_sql
+from pipeline.warehouses.dialects import DUCKDB, add_missing_marker_columns
+from pipeline.warehouses.sink import Sink
 
 # duckdb is imported where it is used: every process imports this module (the default sink), and
 # the module costs 30 MB of memory in each, for the processes (workers, other sinks) that never
@@ -35,9 +36,6 @@ if TYPE_CHECKING:
     import duckdb
 
 logger = logging.getLogger("pipeline.duckdb")
-
-LOCK_WAIT_SECONDS = 30.0
-MARKER_TYPES = {"text": "VARCHAR", "integer": "BIGINT", "timestamp": "TIMESTAMP"}
 
 
 class WarehouseBusy(RuntimeError):
@@ -49,7 +47,7 @@ class WarehouseBusy(RuntimeError):
 
 
 class _Held(retry.Transient):
-    """The lock is taken by another process: waited for, up to LOCK_WAIT_SECONDS."""
+    """The lock is taken by another process: waited for (retry.duckdb_lock)."""
 
 
 def _connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -66,10 +64,13 @@ def _connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
             raise _Held(str(e)) from None
 
     try:
-        return retry.until(attempt, seconds=LOCK_WAIT_SECONDS)
+        return retry.duckdb_lock(attempt)
     except _Held as e:
         raise WarehouseBusy(
-            path, LOCK_WAIT_SECONDS, str(e), "close that session, and query while ingesting with duckdb.connect(path, read_only=True)"
+            path,
+            retry.DUCKDB_LOCK_SECONDS,
+            str(e),
+            "close that session, and query while ingesting with duckdb.connect(path, read_only=True)",
         ) from None
 
 
@@ -88,9 +89,9 @@ def _writer_lock(path: str) -> Iterator[None]:
                 raise _Held(f"another ingest writes it: {path}.lock names PID {lock.read().strip() or '?'}") from None
 
         try:
-            retry.until(attempt, seconds=LOCK_WAIT_SECONDS)
+            retry.duckdb_lock(attempt)
         except _Held as e:
-            raise WarehouseBusy(path, LOCK_WAIT_SECONDS, str(e), "run again when that ingest has ended") from None
+            raise WarehouseBusy(path, retry.DUCKDB_LOCK_SECONDS, str(e), "run again when that ingest has ended") from None
         try:
             lock.truncate(0)
             lock.write(str(os.getpid()))
@@ -199,9 +200,9 @@ class DuckDBMarker(MonthMarker):
         return dict(_read(where, f'SELECT {month}, count(*) FROM "{svc.table}" GROUP BY 1'))
 
     def touch(self, connection: duckdb.DuckDBPyConnection, rows: int, source_sha256: str, source_url: str) -> None:
-        connection.execute(create_table_sql(MARKER_TABLE, MARKER_TYPES))
-        for name, kind in MARKER_COLUMNS:  # a marker table of an earlier version lacks the newer columns
-            connection.execute(f"ALTER TABLE {MARKER_TABLE} ADD COLUMN IF NOT EXISTS {name} {MARKER_TYPES[kind]}")
+        connection.execute(create_table_sql(MARKER_TABLE, DUCKDB.marker_types))
+        found = [column[0] for column in connection.execute(f"SELECT * FROM {MARKER_TABLE} LIMIT 0").description]
+        add_missing_marker_columns(DUCKDB, MARKER_TABLE, found, connection.execute)
         connection.execute(
             f"INSERT OR REPLACE INTO {MARKER_TABLE} ({', '.join(WRITTEN)}, marked_at) VALUES ({', '.join('?' * len(WRITTEN))}, now())",
             self.values(rows, source_sha256, source_url),
@@ -262,39 +263,34 @@ def _exposed(path: str) -> dict[tuple[str, str], str]:
     return {key: sha for key, sha in recorded.items() if key[0] in current}
 
 
-class ExposeDuckDB(SourcePin, DatasetTask):
+class ViewCountMismatch(RuntimeError):
+    """The view shows another row count for the month than the lake file holds: not marked."""
+
+    def __init__(self, label: str, view: str, path: str, seen: int, lake_file: str, expected: int):
+        self.label, self.view, self.path, self.seen, self.lake_file, self.expected = label, view, path, seen, lake_file, expected
+        super().__init__(f"{label}: view {view} in {path} shows {seen} rows, the lake file {lake_file} holds {expected}")
+
+
+class ExposeDuckDB(Sink):
     """Make the month queryable in the embedded DuckDB warehouse."""
 
+    name = "duckdb"
+    reads = "local"
     # DuckDB allows one writing process per file: the scheduler runs these one at a time.
     resources = {"duckdb": 1}
-
-    def requires(self):
-        return self.clone(LakeFile)
 
     def output(self):
         return DuckDBMarker(settings.duckdb().path, self.service, self.month, self.source_sha256)
 
-    def run(self):
-        if is_remote():
-            raise ValueError(
-                f"{self.label}: the duckdb sink reads the lake from local disk, and [lake] root is "
-                f"{lake_root()}; set [ingest] sinks to the warehouses that read a gs:// lake "
-                "(bigquery, postgres) or none"
-            )
+    def load(self, lake: LakeTarget, record: LakeRecord) -> str:
         marker = self.output()
-        record = self.input().record()
-        expected = record.rows
         os.makedirs(os.path.dirname(os.path.abspath(marker.path)), exist_ok=True)
         with _writing(marker.path) as con:
             con.execute(view_sql(self.svc))
             where = f" WHERE {PARTITION_KEY} = ?" if self.svc.monthly else ""
             params = [marker.month] if self.svc.monthly else []
             seen = con.execute(f'SELECT count(*) FROM "{self.svc.table}"{where}', params).fetchone()[0]
-            if seen != expected:
-                raise RuntimeError(
-                    f"{self.label}: view {self.svc.table} in {marker.path} shows {seen} rows, "
-                    f"the lake file {self.input().path} holds {expected}"
-                )
-            marker.touch(con, expected, record.source_sha256, record.source_url)
-        logger.info("%s: view %s in %s shows its %s rows", self.label, self.svc.table, marker.path, f"{expected:,}")
-        self.report(1, 1, f"queryable as {self.svc.table} in {marker.path}")
+            if seen != record.rows:
+                raise ViewCountMismatch(self.label, self.svc.table, marker.path, seen, lake.path, record.rows)
+            marker.touch(con, record.rows, record.source_sha256, record.source_url)
+        return f"view {self.svc.table} in {marker.path}"

@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import re
-import time
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import adbc_driver_manager
@@ -46,9 +45,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import catalog, retry, settings
-from pipeline.dataset_task import DatasetTask, SourcePin
-from pipeline.lake import LakeFile, LakeRecord
-from pipeline.targets.marker import MARKER_COLUMNS, MARKER_TABLE, WRITTEN, MonthMarker, create_table_sql
+from pipeline.lake import LakeRecord, LakeTarget
+from pipeline.targets.marker import MARKER_TABLE, WRITTEN, MonthMarker, create_table_sql
+from pipeline.warehouses.dialects import POSTGRES, Misfit, add_missing_marker_columns, fits
+from pipeline.warehouses.sink import Sink
 
 # The driver is imported where a connection is made: it adds about 50 MB to every process
 # that imports the pipeline, and only the postgres sink needs it.
@@ -58,16 +58,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pipeline.postgres")
 
 MONTH_COLUMN = "source_month"
-MARKER_TYPES = {"text": "text", "integer": "bigint", "timestamp": "timestamptz NOT NULL DEFAULT now()"}
 BATCH_ROWS = 64 * 1024  # Parquet rows per batch handed to COPY
 
 # Each catalog type as Postgres spells it (and as format_type() reports it back).
-PG_TYPES = {
-    catalog.TIMESTAMP: "timestamp without time zone",
-    catalog.INT: "bigint",
-    catalog.FLOAT: "double precision",
-    catalog.STRING: "text",
-}
+PG_TYPES = POSTGRES.table_types
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 
 Error = adbc_driver_manager.Error  # what the driver raises, connection loss included
@@ -77,12 +71,33 @@ class PostgresError(RuntimeError):
     """The Postgres warehouse cannot take the data; the message says what and where."""
 
 
+class TableMisfit(Misfit, PostgresError):
+    """The service's table exists in the schema and does not fit the catalog (fields: table,
+    service, problems, setting, at: the server)."""
+
+
+class LoadFailed(PostgresError):
+    """A month's load failed and nothing of it was kept (one transaction)."""
+
+    def __init__(self, label: str, lake_file: str, table: str, server: str, reason: str):
+        self.label, self.lake_file, self.table, self.server, self.reason = label, lake_file, table, server, reason
+        super().__init__(
+            f"{label}: loading {lake_file} into {table} at {server} failed, and nothing of it was kept (one transaction): {reason}"
+        )
+
+
 class RolledBack(PostgresError):
     """A load's transaction did not commit: nothing of it was kept; the message says why."""
 
 
 class CountMismatch(RolledBack):
     """A month's load holds another row count than the lake file records: rolled back."""
+
+    def __init__(self, table: str, month: str, held: int, copied: int, expected: int):
+        self.table, self.month, self.held, self.copied, self.expected = table, month, held, copied, expected
+        super().__init__(
+            f"{table} holds {held} rows for {month or 'the zones'} after COPY reported {copied}; the lake file records {expected}"
+        )
 
 
 class LockTimeout(RolledBack):
@@ -280,7 +295,7 @@ class Warehouse:
         )
         found = cur.fetchall()
         if found:
-            self._check({name: type_ for name, type_, _ in found}, found[0][2])
+            self._check([(name, type_) for name, type_, _ in found], found[0][2])
         return bool(found)
 
     def _columns(self) -> str:
@@ -295,23 +310,14 @@ class Warehouse:
         cur.execute(f"CREATE TABLE {self.table} ({self._columns()}){partitioning}")
         logger.info("created table %s at %s", self.name, server())
 
-    def _check(self, have: dict[str, str], partition_key: Optional[str]) -> None:
-        want = dict(table_columns(self.svc))
-        problems = [f"column {name} ({type_}) is missing" for name, type_ in want.items() if name not in have]
-        problems += [
-            f"column {name} is {have[name]}, the catalog says {type_}"
-            for name, type_ in want.items()
-            if name in have and have[name] != type_
-        ]
-        problems += [f"column {name} is not in the catalog" for name in have if name not in want]
+    def _check(self, have: list[tuple[str, str]], partition_key: Optional[str]) -> None:
+        problems = fits(have, table_columns(self.svc))
         wanted_key = f"LIST ({MONTH_COLUMN})" if self.svc.monthly else None
         if partition_key != wanted_key:
             problems.append(f"it is partitioned by {partition_key or 'nothing'}, the pipeline needs {wanted_key or 'a plain table'}")
         if problems:
-            raise PostgresError(
-                f"table {self.name} at {server()} exists but does not fit the {self.svc.name} catalog: "
-                + "; ".join(problems)
-                + ". Drop or rename it, or set [postgres] schema to another schema."
+            raise TableMisfit(
+                self.name, self.svc.name, f"does not fit the {self.svc.name} catalog", problems, "[postgres] schema", at=server()
             )
 
     def load(
@@ -358,10 +364,7 @@ class Warehouse:
         cur.execute(f"SELECT count(*) FROM {self.qualified(table)}")
         held = cur.fetchone()[0]
         if not held == copied == expected:
-            raise CountMismatch(
-                f"{self.name} holds {held} rows for {catalog.month_str(month) if month else 'the zones'} after COPY "
-                f"reported {copied}; the lake file records {expected}"
-            )
+            raise CountMismatch(self.name, catalog.month_key(month), held, copied, expected)
         return held
 
     def _copy(self, cur: adbc.Cursor, table: str, parquet: str, month: Optional[datetime.date], progress: Callable[[int], None]) -> int:
@@ -437,16 +440,12 @@ class PostgresMarker(MonthMarker):
     @classmethod
     def create(cls, cur: adbc.Cursor) -> None:
         """The marker table where it is missing, and the columns an earlier version's lacks."""
-        cur.execute(create_table_sql(cls.table(), MARKER_TYPES))
-        # Altered only where a column is missing: ALTER TABLE locks out the table's readers.
+        cur.execute(create_table_sql(cls.table(), POSTGRES.marker_types))
         cur.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
             [settings.postgres().schema, MARKER_TABLE],
         )
-        have = {name for (name,) in cur.fetchall()}
-        for name, kind in MARKER_COLUMNS:
-            if name not in have:
-                cur.execute(f"ALTER TABLE {cls.table()} ADD COLUMN {name} {MARKER_TYPES[kind]}")
+        add_missing_marker_columns(POSTGRES, cls.table(), [name for (name,) in cur.fetchall()], cur.execute)
 
     def touch(self, connection: adbc.Cursor, rows: int, source_sha256: str, source_url: str) -> None:
         """In the transaction that loaded the month's rows: both are there, or neither."""
@@ -475,41 +474,27 @@ def loaded() -> dict[tuple[str, str], str]:
     return {(service, month): sha for service, month, sha in rows}
 
 
-class LoadPostgres(SourcePin, DatasetTask):
+class LoadPostgres(Sink):
     """Load the month from the lake into its Postgres table (yellow_tripdata, ...), exactly once."""
 
-    def requires(self):
-        return self.clone(LakeFile)
+    name = "postgres"
 
     def output(self):
         return PostgresMarker(self.service, self.month, self.source_sha256)
 
-    def run(self):
-        with self.input().local_path() as parquet:
-            self._load(parquet, self.input().record())
-
-    def _load(self, parquet: str, record: LakeRecord) -> None:
+    def load(self, lake: LakeTarget, record: LakeRecord) -> str:
         warehouse = Warehouse(self.svc)
-        lake_file = self.input().path
-        logger.info("%s: loading %s into %s at %s", self.label, lake_file, warehouse.name, server())
-        started = time.monotonic()
-        conn = connect()
-        try:
-            warehouse.ensure(conn)
-            rows = warehouse.load(
-                conn, self.month, parquet, record, lambda done, total: self.report(done, total, f"copied {done:,} of {total:,} rows")
-            )
-        except (Error, RolledBack) as e:
-            reason = str(e) if isinstance(e, RolledBack) else _reason(e)
-            raise PostgresError(
-                f"{self.label}: loading {lake_file} into {warehouse.name} at {server()} failed, "
-                f"and nothing of it was kept (one transaction): {reason}"
-            ) from e
-        finally:
-            with contextlib.suppress(Error):
-                conn.close()
-        seconds = time.monotonic() - started
-        logger.info(
-            "%s: %s holds its %s rows (%.1f s, %.0f rows/s)", self.label, warehouse.name, f"{rows:,}", seconds, rows / max(seconds, 1e-9)
-        )
-        self.report(1, 1, f"{rows:,} rows in {warehouse.name}")
+        with lake.local_path() as parquet:
+            conn = connect()
+            try:
+                warehouse.ensure(conn)
+                warehouse.load(
+                    conn, self.month, parquet, record, lambda done, total: self.report(done, total, f"copied {done:,} of {total:,} rows")
+                )
+            except (Error, RolledBack) as e:
+                reason = str(e) if isinstance(e, RolledBack) else _reason(e)
+                raise LoadFailed(self.label, lake.path, warehouse.name, server(), reason) from e
+            finally:
+                with contextlib.suppress(Error):
+                    conn.close()
+        return f"{warehouse.name} at {server()}"
