@@ -13,7 +13,8 @@ the call site uses it (docs/design.md has the table).
 - BigQuery: `bigquery` / `bigquery_query`, the client's own policies for its API calls and query
   jobs; a load job that failed is submitted again under the next job id (`fresh_id`), never twice
   under one, so a retry can never load a month twice.
-- Tasks as a whole: luigid's own retry (`[scheduler] retry_count`), not the pipeline's.
+- Tasks as a whole: luigid's, not the pipeline's (`[scheduler] retry_delay`: the next run may run
+  a failed task again).
 """
 
 from __future__ import annotations
