@@ -196,6 +196,8 @@ def test_a_database_that_is_down_is_retried_then_named_in_a_clear_error(pg, work
 
     assert str(error.value).startswith(f"cannot connect to Postgres at postgres@127.0.0.1:{dead}/postgres: ")
     assert "Connection refused" in str(error.value) and "(gave up after 2 tries)" in str(error.value)
+    assert error.value.server == f"postgres@127.0.0.1:{dead}/postgres" and "Connection refused" in error.value.reason
+    assert error.value.tries == 2
     assert [r.message for r in caplog.records if "; try 2 of 2 in " in r.message]  # one retry logged
 
     # Through the CLI: a scheduling error, its exit code, the server named, the password nowhere.

@@ -197,6 +197,10 @@ _REFUSALS = (
 class _Unreachable(PostgresError, retry.Transient):
     """No answer yet (the server down, starting up, or too busy): worth another try."""
 
+    def __init__(self, server: str, reason: str):
+        self.server, self.reason = server, reason
+        super().__init__(f"cannot connect to Postgres at {server}: {reason}")
+
 
 def connect() -> adbc.Connection:
     """Connect, retrying with backoff while the server is unreachable (e.g. still starting),
@@ -213,7 +217,7 @@ def connect() -> adbc.Connection:
                     f"cannot connect to Postgres at {server()}: {reason} (not retried: check "
                     "[postgres] user and database, and PGPASSWORD or ~/.pgpass)"
                 ) from None
-            raise _Unreachable(f"cannot connect to Postgres at {server()}: {reason}") from None
+            raise _Unreachable(server(), reason) from None
 
     cfg = settings.postgres()
     return retry.call(attempt, attempts=cfg.attempts, backoff=cfg.backoff, setting="[postgres]")

@@ -69,7 +69,6 @@ class Sink(SourcePin, DatasetTask):
         started = time.monotonic()
         where = self.load(lake, record)
         seconds = time.monotonic() - started
-        logger.info(
-            "%s: %s rows loaded into %s (%.1f s, %.0f rows/s)", self.label, f"{record.rows:,}", where, seconds, record.rows / max(seconds, 1e-9)
-        )
+        rate = record.rows / max(seconds, 1e-9)
+        logger.info("%s: %s rows loaded into %s (%.1f s, %.0f rows/s)", self.label, f"{record.rows:,}", where, seconds, rate)
         self.report(1, 1, f"{record.rows:,} rows in {where}")
