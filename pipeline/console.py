@@ -147,7 +147,7 @@ def _check_settings() -> None:
                 parameter.task_value(section.get_task_family(), name)
             except (ValueError, TypeError) as e:
                 flag = f"--{section.get_task_family()}-{name}".replace("_", "-")
-                _usage(f"{flag} ([{section.get_task_family()}] {name}): {e}")
+                _usage(f"{flag} ([{section.get_task_family()}] {name}): {e.reason if isinstance(e, params.OutOfRange) else e}")
 
 
 def _usage(message: str) -> None:

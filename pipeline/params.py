@@ -54,6 +54,21 @@ class AtLeast(_Checked):
             raise UsageError(f"{x:g} is below {self.least:g}, the least it can be")
         return x
 
+    def task_value(self, task_name, param_name):
+        """The value, a setting's named as its section and key when it is refused."""
+        try:
+            return super().task_value(task_name, param_name)
+        except UsageError as e:
+            raise OutOfRange(task_name, param_name, str(e)) from None
+
+
+class OutOfRange(UsageError):
+    """A setting below its least value, read where it is first needed."""
+
+    def __init__(self, section: str, key: str, reason: str):
+        self.section, self.key, self.reason = section, key, reason
+        super().__init__(f"[{section}] {key}: {reason}")
+
 
 class Count(AtLeast, luigi.IntParameter):
     """A whole number, at least ``least``."""

@@ -172,21 +172,24 @@ class source(luigi.Config):
     )
     # timeout, attempts and backoff together: a source that accepts but never answers ends a run
     # in 5 x 20 s + 2 + 4 + 8 + 16 s = 130 s.
-    timeout = luigi.FloatParameter(default=20.0, description="Seconds to wait for the server to connect or send data")
-    min_rate_kib = luigi.FloatParameter(
+    timeout = params.Amount(least=0.1, default=20.0, description="Seconds to wait for the server to connect or send data")
+    min_rate_kib = params.Amount(
+        least=0,
         default=8.0,
         description="KiB/s a download must average over every `timeout` seconds; slower is a "
         "stalled server, tried again like a dropped connection",
     )
-    attempts = luigi.IntParameter(default=5, description="Tries per file in all (at least 1) on connection errors, stalls and 5xx answers")
-    backoff = luigi.FloatParameter(default=2.0, description="Seconds before the 2nd try; doubles for each further try")
+    attempts = params.Count(
+        least=1, default=5, description="Tries per file in all (at least 1) on connection errors, stalls and 5xx answers"
+    )
+    backoff = params.Amount(least=0, default=2.0, description="Seconds before the 2nd try; doubles for each further try")
     # The biggest file the TLC publishes is fhvhv 2019-03, 611 MB: in an hour it comes over a
     # link of 1.4 Mbit/s, and 4 GiB is 6 times it.
-    deadline = luigi.FloatParameter(
-        default=3600.0, description="Seconds a file's download may take in all, its tries included; longer fails it"
+    deadline = params.Amount(
+        least=1, default=3600.0, description="Seconds a file's download may take in all, its tries included; longer fails it"
     )
-    max_size_mib = luigi.FloatParameter(
-        default=4096.0, description="MiB a downloaded file may have (the biggest the TLC publishes is 583 MiB); more fails it"
+    max_size_mib = params.Amount(
+        least=1, default=4096.0, description="MiB a downloaded file may have (the biggest the TLC publishes is 583 MiB); more fails it"
     )
 
 
@@ -195,7 +198,8 @@ class lake(luigi.Config):
 
 
 class parquet(luigi.Config):
-    row_group_rows = luigi.IntParameter(
+    row_group_rows = params.Count(
+        least=1,
         default=256 * 1024,
         description="Rows per row group in the Parquet files ToParquet writes (at least this many, but the last): bigger "
         "groups compress and scan better, smaller ones hold less in memory while writing",
@@ -207,13 +211,14 @@ class gcs(luigi.Config):
     (GOOGLE_APPLICATION_CREDENTIALS, `gcloud auth application-default login`), never a setting."""
 
     project = luigi.Parameter(default="", description="Project of the client (empty: the credentials' project, GOOGLE_CLOUD_PROJECT)")
-    chunk_size_kib = luigi.IntParameter(
+    chunk_size_kib = params.Count(
+        least=256,
         default=16384,
         description="Upload chunk size in KiB, a multiple of 256: each chunk is one request with its own timeout; a failed one is resumed",
     )
-    timeout = luigi.FloatParameter(default=120.0, description="Seconds per request (one chunk) before it is retried")
-    retry_deadline = luigi.FloatParameter(
-        default=600.0, description="Seconds to keep retrying an operation's transient errors before giving up"
+    timeout = params.Amount(least=0.1, default=120.0, description="Seconds per request (one chunk) before it is retried")
+    retry_deadline = params.Amount(
+        least=0, default=600.0, description="Seconds to keep retrying an operation's transient errors before giving up"
     )
 
 
@@ -253,13 +258,14 @@ class postgres(luigi.Config):
     database = luigi.Parameter(default="", description="Database name (empty: PGDATABASE, else the user name)")
     user = luigi.Parameter(default="", description="User name (empty: PGUSER, else the OS user)")
     schema = luigi.Parameter(default="public", description="Schema for the trip tables and the _ingested marker table")
-    connect_timeout = luigi.IntParameter(default=10, description="Seconds to wait for a connection")
-    attempts = luigi.IntParameter(
+    connect_timeout = params.Count(least=1, default=10, description="Seconds to wait for a connection")
+    attempts = params.Count(
+        least=1,
         default=5,
         description="Tries to connect in all (at least 1) while the server is unreachable "
         "(starting up or restarting); a refusal (password, database) is not retried",
     )
-    backoff = luigi.FloatParameter(default=2.0, description="Seconds before the 2nd try to connect; doubles for each further try")
+    backoff = params.Amount(least=0, default=2.0, description="Seconds before the 2nd try to connect; doubles for each further try")
     lock_timeout = luigi.FloatParameter(
         default=30.0,
         description="Seconds a month's reload waits for readers of the table "

@@ -609,7 +609,7 @@ def test_invalid_utf8_in_a_csv_text_column_is_refused_naming_column_and_row(tmp_
         convert(str(src), header.decode(), str(tmp_path / "out.parquet"), svc, f"{svc.name} (month.csv)", {})
 
     assert (error.value.column, error.value.row, error.value.line) == (column.name, first_bad, first_bad + 1)
-    assert f"{svc.name} (month.csv): data row {first_bad} (line {first_bad + 1}): column {column.name}: b'" in str(error.value)
+    assert f"{svc.name} (month.csv): data row {first_bad} (line {first_bad + 1}): column {column.name}: b" in str(error.value)
     assert "is not valid UTF-8 text" in str(error.value)
 
 

@@ -122,9 +122,13 @@ def test_a_redirect_loop_names_the_url(workspace, run, http_server):
 
 
 def test_no_tries_at_all_is_refused_as_a_setting(workspace, run):
+    """Refused wherever the setting is first read: here before the step can even be scheduled (on
+    the command line, before any task: tests/test_front_door.py)."""
     with configured({("source", "attempts"): "0"}):
-        error = run(Download(service="green", month=month("2019-01"))).failures["Download"]
-    assert str(error) == "[source] attempts = 0: must be at least 1 (the tries in all)"
+        result = run(Download(service="green", month=month("2019-01")), broken_ok=True)
+    (error,) = [e for _, e in result.broken]
+    assert str(error) == "[source] attempts: 0 is below 1, the least it can be"
+    assert not result.started
 
 
 def test_server_errors_are_retried_then_succeed(workspace, run, http_server):

@@ -227,7 +227,6 @@ def test_a_setting_luigi_cannot_read_is_one_line_exit_2_before_anything_runs(fla
     assert not staging.exists()  # nothing ran
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline/settings.py declares attempts as luigi.IntParameter, not params.Count(least=1)")
 @pytest.mark.parametrize(
     "flags,settings,says",
     [
