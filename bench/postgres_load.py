@@ -44,7 +44,7 @@ def prepare_lake(src: Path, rows: int) -> Path:
     import luigi
     import luigi.configuration
 
-    from pipeline.lake import LakeFile
+    from pipeline.lake_file import LakeFile
 
     work = CACHE / f"lake_{rows}"
     mirror = work / "mirror" / "yellow" / f"yellow_tripdata_{MONTH}.csv.gz"

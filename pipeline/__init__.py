@@ -22,7 +22,7 @@ from pipeline.backfill import IngestRange, IngestRecent, PublishedMonths, Reinge
 from pipeline.convert import ToParquet
 from pipeline.download import Download
 from pipeline.flows import IngestMonth, IngestZones
-from pipeline.lake import LakeFile
+from pipeline.lake_file import LakeFile
 from pipeline.warehouses.bigquery import ExposeBigQuery
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
 from pipeline.warehouses.postgres import LoadPostgres

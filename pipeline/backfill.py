@@ -40,7 +40,8 @@ from pipeline.convert import ToParquet
 from pipeline.dataset_task import remove
 from pipeline.download import Download, DownloadRecord, published, source_url
 from pipeline.flows import IngestMonth, IngestZones
-from pipeline.lake import LakeFile, LakeRecord
+from pipeline.lake import LakeRecord
+from pipeline.lake_file import LakeFile
 from pipeline.params import Moment, Month, Services, UsageError
 from pipeline.scheduling import Scheduled
 

@@ -30,6 +30,7 @@ from pipeline import catalog, legacy, settings
 from pipeline.catalog import ConversionError
 from pipeline.dataset_task import DatasetTask
 from pipeline.download import GZIP_ERRORS, Download, DownloadRecord, gunzipped, gzip_damage
+from pipeline.lake import footer
 
 if TYPE_CHECKING:
     from pipeline.zone_shapes import ZoneIndex
@@ -188,11 +189,6 @@ def _cast(values: pa.Array, target: pa.DataType, name: str, where: str, first_ro
             f"{where}: column {name}, data rows {first_row + 1}-{first_row + len(values)}: "
             f"cannot make {values.type} into {target} without losing information ({e})"
         ) from None
-
-
-def footer(metadata: dict) -> dict[str, str]:
-    """``metadata`` as the `tlc.*` keys of a Parquet footer, where lake.parquet_record reads them."""
-    return {f"tlc.{k}": str(v) for k, v in metadata.items()}
 
 
 # The catalog's types as the batches carry them to the writer, where they differ.

@@ -1,4 +1,5 @@
-"""Parquet -> lake. The lake layout lives here and nowhere else:
+"""The lake: its layout, what a lake file records, and the targets that hold one. The layout lives
+here and nowhere else:
 
     {root}/{service}/month={YYYY-MM}/{service}_tripdata_{YYYY-MM}.parquet
     {root}/zones/taxi_zone_lookup.parquet
@@ -7,9 +8,13 @@
 `[lake] root` is a local directory (the embedded default) or gs://bucket/prefix: the same tasks
 serve both, the target type follows the root, and both kinds of lake file offer the same
 operations (put, record, local_path). What a lake file records of its source (LakeRecord: rows,
-source sha256 and URL, the source's validators) is read here and nowhere else. One predictable path per service and month. The
+source sha256 and URL, the source's validators) is the Parquet footer's `tlc.*` keys, written
+(footer) and read (parquet_record) here and nowhere else. One predictable path per service and month. The
 `month=` folder is a hive-style partition key, so warehouses that read the lake (DuckDB here, a
 BigQuery external table) get the source month as a column and can skip every other month's file.
+
+The step that puts a month in the lake, LakeFile, is pipeline/lake_file.py: it sits above convert,
+this module below it.
 """
 
 from __future__ import annotations
@@ -17,24 +22,23 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import logging
 import os
 import posixpath
 import shutil
 import tempfile
-from typing import Iterator, Optional, Union
+from typing import Iterator, Mapping, Optional, Union
 
 import luigi
 import pyarrow.parquet as pq
 
 from pipeline import catalog, settings
-from pipeline.convert import ToParquet
-from pipeline.dataset_task import DatasetTask, SourcePin, atomic_path
+from pipeline.dataset_task import atomic_path
 from pipeline.targets.gcs import SCHEME, GCSTarget
 
-logger = logging.getLogger("pipeline.lake")
-
 PARTITION_KEY = "month"
+# The Parquet footer's keys that the pipeline writes start with it (other writers' keys, pandas'
+# or Arrow's, do not clash).
+FOOTER_PREFIX = "tlc."
 
 
 def lake_root() -> str:
@@ -103,13 +107,19 @@ class LakeRecord:
         return cls(**{**{k: v for k, v in values.items() if k in fields}, "rows": int(values.get("rows") or 0)})
 
 
+def footer(values: Mapping[str, object]) -> dict[str, str]:
+    """``values`` (a LakeRecord's fields, and the service and month) as the `tlc.*` keys of a
+    Parquet footer: what a file ToParquet or ZoneShapes writes carries, and parquet_record reads."""
+    return {f"{FOOTER_PREFIX}{k}": str(v) for k, v in values.items()}
+
+
 def parquet_record(path: str) -> LakeRecord:
-    """The record a Parquet file written by ToParquet carries: its footer's `tlc.*` keys and its
-    row count. The one place a lake file's row count and source are read (a GCS object carries
-    the same record as its metadata, written from here)."""
+    """The record a Parquet file written with its footer carries: its footer's `tlc.*` keys and
+    its row count. The one place a lake file's row count and source are read (a GCS object
+    carries the same record as its metadata, written from here)."""
     parquet = pq.ParquetFile(path)
-    footer = {k.decode().removeprefix("tlc."): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
-    return LakeRecord.of({**footer, "rows": str(parquet.metadata.num_rows)})
+    keys = {k.decode().removeprefix(FOOTER_PREFIX): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
+    return LakeRecord.of({**keys, "rows": str(parquet.metadata.num_rows)})
 
 
 class LocalLakeFile(luigi.LocalTarget):
@@ -160,26 +170,3 @@ LakeTarget = Union[LocalLakeFile, GCSLakeFile]
 
 def lake_target(path: str) -> LakeTarget:
     return GCSLakeFile(path) if path.startswith(SCHEME) else LocalLakeFile(path)
-
-
-class LakeFile(SourcePin, DatasetTask):
-    """Put the month's Parquet file in the data lake (in place of an earlier one: readers see
-    the old file or the new one, never a mix)."""
-
-    def requires(self):
-        return self.clone(ToParquet)
-
-    def output(self) -> LakeTarget:
-        return lake_target(lake_path(self.svc, self.month))
-
-    def complete(self):
-        # Asked one by one when pinned (Reingest's few months); backfills ask unpinned, in bulk.
-        target = self.output()
-        return target.exists() and (not self.source_sha256 or target.record().source_sha256 == self.source_sha256)
-
-    def run(self):
-        src, target = self.input().path, self.output()
-        logger.info("%s: putting %s in the lake at %s", self.label, src, target.path)
-        self.report(0, 1, f"to the lake at {target.path}")
-        target.put(src)
-        self.report(1, 1, f"in the lake at {target.path}")

@@ -29,8 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import catalog, download, redaction, settings
-from pipeline.convert import footer
-from pipeline.lake import LakeTarget, lake_target, shapes_path
+from pipeline.lake import LakeTarget, footer, lake_target, shapes_path
 from pipeline.scheduling import Scheduled
 
 logger = logging.getLogger("pipeline.zone_shapes")

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline import IngestMonth, IngestRange, IngestZones, Reingest
 from pipeline.backfill import PublishedMonths
-from pipeline.lake import LakeFile
+from pipeline.lake_file import LakeFile
 from pipeline.warehouses import duckdb_views
 
 from conftest import configured, set_source
