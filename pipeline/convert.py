@@ -18,7 +18,7 @@ import math
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import luigi
 import pyarrow as pa
@@ -31,9 +31,7 @@ from pipeline.catalog import ConversionError
 from pipeline.dataset_task import DatasetTask
 from pipeline.download import GZIP_ERRORS, Download, DownloadRecord, gunzipped, gzip_damage
 from pipeline.lake import footer
-
-if TYPE_CHECKING:
-    from pipeline.zone_shapes import ZoneIndex
+from pipeline.zone_shapes import ZoneIndex, ZoneShapes
 
 logger = logging.getLogger("pipeline.convert")
 
@@ -564,8 +562,6 @@ class ToParquet(DatasetTask):
     def requires(self):
         if not catalog.legacy_month(self.svc, self.month):
             return {"download": self.clone(Download)}
-        from pipeline.zone_shapes import ZoneShapes  # zone_shapes imports the lake, which imports this
-
         return {"download": self.clone(Download), "shapes": ZoneShapes()}
 
     def output(self):
@@ -582,8 +578,6 @@ class ToParquet(DatasetTask):
         """The index of the zone shapes, for a legacy month."""
         if "shapes" not in self.input():
             return None
-        from pipeline.zone_shapes import ZoneIndex
-
         self.report(0, 1, "indexing the zone shapes")
         with self.input()["shapes"].local_path() as path:
             return ZoneIndex.from_parquet(path)

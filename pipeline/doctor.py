@@ -41,6 +41,13 @@ import requests
 from pipeline import catalog, download, settings
 from pipeline.dataset_task import TEMP_AREA
 from pipeline.redaction import redact, scrub
+from pipeline.targets import gcs
+from pipeline.warehouses import bigquery, bigquery_table, postgres
+from pipeline.warehouses import sink as sinks
+
+# DuckDB and google's clients are imported in the checks that use them, for their cost alone (as
+# pipeline/warehouses/duckdb_views.py and pipeline/targets/gcs.py do): a check that the settings
+# do not call for never loads them.
 
 PROBE = b"nyc-tlc-luigi doctor\n"
 LUIGID_TIMEOUT = 5.0
@@ -251,8 +258,6 @@ def probe_local(folder: Path) -> None:
 
 
 def probe_gcs(root: str) -> None:
-    from pipeline.targets import gcs
-
     bucket, prefix = gcs.split(root)
     blob = gcs.client().bucket(bucket).blob(f"{prefix.strip('/')}/{TEMP_AREA}/doctor.{os.getpid()}-{secrets.token_hex(4)}".lstrip("/"))
     timeout = settings.gcs().timeout
@@ -267,7 +272,7 @@ def probe_gcs(root: str) -> None:
 def check_lake() -> Check:
     root = settings.lake().root  # a root of another scheme fails the settings check (settings.LakeRoot)
     if root.startswith("gs://"):
-        from google.api_core.exceptions import GoogleAPIError
+        from google.api_core.exceptions import GoogleAPIError  # for its cost (see the module's imports)
         from google.auth.exceptions import GoogleAuthError
 
         try:
@@ -292,7 +297,7 @@ def check_lake() -> Check:
 
 
 def check_duckdb() -> Check:
-    import duckdb
+    import duckdb  # for its cost (see the module's imports)
 
     path = settings.duckdb().path
     if settings.lake().root.startswith("gs://"):
@@ -325,8 +330,6 @@ def check_duckdb() -> Check:
 
 
 def check_postgres() -> Check:
-    from pipeline.warehouses import postgres
-
     try:
         tables = [postgres.Warehouse(svc) for svc in catalog.SERVICES.values()]
         conn = postgres.connect()
@@ -369,11 +372,8 @@ def check_postgres() -> Check:
 
 
 def check_bigquery(sink: str) -> Check:
-    from google.api_core.exceptions import GoogleAPIError, NotFound
+    from google.api_core.exceptions import GoogleAPIError, NotFound  # for its cost (see the module's imports)
     from google.auth.exceptions import GoogleAuthError
-
-    from pipeline.warehouses import bigquery, bigquery_table
-    from pipeline.warehouses import sink as sinks
 
     wanted, differences = {
         "bigquery": (bigquery.wanted_external_table, bigquery.differences),

@@ -5,7 +5,7 @@ the catalog's, words become today's codes, and each (longitude, latitude) pair b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -13,9 +13,7 @@ import pyarrow.compute as pc
 
 from pipeline import catalog
 from pipeline.catalog import ConversionError
-
-if TYPE_CHECKING:  # zone_shapes imports the lake, which imports convert, which imports this
-    from pipeline.zone_shapes import ZoneIndex
+from pipeline.zone_shapes import ZoneIndex
 
 
 def _blank_to_null(values: pa.Array) -> pa.Array:

@@ -29,8 +29,13 @@ import dataclasses
 import sys
 from typing import Optional
 
+from dateutil.relativedelta import relativedelta
+
 from pipeline import catalog, settings
+from pipeline.backfill import months_between
+from pipeline.convert import ToParquet
 from pipeline.download import Download, DownloadRecord
+from pipeline.flows import SINKS
 from pipeline.lake import lake_path, lake_target, parquet_record
 from pipeline.params import Month, Services, UsageError
 
@@ -89,8 +94,6 @@ def verdict(lines: list[Line], services: str, first: str, last: str) -> tuple[in
 def counted_sinks(verify: bool) -> list[str]:
     """The configured sinks --verify counts in: those that count at no cost (not BigQuery, where
     a count is a billed query job; its markers are shown)."""
-    from pipeline.flows import SINKS
-
     return [sink for sink in settings.ingest().sink_names() if verify and SINKS[sink](service="zones").output().countable]
 
 
@@ -99,8 +102,6 @@ def places(verify: bool) -> list[str]:
 
 
 def staged_rows(download: Download) -> Optional[int]:
-    from pipeline.convert import ToParquet
-
     try:
         return parquet_record(download.clone(ToParquet).output().path).rows
     except OSError:
@@ -117,8 +118,6 @@ def recorded_size(download: Download, lake) -> Optional[int]:
 
 
 def report(services: list[str], months: list, verify: bool) -> list[Line]:
-    from pipeline.flows import SINKS
-
     sinks = settings.ingest().sink_names()
     # Each sink's marker, for where its marker table is: the zones' stands for every month's.
     markers = {sink: SINKS[sink](service="zones").output() for sink in sinks}
@@ -172,7 +171,7 @@ def table(lines: list[Line], verify: bool) -> str:
 def picture(lines: list[Line], path: str) -> None:
     """The grid: one column a month, one row a service, coloured by state, with the lake's rows
     as a bar in each cell."""
-    try:
+    try:  # the report extra, for --png alone
         import matplotlib
 
         matplotlib.use("Agg")
@@ -215,10 +214,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--verify", action="store_true", help="also count the rows in DuckDB and Postgres themselves")
     parser.add_argument("--png", help="write the grid to this PNG file (needs the report extra)")
     args = parser.parse_args(argv)
-    from dateutil.relativedelta import relativedelta
-
-    from pipeline.backfill import months_between
-
     first, last = Month().parse(args.first), Month().parse(args.last)
     if first > last:
         parser.error(f"--first {args.first} is after --last {args.last}")

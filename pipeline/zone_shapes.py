@@ -32,6 +32,10 @@ from pipeline import catalog, download, redaction, settings
 from pipeline.lake import LakeTarget, footer, lake_target, shapes_path
 from pipeline.scheduling import Scheduled
 
+# shapely, pyproj and pyshp (`shapefile`) are imported inside the functions that use them, for
+# their cost alone: only a legacy month needs them, and every command imports this module
+# (through convert), where they would add about 60 ms to its start.
+
 logger = logging.getLogger("pipeline.zone_shapes")
 
 # The grid: cells of COARSE_FEET, each that a zone boundary crosses split in four, GRID_LEVELS
@@ -51,7 +55,7 @@ class ShapesError(ValueError):
 
 def read_shapes(path: str, where: str) -> pa.Table:
     """The checked zones of the zip at ``path``, in SCHEMA."""
-    import pyproj
+    import pyproj  # imported here for its cost (see the module's imports), as are the two below
     import shapefile
     import shapely
 
@@ -134,7 +138,7 @@ class ZoneIndex:
     """Which zone (the lookup's LocationID) each of many (longitude, latitude) points is in."""
 
     def __init__(self, ids: np.ndarray, polygons: np.ndarray):
-        import pyproj
+        import pyproj  # imported here for its cost (see the module's imports), as is shapely
         import shapely
 
         self._to_feet = pyproj.Transformer.from_crs("EPSG:4326", catalog.ZONE_SHAPES.crs, always_xy=True)
@@ -191,7 +195,7 @@ class ZoneIndex:
     def _each_pair(self, predicate, zone: np.ndarray, cx: np.ndarray, cy: np.ndarray, size: float) -> np.ndarray:
         """predicate(polygon, cell) for each (zone, cell) pair, the cells' boxes made PAIR_CHUNK at
         a time (all of a level's at once would be the build's peak of memory)."""
-        import shapely
+        import shapely  # imported here for its cost (see the module's imports)
 
         out = np.empty(len(zone), bool)
         for i in range(0, len(zone), PAIR_CHUNK):
@@ -201,7 +205,7 @@ class ZoneIndex:
 
     @classmethod
     def from_parquet(cls, path: str) -> ZoneIndex:
-        import shapely
+        import shapely  # imported here for its cost (see the module's imports)
 
         table = pq.read_table(path)
         return cls(table.column("LocationID").to_numpy(), shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False)))
@@ -210,7 +214,7 @@ class ZoneIndex:
         """The zone of each point, as int64: catalog.UNKNOWN_ZONE where there is no usable
         coordinate (NaN, 0, off the globe), catalog.OUTSIDE_ZONE where the point is in no zone. A
         point on the line between two zones is in the one with the lower id."""
-        import shapely
+        import shapely  # imported here for its cost (see the module's imports)
 
         usable = np.isfinite(lon) & np.isfinite(lat) & (lon != 0) & (lat != 0) & (np.abs(lon) <= 180) & (np.abs(lat) <= 90)
         out = np.full(len(lon), catalog.UNKNOWN_ZONE, np.int64)
