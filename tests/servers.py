@@ -53,18 +53,19 @@ def _pg_bindir() -> Path:
 
 
 @contextlib.contextmanager
-def postgres_server(password: str) -> Iterator[dict]:
+def postgres_server(password: str, address: str = "127.0.0.1", netns: Optional[str] = None) -> Iterator[dict]:
     """A throwaway Postgres cluster on a free 127.0.0.1 port, with password (scram) authentication
-    over TCP, so clients must bring the password the way users do (PGPASSWORD).
+    over TCP, so clients must bring the password the way users do (PGPASSWORD). With ``netns``, it
+    runs in that network namespace (a test's own host, tests/hosts.py) and listens on ``address``.
 
     initdb and pg_ctl refuse to run as root: as root they run as the `postgres` user."""
     bindir = _pg_bindir()
     base = Path(tempfile.mkdtemp(prefix="pgtest-"))
-    prefix: list[str] = []
+    prefix: list[str] = ["ip", "netns", "exec", netns] if netns else []
     if os.geteuid() == 0:
         owner = pwd.getpwnam("postgres")
         os.chown(base, owner.pw_uid, owner.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
+        prefix += ["runuser", "-u", "postgres", "--"]
     data, port = base / "data", free_port()
     pwfile = base / "pw"
     pwfile.write_text(password + "\n")
@@ -91,15 +92,18 @@ def postgres_server(password: str) -> Iterator[dict]:
         stdout=subprocess.DEVNULL,
     )
     pwfile.unlink()
+    if address != "127.0.0.1":  # initdb lets in only the loopback: let in the hosts of the namespace's network
+        with open(data / "pg_hba.conf", "a") as hba:
+            hba.write("host all all samenet scram-sha-256\n")
     # Durability off: a test server, thrown away afterwards. Same for every benchmark approach.
-    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    opts = f"-p {port} -k {base} -c listen_addresses={address} -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     subprocess.run(
         prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(base / "pg.log"), "-w", "-t", "60", "start"],
         check=True,
         stdout=subprocess.DEVNULL,
     )
     try:
-        yield {"host": "127.0.0.1", "port": port, "user": "postgres", "database": "postgres", "password": password, "log": base / "pg.log"}
+        yield {"host": address, "port": port, "user": "postgres", "database": "postgres", "password": password, "log": base / "pg.log"}
     finally:
         subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], stdout=subprocess.DEVNULL)
         shutil.rmtree(base, ignore_errors=True)
@@ -612,14 +616,14 @@ class _ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 @contextlib.contextmanager
-def http_mirror(root: Path) -> Iterator[str]:
-    """A real HTTP server on 127.0.0.1 serving the mirrors under ``root`` (MirrorHandler's routes);
-    yields its base URL."""
-    server = _ThreadingServer(("127.0.0.1", 0), lambda *a, **kw: MirrorHandler(*a, directory=str(root), **kw))
+def http_mirror(root: Path, address: str = "127.0.0.1") -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 (or ``address``, a test's own host's, tests/hosts.py) serving
+    the mirrors under ``root`` (MirrorHandler's routes); yields its base URL."""
+    server = _ThreadingServer((address, 0), lambda *a, **kw: MirrorHandler(*a, directory=str(root), **kw))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://{address}:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

