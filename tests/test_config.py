@@ -14,7 +14,7 @@ from pipeline import flows, settings
 ROOT = Path(__file__).resolve().parent.parent
 OURS = {name: cls for name, cls in vars(settings).items() if isinstance(cls, type) and issubclass(cls, luigi.Config)}
 # luigi's own sections that the profiles set.
-LUIGIS = {"core", "retcode", "worker", "scheduler", "task_history"}
+LUIGIS = {"core", "retcode", "worker", "scheduler", "task_history", "resources"}
 PROFILES = sorted(p for p in (ROOT / "config").glob("*.cfg") if p.name != "logging.cfg")
 
 
@@ -27,6 +27,9 @@ def test_a_profile_names_only_real_settings_and_sinks(path):
     for section in (s for s in parser.sections() if s in OURS):
         unknown = set(parser[section]) - set(OURS[section].get_param_names())
         assert not unknown, f"{path.name} [{section}]: unknown key(s) {sorted(unknown)}"
+    if parser.has_section("resources"):  # each a resource some sink declares
+        declared = {name for sink in flows.SINKS.values() for name in sink.resources}
+        assert set(parser["resources"]) <= declared, f"{path.name} [resources]: {sorted(set(parser['resources']) - declared)}"
     if parser.has_option("ingest", "sinks"):
         sinks = [s.strip() for s in parser["ingest"]["sinks"].split(",")]
         assert set(sinks) <= {*flows.SINKS, "none"}, sinks

@@ -266,6 +266,8 @@ class ExposeBigQuery(Sink):
 
     name = "bigquery"
     reads = "gcs"
+    # BigQuery's quotas are the project's: the scheduler runs at most [resources] bigquery at once.
+    resources = {"bigquery": 1}
 
     def output(self):
         return BigQueryMarker(self.service, self.month, self.source_sha256)

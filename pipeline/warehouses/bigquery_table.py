@@ -176,6 +176,8 @@ class LoadBigQueryTable(Sink):
 
     name = "bigquery_table"
     reads = "gcs"
+    # BigQuery's quotas are the project's: the scheduler runs at most [resources] bigquery at once.
+    resources = {"bigquery": 1}
 
     def output(self):
         return NativeTableMarker(self.service, self.month, self.source_sha256)

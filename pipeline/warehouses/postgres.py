@@ -482,6 +482,8 @@ class LoadPostgres(Sink):
     """Load the month from the lake into its Postgres table (yellow_tripdata, ...), exactly once."""
 
     name = "postgres"
+    # One Postgres serves every worker: the scheduler runs at most [resources] postgres loads at once.
+    resources = {"postgres": 1}
 
     def output(self):
         return PostgresMarker(self.service, self.month, self.source_sha256)
