@@ -7,7 +7,7 @@ It takes the same settings a pipeline command would (luigi.cfg, LUIGI_CONFIG_PAT
 - settings: the files read, in order, and where each value that matters comes from (a file,
   the default, the command line, or libpq's environment);
 - source: the zone lookup, which every source publishes, answers one body-less request;
-- lake: a small object is written, read back and deleted under `[lake] root` (local or gs://);
+- lake: a small object is written, read back and deleted under `[lake] root` (local, gs:// or s3://);
 - each warehouse of `[ingest] sinks`: it opens or connects with the credentials a run would use,
   its schema or dataset exists or can be created, and an existing table fits the catalog
   (nothing created, nothing written);
@@ -41,7 +41,7 @@ import requests
 from pipeline import catalog, download, settings
 from pipeline.dataset_task import TEMP_AREA
 from pipeline.redaction import redact, scrub
-from pipeline.targets import gcs
+from pipeline.targets import gcs, s3
 from pipeline.warehouses import bigquery, bigquery_table, postgres
 from pipeline.warehouses import sink as sinks
 
@@ -269,8 +269,39 @@ def probe_gcs(root: str) -> None:
         blob.delete(timeout=timeout, retry=None)
 
 
+def probe_s3(root: str) -> None:
+    import boto3
+    import botocore.config
+
+    bucket, prefix = s3.split(root)
+    key = f"{prefix.strip('/')}/{TEMP_AREA}/doctor.{os.getpid()}-{secrets.token_hex(4)}".lstrip("/")
+    timeout = settings.s3().timeout
+    once = botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=timeout, read_timeout=timeout)
+    client = boto3.session.Session().client("s3", config=once)
+    client.put_object(Bucket=bucket, Key=key, Body=PROBE)
+    try:
+        if client.get_object(Bucket=bucket, Key=key)["Body"].read() != PROBE:
+            raise OSError(0, "what was read back is not what was written", root)
+    finally:
+        client.delete_object(Bucket=bucket, Key=key)
+
+
 def check_lake() -> Check:
     root = settings.lake().root  # a root of another scheme fails the settings check (settings.LakeRoot)
+    if root.startswith(s3.SCHEME):
+        from boto3.exceptions import Boto3Error  # for its cost (see the module's imports)
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            probe_s3(root)
+        except (BotoCoreError, ClientError, Boto3Error, OSError) as e:
+            return failed(
+                "lake",
+                f"cannot write, read and delete an object under {root}: {s3.reason(e, s3.split(root)[0])}",
+                f"check that the bucket exists and that {s3.CREDENTIALS} may put, get and delete objects in it "
+                "(AWS_ENDPOINT_URL for an S3-compatible store)",
+            )
+        return passed("lake", f"{root}: an object written, read back and deleted")
     if root.startswith("gs://"):
         from google.api_core.exceptions import GoogleAPIError  # for its cost (see the module's imports)
         from google.auth.exceptions import GoogleAuthError

@@ -5,9 +5,9 @@ here and nowhere else:
     {root}/zones/taxi_zone_lookup.parquet
     {root}/zone_shapes/taxi_zones.parquet       (the zones' polygons, for the legacy months)
 
-`[lake] root` is a local directory (the embedded default) or gs://bucket/prefix: the same tasks
-serve both, the target type follows the root, and both kinds of lake file offer the same
-operations (put, record, local_path). What a lake file records of its source (LakeRecord: rows,
+`[lake] root` is a local directory (the embedded default), gs://bucket/prefix or s3://bucket/prefix:
+the same tasks serve all three, the target type follows the root (lake_target), and every kind of
+lake file offers the same operations (put, record, local_path). What a lake file records of its source (LakeRecord: rows,
 source sha256 and URL, the source's validators) is the Parquet footer's `tlc.*` keys, written
 (footer) and read (parquet_record) here and nowhere else. One predictable path per service and month. The
 `month=` folder is a hive-style partition key, so warehouses that read the lake (DuckDB here, a
@@ -26,14 +26,16 @@ import os
 import posixpath
 import shutil
 import tempfile
-from typing import Iterator, Mapping, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 
 import luigi
 import pyarrow.parquet as pq
 
 from pipeline import catalog, settings
 from pipeline.dataset_task import atomic_path
-from pipeline.targets.gcs import SCHEME, GCSTarget
+from pipeline.targets import gcs, s3
+from pipeline.targets.gcs import GCSTarget
+from pipeline.targets.s3 import S3Target
 
 PARTITION_KEY = "month"
 # The Parquet footer's keys that the pipeline writes start with it (other writers' keys, pandas'
@@ -45,8 +47,14 @@ def lake_root() -> str:
     return settings.lake().root
 
 
+def lake_kind() -> str:
+    """Which kind of lake `[lake] root` is: local, gcs or s3 (what a sink's `reads` names)."""
+    root = lake_root()
+    return "gcs" if root.startswith(gcs.SCHEME) else "s3" if root.startswith(s3.SCHEME) else "local"
+
+
 def is_remote() -> bool:
-    return lake_root().startswith(SCHEME)
+    return lake_kind() != "local"
 
 
 def _join(*parts: str) -> str:
@@ -86,8 +94,8 @@ def lake_wildcard(svc: catalog.Service) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class LakeRecord:
-    """What we know about a lake file: the Parquet footer's `tlc.*` keys, which a GCS object
-    also carries as its metadata."""
+    """What we know about a lake file: the Parquet footer's `tlc.*` keys, which a GCS or S3
+    object also carries as its metadata."""
 
     rows: int
     source_sha256: str
@@ -104,7 +112,8 @@ class LakeRecord:
     @classmethod
     def of(cls, values: dict[str, str]) -> LakeRecord:
         fields = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{**{k: v for k, v in values.items() if k in fields}, "rows": int(values.get("rows") or 0)})
+        known: dict[str, Any] = {k: v for k, v in values.items() if k in fields}
+        return cls(**{**known, "rows": int(values.get("rows") or 0)})
 
 
 def footer(values: Mapping[str, object]) -> dict[str, str]:
@@ -142,17 +151,16 @@ class LocalLakeFile(luigi.LocalTarget):
         yield self.path
 
 
-class GCSLakeFile(GCSTarget):
-    """A lake file in a GCS bucket (see LocalLakeFile)."""
+class _ObjectLakeFile:
+    """What a lake file in an object store does the same whichever store: its target class gives
+    upload(path, metadata) and download(path)."""
+
+    path: str
 
     def put(self, src: str) -> None:
         """``src`` uploaded whole (an object replaces an earlier one atomically), with its record
         as the object's metadata."""
-        self.upload(src, parquet_record(src).metadata())
-
-    def record(self) -> LakeRecord:
-        """From the object's metadata: no download."""
-        return LakeRecord.of(self.fs.stat(self.path).metadata or {})
+        self.upload(src, parquet_record(src).metadata())  # type: ignore[attr-defined]
 
     @contextlib.contextmanager
     def local_path(self) -> Iterator[str]:
@@ -161,12 +169,30 @@ class GCSLakeFile(GCSTarget):
         os.makedirs(settings.ingest().staging, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=settings.ingest().staging, prefix="lake-") as tmp:
             path = os.path.join(tmp, posixpath.basename(self.path))
-            self.download(path)
+            self.download(path)  # type: ignore[attr-defined]
             yield path
 
 
-LakeTarget = Union[LocalLakeFile, GCSLakeFile]
+class GCSLakeFile(_ObjectLakeFile, GCSTarget):
+    """A lake file in a GCS bucket (see LocalLakeFile)."""
+
+    def record(self) -> LakeRecord:
+        """From the object's metadata: no download."""
+        return LakeRecord.of(self.fs.stat(self.path).metadata or {})
+
+
+class S3LakeFile(_ObjectLakeFile, S3Target):
+    """A lake file in an S3 bucket (see LocalLakeFile)."""
+
+    def record(self) -> LakeRecord:
+        """From the object's user metadata: no download."""
+        return LakeRecord.of(self.fs.head(self.path).get("Metadata") or {})
+
+
+LakeTarget = Union[LocalLakeFile, GCSLakeFile, S3LakeFile]
 
 
 def lake_target(path: str) -> LakeTarget:
-    return GCSLakeFile(path) if path.startswith(SCHEME) else LocalLakeFile(path)
+    if path.startswith(gcs.SCHEME):
+        return GCSLakeFile(path)
+    return S3LakeFile(path) if path.startswith(s3.SCHEME) else LocalLakeFile(path)

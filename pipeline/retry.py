@@ -10,6 +10,10 @@ the call site uses it (docs/design.md has the table).
   (DUCKDB_LOCK_SECONDS), not by tries.
 - GCS (the lake): `gcs`, google-cloud-storage's own policy (its transient errors, exponential
   backoff) for at most `[gcs] retry_deadline` seconds a call.
+- S3 (the lake): `s3`, botocore's own "standard" retry mode (throttling, 5xx, dropped connections,
+  with its exponential backoff) for `[s3] attempts` tries a request, each waiting at most
+  `[s3] timeout` seconds to connect and for data: a request gives up within about
+  attempts x (timeout + 20 s), botocore's longest backoff.
 - BigQuery: `bigquery` / `bigquery_query`, the client's own policies for its API calls and query
   jobs; a load job that failed is submitted again under the next job id (`fresh_id`), never twice
   under one, so a retry can never load a month twice.
@@ -28,6 +32,7 @@ from pipeline import settings
 # The Google clients are imported where their policies are built: only a gs:// lake and the
 # BigQuery sinks need them, and they cost every other process half a second.
 if TYPE_CHECKING:
+    import botocore.config
     from google.api_core.retry import Retry
 
 logger = logging.getLogger("pipeline.retry")
@@ -95,6 +100,20 @@ def gcs() -> Retry:
     from google.cloud.storage.retry import DEFAULT_RETRY
 
     return DEFAULT_RETRY.with_deadline(settings.gcs().retry_deadline)
+
+
+def s3() -> botocore.config.Config:
+    """botocore's own "standard" retry mode (which errors are transient, its backoff) for
+    `[s3] attempts` tries a request, each bounded by `[s3] timeout`: the client's config, given
+    where the client is made (pipeline/targets/s3.py)."""
+    import botocore.config
+
+    cfg = settings.s3()
+    return botocore.config.Config(
+        retries={"mode": "standard", "total_max_attempts": cfg.attempts},
+        connect_timeout=cfg.timeout,
+        read_timeout=cfg.timeout,
+    )
 
 
 def bigquery() -> dict[str, Retry]:

@@ -72,19 +72,21 @@ class LakeRootError(ValueError):
 # A URL's scheme, as a lake root starts with one.
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
+# The object stores a lake may be in, as their URLs start (gs://bucket/prefix, s3://bucket/prefix).
+BUCKET_SCHEMES = ("gs", "s3")
 
 def lake_root_problem(value: str) -> Optional[str]:
-    """Why ``value`` is no lake root, or None: a lake is a local folder or gs://bucket/prefix.
-    Nothing outside its roots: any other URL (hdfs://, s3://) was taken for a local folder named
-    after its scheme, filled and reported done."""
+    """Why ``value`` is no lake root, or None: a lake is a local folder, gs://bucket/prefix or
+    s3://bucket/prefix. Nothing outside its roots: any other URL (hdfs://, az://) was taken for a
+    local folder named after its scheme, filled and reported done."""
     scheme = _SCHEME.match(value)
     if scheme is None:
         return None
-    if scheme[1] == "gs":
-        return None if value[len("gs://") :].split("/", 1)[0] else "a gs:// lake needs its bucket: gs://bucket/prefix"
+    if scheme[1] in BUCKET_SCHEMES:
+        return None if value[len(scheme[0]) :].split("/", 1)[0] else f"a {scheme[0]} lake needs its bucket: {scheme[0]}bucket/prefix"
     if scheme[1].lower() == "file":
         return f"a local lake is given as its folder ({urllib.parse.unquote(urllib.parse.urlsplit(value).path)}), not as a file:// URL"
-    return f"{scheme[1]}:// is not a lake this pipeline writes; a lake is a local folder or gs://bucket/prefix"
+    return f"{scheme[1]}:// is not a lake this pipeline writes; a lake is a local folder, gs://bucket/prefix or s3://bucket/prefix"
 
 
 class LakeRoot(params._Checked, luigi.Parameter):
@@ -117,7 +119,7 @@ def profiles(value: str, cwd: Path) -> list[Path]:
 
 def under_home(value: str) -> str:
     """A path setting as a settings file means it: a relative one is under HOME."""
-    if not value or value.startswith("gs://") or os.path.isabs(value):
+    if not value or _SCHEME.match(value) or os.path.isabs(value):
         return value
     return str(HOME / value)
 
@@ -194,7 +196,7 @@ class source(luigi.Config):
 
 
 class lake(luigi.Config):
-    root = LakeRoot(default="data/lake", description="The data lake: a local directory, or gs://bucket/prefix")
+    root = LakeRoot(default="data/lake", description="The data lake: a local directory, gs://bucket/prefix or s3://bucket/prefix")
 
 
 class parquet(luigi.Config):
@@ -220,6 +222,23 @@ class gcs(luigi.Config):
     retry_deadline = params.Amount(
         least=0, default=600.0, description="Seconds to keep retrying an operation's transient errors before giving up"
     )
+class s3(luigi.Config):
+    """Amazon S3 (or an S3-compatible store), for an s3:// lake. Credentials, region and endpoint
+    come from the AWS SDK's own chain (AWS_* variables, ~/.aws/config and credentials, an instance
+    or task role; AWS_ENDPOINT_URL for an S3-compatible store), never a setting."""
+
+    part_size_mib = params.Count(
+        least=5,
+        default=16,
+        description="Upload part size in MiB (S3's least is 5): each part is one request with its own timeout and "
+        "retries, and bounds what an upload holds in memory",
+    )
+    timeout = params.Amount(least=0.1, default=120.0, description="Seconds to wait for the service to connect or send data, per request")
+    attempts = params.Count(
+        least=1, default=5, description="Tries per request in all (at least 1) on throttling, 5xx answers and dropped connections"
+    )
+
+
 
 
 class duckdb(luigi.Config):

@@ -238,6 +238,39 @@ def fake_gcs_server(root: Path) -> Iterator[dict]:
 
 
 @contextlib.contextmanager
+def moto_s3_server(work: Path) -> Iterator[dict]:
+    """moto's server mode (PyPI moto[server]), an S3-compatible server, on 127.0.0.1, reached
+    through a CuttingProxy, and checking credentials as S3 does: its first three requests (made
+    here) create an IAM user allowed everything and its access key, and every later request must
+    be signed with that key. Yields the proxy's URL (for AWS_ENDPOINT_URL), the proxy, the key id
+    and the secret."""
+    import boto3
+
+    port = free_port()
+    proxy = CuttingProxy(port)
+    log = open(work / "moto.log", "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/moto-api/", proc, 60, "moto_server")
+        setup = {"aws_access_key_id": "setup", "aws_secret_access_key": "setup"}  # not checked yet
+        iam = boto3.client("iam", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1", **setup)
+        iam.create_user(UserName="lake")
+        everything = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="lake", PolicyName="everything", PolicyDocument=json.dumps(everything))
+        key = iam.create_access_key(UserName="lake")["AccessKey"]
+        yield {"url": f"http://127.0.0.1:{proxy.port}", "proxy": proxy, "key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+    finally:
+        proxy.close()
+        _stop(proc)
+        log.close()
+
+
+@contextlib.contextmanager
 def luigid(work: Path, logdir: Path, env: Optional[dict] = None, port: Optional[int] = None) -> Iterator[dict]:
     """A real central scheduler on 127.0.0.1 (on ``port``, else a free one), run from ``work`` (its
     output in work/luigid.out), its task history in ``logdir``; yields its port, URL, folder and

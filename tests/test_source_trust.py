@@ -197,7 +197,10 @@ def test_the_published_probe_is_bounded_by_the_deadline(workspace, http_server):
 # --- Nothing outside its roots: an unknown lake scheme is refused before anything runs (#12) ---
 
 
-@given(scheme=st.from_regex(r"[A-Za-z][A-Za-z0-9+.-]{0,11}", fullmatch=True).filter(lambda s: s != "gs"), rest=st.text(max_size=20))
+@given(
+    scheme=st.from_regex(r"[A-Za-z][A-Za-z0-9+.-]{0,11}", fullmatch=True).filter(lambda s: s not in settings.BUCKET_SCHEMES),
+    rest=st.text(max_size=20),
+)
 def test_a_lake_root_with_any_other_scheme_is_refused_by_name(scheme, rest):
     value = f"{scheme}://{rest}"
     why = settings.lake_root_problem(value)
@@ -216,8 +219,16 @@ def test_a_gs_lake_and_a_local_folder_are_accepted(bucket, prefix):
 @pytest.mark.parametrize(
     "how,value,message",
     [
-        ("flag", "hdfs://nn/lake", "hdfs:// is not a lake this pipeline writes; a lake is a local folder or gs://bucket/prefix"),
-        ("profile", "s3://bucket/lake", "s3:// is not a lake this pipeline writes; a lake is a local folder or gs://bucket/prefix"),
+        (
+            "flag",
+            "hdfs://nn/lake",
+            "hdfs:// is not a lake this pipeline writes; a lake is a local folder, gs://bucket/prefix or s3://bucket/prefix",
+        ),
+        (
+            "profile",
+            "az://container/lake",
+            "az:// is not a lake this pipeline writes; a lake is a local folder, gs://bucket/prefix or s3://bucket/prefix",
+        ),
         ("flag", "file:///tmp/lake", "a local lake is given as its folder (/tmp/lake), not as a file:// URL"),
     ],
 )

@@ -24,7 +24,8 @@ import shutil
 from typing import TYPE_CHECKING, Iterator, Optional
 
 from pipeline import catalog, retry, settings
-from pipeline.lake import PARTITION_KEY, LakeRecord, LakeTarget, lake_glob, lake_root
+from pipeline.lake import PARTITION_KEY, LakeRecord, LakeTarget, is_remote, lake_glob, lake_kind, lake_root
+from pipeline.targets import s3
 from pipeline.targets.marker import MARKER_TABLE, WRITTEN, MonthMarker, create_table_sql
 from pipeline.warehouses.dialects import DUCKDB, add_missing_marker_columns
 from pipeline.warehouses.sink import Sink
@@ -64,7 +65,7 @@ def _connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
             raise _Held(str(e)) from None
 
     try:
-        return retry.duckdb_lock(attempt)
+        con = retry.duckdb_lock(attempt)
     except _Held as e:
         raise WarehouseBusy(
             path,
@@ -72,6 +73,37 @@ def _connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
             str(e),
             "close that session, and query while ingesting with duckdb.connect(path, read_only=True)",
         ) from None
+    return reading_the_lake(con)
+
+
+def connect(read_only: bool = True) -> duckdb.DuckDBPyConnection:
+    """The warehouse (`[duckdb] path`) for queries, read-only unless asked: a session whose views
+    read the lake, an s3:// one included (see reading_the_lake)."""
+    return _connect(settings.duckdb().path, read_only)
+
+
+def reading_the_lake(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """``con``, able to read the configured lake: for an s3:// lake, DuckDB's httpfs extension
+    loaded and the credentials the AWS SDK's chain resolves given to this session as a temporary
+    SECRET scoped to the bucket. Temporary: held in this session's memory only, never in the
+    warehouse file nor in a view's text, so every session that reads the views needs it (this
+    function, or `connect`)."""
+    import duckdb
+
+    if lake_kind() != "s3":
+        return con
+    con.install_extension("httpfs")  # from DuckDB's repository the first time, then from ~/.duckdb
+    con.load_extension("httpfs")
+    bucket, _ = s3.split(lake_root())
+    options = {**s3.reader_settings(), "scope": f"{s3.SCHEME}{bucket}"}
+    literal = {"use_ssl"}  # a boolean, the rest strings
+    fields = ", ".join(f"{k.upper()} {v if k in literal else _sql_string(v)}" for k, v in options.items() if v)
+    try:
+        con.execute(f"CREATE OR REPLACE TEMPORARY SECRET tlc_lake (TYPE s3, {fields})")
+    except duckdb.Error as e:  # its message could quote the statement, which holds the secret
+        con.close()
+        raise RuntimeError(f"DuckDB did not take the S3 lake's credentials as a secret ({type(e).__name__})") from None
+    return con
 
 
 @contextlib.contextmanager
@@ -122,7 +154,7 @@ def _writing(path: str) -> Iterator[duckdb.DuckDBPyConnection]:
         try:
             if current is not None:
                 shutil.copyfile(path, new)
-            con = duckdb.connect(new)
+            con = reading_the_lake(duckdb.connect(new))
             try:
                 yield con
                 con.execute("CHECKPOINT")
@@ -151,14 +183,19 @@ def _sql_string(value: str) -> str:
 GLOB_CHARACTERS = set("*?[]{}")
 
 
+def lake_location() -> str:
+    """The lake as the views name it: its URL, or for a local lake its absolute path, so that
+    the view answers from any working directory."""
+    return lake_root() if is_remote() else os.path.abspath(lake_root())
+
+
 def lake_literal(svc: catalog.Service) -> str:
-    """The configured lake's files of the service as the view's SQL names them: an absolute
-    path, so the view answers from any working directory."""
-    return _sql_string(os.path.abspath(lake_glob(svc)))
+    """The configured lake's files of the service as the view's SQL names them (lake_location)."""
+    return _sql_string(lake_glob(svc) if is_remote() else os.path.abspath(lake_glob(svc)))
 
 
 def view_sql(svc: catalog.Service) -> str:
-    root = os.path.abspath(lake_root())
+    root = lake_location()
     if GLOB_CHARACTERS & set(root):
         raise ValueError(
             f"[lake] root {root} holds a glob character ({' '.join(sorted(GLOB_CHARACTERS & set(root)))}), "
@@ -258,7 +295,7 @@ def _exposed(path: str) -> dict[tuple[str, str], str]:
                 "view %s in %s does not read the configured lake %s; its months will be exposed again",
                 svc.table,
                 path,
-                os.path.abspath(lake_root()),
+                lake_location(),
             )
     return {key: sha for key, sha in recorded.items() if key[0] in current}
 
@@ -275,7 +312,7 @@ class ExposeDuckDB(Sink):
     """Make the month queryable in the embedded DuckDB warehouse."""
 
     name = "duckdb"
-    reads = "local"
+    reads = ("local", "s3")
     # DuckDB allows one writing process per file: the scheduler runs these one at a time.
     resources = {"duckdb": 1}
 

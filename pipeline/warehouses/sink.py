@@ -11,35 +11,44 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import ClassVar
+from typing import ClassVar, Union
 
 from pipeline.dataset_task import DatasetTask, SourcePin
 from pipeline.errors import PipelineError
-from pipeline.lake import LakeRecord, LakeTarget, is_remote, lake_root
+from pipeline.lake import LakeRecord, LakeTarget, lake_kind, lake_root
 from pipeline.lake_file import LakeFile
 from pipeline.targets.marker import MonthMarker
 
 logger = logging.getLogger("pipeline.sink")
 
-# Which lakes a sink reads: where from, and what to do when the configured lake is the other kind.
+# The kinds of lake a sink may read: where from, and the root that is one.
 LAKE_KINDS = {
-    "local": ("local disk", "set [ingest] sinks to the warehouses that read a gs:// lake (bigquery, postgres) or none"),
-    "gcs": ("GCS", "set it to gs://bucket/prefix (config/gcp.cfg)"),
+    "local": ("local disk", "a local folder"),
+    "gcs": ("GCS", "gs://bucket/prefix (config/gcp.cfg)"),
+    "s3": ("S3", "s3://bucket/prefix"),
 }
+# A sink's `reads`: "any", one kind of LAKE_KINDS, or several.
+Reads = Union[str, tuple[str, ...]]
 
 
 class WrongLake(PipelineError, ValueError):
-    """The sink cannot read the configured lake (a local one, a gs:// one)."""
+    """The sink cannot read the configured lake (a local one, a gs:// or s3:// one)."""
 
-    def __init__(self, label: str, sink: str, reads: str, root: str):
+    def __init__(self, label: str, sink: str, reads: Reads, root: str):
         self.label, self.sink, self.reads, self.root = label, sink, reads, root
-        where, advice = LAKE_KINDS[reads]
-        super().__init__(f"{label}: the {sink} sink reads the lake from {where}, and [lake] root is {root}; {advice}")
+        kinds = (reads,) if isinstance(reads, str) else reads
+        where = " or ".join(LAKE_KINDS[kind][0] for kind in kinds)
+        roots = " or ".join(LAKE_KINDS[kind][1] for kind in kinds)
+        super().__init__(
+            f"{label}: the {sink} sink reads the lake from {where}, and [lake] root is {root}; "
+            f"set [lake] root to {roots}, or leave {sink} out of [ingest] sinks"
+        )
 
 
-def require_lake(label: str, sink: str, reads: str) -> None:
-    """Refuse a lake of the kind the sink ``sink`` cannot read (``reads``: local, gcs or any)."""
-    if reads != "any" and is_remote() != (reads == "gcs"):
+def require_lake(label: str, sink: str, reads: Reads) -> None:
+    """Refuse a lake of a kind the sink ``sink`` cannot read (``reads``: any, or the kinds it
+    reads: local, gcs, s3)."""
+    if reads != "any" and lake_kind() not in ((reads,) if isinstance(reads, str) else reads):
         raise WrongLake(label, sink, reads, lake_root())
 
 
@@ -47,7 +56,7 @@ class Sink(SourcePin, DatasetTask):
     """A warehouse sink: see the module."""
 
     name: ClassVar[str]  # as [ingest] sinks names it
-    reads: ClassVar[str] = "any"  # the lakes it reads: local, gcs or any
+    reads: ClassVar[Reads] = "any"  # the lakes it reads: any, or their kinds (local, gcs, s3)
 
     def requires(self):
         return self.clone(LakeFile)
