@@ -35,14 +35,14 @@ import luigi
 from dateutil.relativedelta import relativedelta
 from luigi.tools.range import RangeMonthly
 
-from pipeline import catalog, settings
+from pipeline import catalog, luigi_internals, settings
 from pipeline.convert import ToParquet
 from pipeline.dataset_task import remove
 from pipeline.download import Download, DownloadRecord, published, source_url
 from pipeline.flows import IngestMonth, IngestZones
 from pipeline.lake import LakeRecord
 from pipeline.lake_file import LakeFile
-from pipeline.params import Moment, Month, Services, UsageError
+from pipeline.params import Moment, Month, Services, ThisMonth, UsageError
 from pipeline.scheduling import Scheduled
 
 logger = logging.getLogger("pipeline.backfill")
@@ -60,7 +60,7 @@ class PublishedMonths(Scheduled, RangeMonthly):
     def missing_datetimes(self, finite_datetimes):
         of = self.of
         months = [self.datetime_to_parameter(d) for d in finite_datetimes]
-        done = set(of.bulk_complete.__func__(lambda **kw: of(**self.of_params, **kw), months))
+        done = set(luigi_internals.bulk_complete(of, lambda **kw: of(**self.of_params, **kw), months))
         missing = [d for d, m in zip(finite_datetimes, months) if m not in done]
         tail = [d for d in missing if not done or self.datetime_to_parameter(d) > max(done)]
         svc = catalog.SERVICES[self.of_params["service"]]
@@ -324,7 +324,7 @@ class IngestRecent(Scheduled, luigi.WrapperTask):
 
     services = Services(default=",".join(catalog.SERVICES), description="Comma-separated services, zones included")
     months = luigi.IntParameter(default=4, description="How many months back from --until to look")
-    until = Month(default=datetime.date.today().replace(day=1), description="YYYY-MM: the newest month to look for (default: this month)")
+    until = ThisMonth(description="YYYY-MM: the newest month to look for (default: this month, when the command runs)")
 
     def requires(self):
         return IngestRange(services=self.services, first=self.until - relativedelta(months=max(1, self.months) - 1), last=self.until)

@@ -26,6 +26,8 @@ from typing import Callable, Optional
 
 import pyarrow as pa
 
+from pipeline.errors import PipelineError
+
 TIMESTAMP = pa.timestamp("us")  # microseconds: the TLC's year-3019 typos still fit
 # The TLC's times are New York wall-clock times, with no zone (TIMESTAMP above). A source time that
 # carries a zone is an instant, so it becomes the wall-clock time in New York at that instant.
@@ -35,12 +37,16 @@ FLOAT = pa.float64()
 STRING = pa.string()
 
 
-class SchemaMismatch(ValueError):
+class SchemaMismatch(PipelineError, ValueError):
     """A source file's header does not fit the catalog."""
 
+    hint = "the source's layout changed: the catalog (pipeline/catalog.py) must learn it"
 
-class ConversionError(ValueError):
+
+class ConversionError(PipelineError, ValueError):
     """A row of the source file does not fit the catalog."""
+
+    hint = "the source holds a value the catalog does not accept: see the row named"
 
 
 def _is_text(type_: pa.DataType) -> bool:
@@ -515,7 +521,10 @@ def check_rows(svc: Service, rows: int, where: str) -> None:
         )
 
 
-def month_str(month: datetime.date) -> str:
+def month_str(month: Optional[datetime.date]) -> str:
+    """YYYY-MM: the month of a monthly dataset, which must have one."""
+    if month is None:
+        raise ValueError("a monthly dataset is named by its month, and none was given")
     return month.strftime("%Y-%m")
 
 

@@ -1,5 +1,5 @@
-"""What a user of `luigi --module pipeline ...` reads on the console, and every luigi internal
-that takes leaning on (luigi offers no hooks for it): installed once, by the package's import.
+"""What a user of `luigi --module pipeline ...` reads on the console, through luigi's internals
+(pipeline/luigi_internals.py: luigi offers no hooks for it): installed once, by the package's import.
 
 - A mistake on the command line is one line and exit code 2, before anything runs: an unknown task
   (with the nearest name), an unknown flag (with the nearest flag), a setting luigi cannot read,
@@ -32,14 +32,12 @@ import traceback
 from typing import Optional
 
 import luigi
-import luigi.interface
-import luigi.worker
 from luigi.cmdline_parser import CmdlineParser
 from luigi.parameter import MissingParameterException
 from luigi.rpc import RPCError
 from luigi.task_register import Register, TaskClassNotFoundException
 
-from pipeline import errors, params, redaction
+from pipeline import download, errors, luigi_internals, params, redaction
 
 # The tasks a user runs (the others are their steps), listed when no task is given.
 USER_TASKS = ("IngestMonth", "IngestZones", "IngestRange", "IngestRecent", "Reingest", "Republished")
@@ -53,16 +51,43 @@ _COMPLETE_FAILED = "Will not run "
 _MARK = "FAILED "
 
 
+def text_of(error: BaseException, advice: bool = True) -> str:
+    """``error``'s message on one line, where the text of the error it was raised from (a
+    requests ConnectionError's chain of wrappers) stands as that chain's innermost reason
+    (`[Errno 111] Connection refused`); without the advice on going offline if not ``advice``
+    (a retry's warning: the run's last line gives it)."""
+    text = " ".join(str(error).split())
+    inner = error.__cause__ or error.__context__
+    if inner is not None:
+        innermost, deeper = inner, inner.__cause__ or inner.__context__
+        while deeper is not None:
+            innermost, deeper = deeper, deeper.__cause__ or deeper.__context__
+        text = text.replace(" ".join(redaction.scrub(str(inner)).split()), " ".join(str(innermost).split()))
+    return text if advice else text.replace(" ".join(download.OFFLINE_HINT.split()), "")
+
+
+def one_line(label: str, error: BaseException) -> str:
+    """`yellow 2021-08 (https://...): not published (HTTP 404); check the month, ...`: what went
+    wrong and where, then what to do (errors.hint_of). ``label`` names the step's data ('yellow
+    2021-08'), for the messages that do not start with it."""
+    hint = errors.hint_of(error)
+    text = text_of(error)
+    what = text if text.startswith(label) else f"{label}: {text}"
+    if hint is None:
+        return f"{what} ({type(error).__module__}.{type(error).__name__}: not a failure the pipeline expects; the traceback is above)"
+    return f"{what}; {hint}" if hint else what
+
+
 class _Failures:
     """One command's log of failures: the file is created at the first one."""
 
     def __init__(self, folder: str):
         self.path = os.path.join(folder, "logs", time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}.log")
 
-    def write(self, task: luigi.Task, error: BaseException) -> bool:
+    def write(self, task: object, error: BaseException) -> bool:
         """Write the failure's line and traceback; False if the file cannot be written (then the
         console keeps the traceback, which must be somewhere)."""
-        line = errors.one_line(getattr(task, "label", str(task)), error)
+        line = one_line(getattr(task, "label", str(task)), error)
         trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         block = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {task} failed\n{_MARK}{line}\n{trace}\n"
         try:
@@ -93,7 +118,7 @@ class _Console(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if record.msg == _FAILED and error is not None and _failures is not None:
+        if record.msg == _FAILED and error is not None and _failures is not None and isinstance(record.args, tuple):
             if _failures.write(record.args[2], error) and errors.hint_of(error) is not None:
                 record.exc_info = None  # a known failure: its traceback is in the log file
             return True
@@ -129,7 +154,7 @@ class _ShortRetry(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and record.args and isinstance(record.args[0], BaseException):
-            record.args = (errors.text_of(record.args[0], advice=False), *record.args[1:])
+            record.args = (text_of(record.args[0], advice=False), *record.args[1:])
         return True
 
 
@@ -155,7 +180,7 @@ def _usage(message: str) -> None:
     raise SystemExit(2)
 
 
-def _schedule_and_run(tasks, *args, _luigis=luigi.interface._schedule_and_run, **kwargs):
+def _schedule_and_run(tasks, *args, _luigis=luigi_internals.luigis_schedule_and_run, **kwargs):
     """luigi's own, and for a command (not luigi.build from Python): the settings checked first,
     the failures' lines printed last, after luigi's execution summary."""
     global _failures
@@ -174,7 +199,7 @@ def _schedule_and_run(tasks, *args, _luigis=luigi.interface._schedule_and_run, *
             print("\n".join(lines), file=sys.stderr)
 
 
-def _exit_with_help_or_mistake(parser, known_args, _luigis=CmdlineParser._possibly_exit_with_help):
+def _exit_with_help_or_mistake(parser, known_args, _luigis=luigi_internals.luigis_exit_with_help):
     """Luigi's --help, then the task named: none, or one luigi does not know, is one line (luigi
     said `No task specified` and exited 1, or raised with a traceback)."""
     _luigis(parser, known_args)
@@ -198,7 +223,7 @@ def _first_line(cls: type) -> str:
     return sentence.split(":")[0] if len(sentence) > 100 else sentence
 
 
-def _build_parser(*args, _luigis=CmdlineParser._build_parser, **kwargs) -> argparse.ArgumentParser:
+def _build_parser(*args, _luigis=luigi_internals.luigis_build_parser, **kwargs) -> argparse.ArgumentParser:
     """luigi's parser, whose errors are one line (without the usage block of every flag); an
     unknown flag names the nearest known one."""
     parser = _luigis(*args, **kwargs)
@@ -215,7 +240,7 @@ def _build_parser(*args, _luigis=CmdlineParser._build_parser, **kwargs) -> argpa
     return parser
 
 
-def _check_complete_cached(task, *args, _luigis=luigi.worker.check_complete_cached, **kwargs):
+def _check_complete_cached(task, *args, _luigis=luigi_internals.luigis_check_complete_cached, **kwargs):
     """luigi's check of a step's complete(); one that raises is a failure too (a warehouse that
     refuses the connection fails the run at scheduling, exit code 35): logged here, where the
     error is still at hand (luigi keeps only its traceback's text)."""
@@ -230,7 +255,9 @@ def _check_complete_cached(task, *args, _luigis=luigi.worker.check_complete_cach
 def install() -> None:
     logging.getLogger("luigi-interface").addFilter(_Console())
     logging.getLogger("pipeline.retry").addFilter(_ShortRetry())
-    luigi.interface._schedule_and_run = _schedule_and_run
-    luigi.worker.check_complete_cached = _check_complete_cached
-    CmdlineParser._possibly_exit_with_help = staticmethod(_exit_with_help_or_mistake)
-    CmdlineParser._build_parser = staticmethod(_build_parser)
+    luigi_internals.hook(
+        schedule_and_run=_schedule_and_run,
+        check_complete_cached=_check_complete_cached,
+        exit_with_help=_exit_with_help_or_mistake,
+        build_parser=_build_parser,
+    )

@@ -30,6 +30,7 @@ from pipeline import catalog, legacy, settings
 from pipeline.catalog import ConversionError
 from pipeline.dataset_task import DatasetTask
 from pipeline.download import GZIP_ERRORS, Download, DownloadRecord, gunzipped, gzip_damage
+from pipeline.errors import PipelineError
 from pipeline.lake import footer
 from pipeline.zone_shapes import ZoneIndex, ZoneShapes
 
@@ -51,9 +52,11 @@ READ_AHEAD_BYTES = 32 << 20
 TEXT = pa.dictionary(pa.int32(), catalog.STRING)
 
 
-class SourceCorrupt(OSError):
+class SourceCorrupt(PipelineError, OSError):
     """The downloaded file cannot be read to its end (a Parquet data page or a gzip stream
     that is damaged): downloading it again may heal it, converting it again cannot."""
+
+    hint = "the download is damaged: run the same command again to fetch it anew"
 
 
 class RowCountMismatch(SourceCorrupt):

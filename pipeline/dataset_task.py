@@ -18,11 +18,12 @@ import secrets
 import stat
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import luigi
 
 from pipeline import catalog, completion, params, redaction, settings
+from pipeline.errors import PipelineError
 from pipeline.scheduling import Scheduled
 from pipeline.targets.marker import MonthMarker
 
@@ -31,7 +32,7 @@ logger = logging.getLogger("pipeline")
 
 class DatasetTask(Scheduled, luigi.Task):
     service = params.Choice(choices=list(catalog.SERVICES), description="The TLC service, or zones for the zone lookup.")
-    month = params.OptionalMonth(default=None, description="YYYY-MM: the month of the published file (not for zones).")
+    month = params.OptionalMonth(description="YYYY-MM: the month of the published file (not for zones).")
 
     _last_report = 0.0
 
@@ -77,7 +78,15 @@ class DatasetTask(Scheduled, luigi.Task):
         self.tell(f"{self.label}: {what}", min(100, round(100 * done / total)) if total else None)
 
 
-class SourcePin:
+# What SourcePin is mixed into, for the type checker: it uses luigi.Task's methods (at run time a
+# plain mixin, so that luigi registers no task of its own for it).
+if TYPE_CHECKING:
+    _Task = luigi.Task
+else:
+    _Task = object
+
+
+class SourcePin(_Task):
     """A parameter for the steps whose output a Reingest replaces (the lake file, each warehouse,
     the flows over them): with it, the output is complete only when it came from that source
     file, so the old output stays until the new one replaces it."""
@@ -120,7 +129,7 @@ TEMP_NAME = re.compile(r".+\.\d+-[0-9a-f]{8}")
 LUIGI_TEMP_NAME = re.compile(r".+-luigi-tmp-\d+")
 
 
-class OutsideRoot(RuntimeError):
+class OutsideRoot(PipelineError, RuntimeError):
     """A path a step would write or delete is not plainly inside its root: outside it, or reached
     through a symbolic link below it."""
 

@@ -38,7 +38,7 @@ import luigi.configuration
 import luigi.interface
 import requests
 
-from pipeline import catalog, download, settings
+from pipeline import catalog, download, luigi_internals, retry, settings
 from pipeline.dataset_task import TEMP_AREA
 from pipeline.redaction import redact, scrub
 from pipeline.targets import gcs, s3
@@ -122,7 +122,7 @@ def overridden(values: dict[tuple[str, str], str]) -> Iterator[None]:
 def files_read() -> list[Path]:
     """The settings files luigi read, in order, each once (the checkout's luigi.cfg is read
     first, and again as the current directory's when a command runs from the checkout)."""
-    paths = [Path(p).resolve() for p in luigi.configuration.LuigiConfigParser._config_paths if os.path.isfile(p)]
+    paths = [Path(p).resolve() for p in luigi_internals.config_paths() if os.path.isfile(p)]
     return list(dict.fromkeys(paths))
 
 
@@ -149,9 +149,14 @@ def origins(files: list[Path]) -> dict[tuple[str, str], str]:
 LIBPQ_ENV = {"host": "PGHOST", "port": "PGPORT", "database": "PGDATABASE", "user": "PGUSER"}
 
 
+def _reader(config: Callable[[], object], key: str) -> Callable[[], object]:
+    """``key`` of the settings section ``config``, read when asked."""
+    return lambda: getattr(config(), key)
+
+
 def relevant(sinks: list[str]) -> list[tuple[str, str, Callable[[], object]]]:
     """The values that decide where a run reads and writes: (section, key, value)."""
-    values = [
+    values: list[tuple[str, str, Callable[[], object]]] = [
         ("source", "kind", lambda: settings.source().kind),
         ("source", "base_url", lambda: redact(settings.source().base_url) or f"(empty: {download.base_url()})"),
         ("lake", "root", lambda: settings.lake().root),
@@ -163,16 +168,11 @@ def relevant(sinks: list[str]) -> list[tuple[str, str, Callable[[], object]]]:
     if "duckdb" in sinks:
         values.append(("duckdb", "path", lambda: settings.duckdb().path))
     if "postgres" in sinks:
-        values += [
-            ("postgres", key, lambda key=key: getattr(settings.postgres(), key)) for key in ("host", "port", "database", "user", "schema")
-        ]
+        values += [("postgres", key, _reader(settings.postgres, key)) for key in ("host", "port", "database", "user", "schema")]
     if {"bigquery", "bigquery_table"} & set(sinks):
-        values += [
-            ("bigquery", key, lambda key=key: getattr(settings.bigquery(), key))
-            for key in ("project", "dataset", "location", "create_dataset")
-        ]
+        values += [("bigquery", key, _reader(settings.bigquery, key)) for key in ("project", "dataset", "location", "create_dataset")]
     core = luigi.interface.core
-    values += [("core", key, lambda key=key: getattr(core(), key)) for key in ("local_scheduler", "scheduler_host", "scheduler_port")]
+    values += [("core", key, _reader(core, key)) for key in ("local_scheduler", "scheduler_host", "scheduler_port")]
     return values
 
 
@@ -180,12 +180,12 @@ def check_settings(cmdline: set[tuple[str, str]]) -> Check:
     files = files_read()
     where = origins(files)
     check = passed("settings", "read " + ", then ".join(map(shown, files)) + (" (the later winning)" if len(files) > 1 else ""))
-    for section in SECTIONS:  # each must parse, as a run's first task would find
+    for config in SECTIONS:  # each must parse, as a run's first task would find
         try:
-            section()
+            config()
         except Exception as e:  # luigi raises a ValueError, a ParameterException or others for a bad value
             return failed(
-                "settings", f"[{section.__name__}]: {e}", f"correct it where it is set: {', '.join(map(shown, files))} or the command line"
+                "settings", f"[{config.__name__}]: {e}", f"correct it where it is set: {', '.join(map(shown, files))} or the command line"
             )
     for section, key, value in relevant(settings.ingest().sink_names()):
         origin = "command line" if (section, key) in cmdline else where.get((section, key), "default")
@@ -261,12 +261,12 @@ def probe_gcs(root: str) -> None:
     bucket, prefix = gcs.split(root)
     blob = gcs.client().bucket(bucket).blob(f"{prefix.strip('/')}/{TEMP_AREA}/doctor.{os.getpid()}-{secrets.token_hex(4)}".lstrip("/"))
     timeout = settings.gcs().timeout
-    blob.upload_from_string(PROBE, timeout=timeout, retry=None)
+    blob.upload_from_string(PROBE, timeout=timeout, **retry.once())
     try:
-        if blob.download_as_bytes(timeout=timeout, retry=None) != PROBE:
+        if blob.download_as_bytes(timeout=timeout, **retry.once()) != PROBE:
             raise OSError(0, "what was read back is not what was written", root)
     finally:
-        blob.delete(timeout=timeout, retry=None)
+        blob.delete(timeout=timeout, **retry.once())
 
 
 def probe_s3(root: str) -> None:
@@ -416,7 +416,7 @@ def check_bigquery(sink: str) -> Check:
         client = bigquery.client()
         dataset = bigquery.dataset_id(client)
         try:
-            client.get_dataset(dataset, retry=None, timeout=LUIGID_TIMEOUT * 4)
+            client.get_dataset(dataset, **retry.once(), timeout=LUIGID_TIMEOUT * 4)
         except NotFound:
             if not cfg.create_dataset:
                 return failed(
@@ -429,7 +429,7 @@ def check_bigquery(sink: str) -> Check:
         for svc in catalog.SERVICES.values():
             want = wanted(client, svc)
             try:
-                have = client.get_table(want.reference, retry=None, timeout=LUIGID_TIMEOUT * 4)
+                have = client.get_table(want.reference, **retry.once(), timeout=LUIGID_TIMEOUT * 4)
             except NotFound:
                 continue
             problems += [f"table {want.table_id}: {problem}" for problem in differences(have, want)]
@@ -478,7 +478,12 @@ def checks(local_scheduler: bool, cmdline: set[tuple[str, str]]) -> Iterator[Che
     with one_try():
         yield check_source()
         yield check_lake()
-        warehouses = {"duckdb": check_duckdb, "postgres": check_postgres, "bigquery": check_bigquery, "bigquery_table": check_bigquery}
+        warehouses: dict[str, Callable[..., Check]] = {
+            "duckdb": check_duckdb,
+            "postgres": check_postgres,
+            "bigquery": check_bigquery,
+            "bigquery_table": check_bigquery,
+        }
         for sink in settings.ingest().sink_names():
             if sink not in warehouses:
                 yield failed("sinks", f"[ingest] sinks names {sink!r}", f"give some of {', '.join(warehouses)}, or none")
@@ -490,7 +495,7 @@ def checks(local_scheduler: bool, cmdline: set[tuple[str, str]]) -> Iterator[Che
 def main(argv: Optional[list[str]] = None) -> int:
     args = vars(parser().parse_args(argv))
     local = args.pop("local_scheduler")
-    given = {tuple(dest.split(".", 1)): value for dest, value in args.items() if value is not None}
+    given = {(dest.partition(".")[0], dest.partition(".")[2]): value for dest, value in args.items() if value is not None}
     with overridden(given):
         results = []
         for check in checks(local, set(given)):

@@ -25,7 +25,7 @@ import re
 import threading
 import time
 import urllib.parse
-from typing import BinaryIO, Callable, Iterator, Mapping, Optional
+from typing import BinaryIO, Callable, Iterator, Mapping, Optional, cast
 
 import luigi
 import pyarrow as pa
@@ -36,6 +36,7 @@ from isal import igzip, isal_zlib
 
 from pipeline import catalog, retry, settings
 from pipeline.dataset_task import DatasetTask
+from pipeline.errors import PipelineError
 from pipeline.redaction import redact, scrub
 
 logger = logging.getLogger("pipeline.download")
@@ -84,7 +85,7 @@ class DownloadRecord:
         return cls(**{k: v for k, v in values.items() if k in fields})
 
 
-class RecordUnreadable(ValueError):
+class RecordUnreadable(PipelineError, ValueError):
     """A download's record (DownloadRecord) that cannot be read as one."""
 
     def __init__(self, path: str, why: str):
@@ -94,12 +95,19 @@ class RecordUnreadable(ValueError):
         )
 
 
-class SourceError(RuntimeError):
-    """The source did not give us the file we asked for."""
+class SourceError(PipelineError, RuntimeError):
+    """The source did not give us the file we asked for (refused, cut short, too slow, not the
+    file asked for): the message says which and what to do."""
 
 
 class MonthNotPublished(SourceError):
     """The source has no such file (HTTP 404, or missing from a file:// mirror)."""
+
+    @property
+    def hint(self) -> str:  # type: ignore[override]  # a property where the base has a class attribute: it depends on the source
+        if settings.source().kind == "releases":
+            return "check the month (the course's copies hold 2019-01..2021-07), or --source-kind tlc"
+        return "check the month: the TLC publishes a month about two months after it ends"
 
 
 class _Retryable(SourceError, retry.Transient):
@@ -290,7 +298,8 @@ def _parquet_rows(path: str, where: str) -> tuple[str, int]:
 
 # What reading a damaged gzip stream raises: cut short (EOFError), a bad CRC, length or header
 # (gzip.BadGzipFile, an OSError), a bad deflate block (isal's IsalError).
-GZIP_ERRORS = (EOFError, OSError, isal_zlib.error)
+# isal's stubs declare its error an instance; it is a class (ISA-L's zlib.error).
+GZIP_ERRORS: tuple[type[Exception], ...] = (EOFError, OSError, cast(type[Exception], isal_zlib.error))
 
 
 def gunzipped(raw: BinaryIO) -> BinaryIO:
@@ -471,6 +480,7 @@ def fetch(
     """Download a data file of ``svc`` to ``dest`` and check it (fetch_file, then its header
     and, where it is known here, its row count); return what we know about the file."""
     record = fetch_file(url, dest, where, progress)
+    rows: Optional[int]  # None: a csv.gz file read only in part, counted by ToParquet
     if _suffix_of(url) == ".parquet":
         header, rows = _parquet_rows(dest, where)
     else:

@@ -4,38 +4,41 @@ traceback from deep inside luigi.
 
 Luigi parses a parameter's text only when it builds the task, after the command line was
 accepted, so a bad month surfaced as `ValueError: unconverted data remains: 3` with exit code 40.
-Each parameter here also hands argparse a check (luigi's `_parser_kwargs`, the hook its own
-BoolParameter uses), so the command line itself refuses the mistake.
+Each parameter here also hands argparse a check (luigi_internals.ArgparseChecked, the hook luigi's
+own BoolParameter uses), so the command line itself refuses the mistake.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import luigi
 
-from pipeline import catalog
+from pipeline import catalog, luigi_internals
+from pipeline.errors import PipelineError
 
 
-class UsageError(ValueError):
+class UsageError(PipelineError, ValueError):
     """Parameters that make no sense together (a month for the zones, --first after --last):
     found when luigi builds the task, and shown as this one line (pipeline/console.py)."""
 
+    hint = "see --help"
 
-class _Checked:
+
+class _Checked(luigi_internals.ArgparseChecked):
     """A parameter whose text argparse checks with ``self.check`` (which returns it unchanged
     or raises argparse.ArgumentTypeError)."""
-
-    def _parser_kwargs(self, *args, **kwargs):
-        return {**super()._parser_kwargs(*args, **kwargs), "type": self.check}
 
 
 class AtLeast(_Checked):
     """A number with a least value (`[source] attempts`: 1, the tries in all): below it is refused
     in one line before any task runs, from the command line (argparse) or a settings file
     (pipeline/console.py reads every setting first), not found by a failing step."""
+
+    # luigi's, from the number parameter this is mixed into (IntParameter, FloatParameter)
+    parse: Callable[[str], Any]
 
     def __init__(self, least: float, **kwargs):
         super().__init__(**kwargs)
@@ -89,10 +92,23 @@ class Month(_Checked, luigi.MonthParameter):
         return text
 
 
+class ThisMonth(luigi_internals.DefaultPerTask, Month):
+    """YYYY-MM; by default the month the task is made in (when the command runs, not when the
+    module was imported: a long-lived scheduler process or test session would keep one month)."""
+
+    def default_now(self) -> datetime.date:
+        return datetime.date.today().replace(day=1)
+
+
 class OptionalMonth(Month):
     """YYYY-MM, or none (the zones have no month). luigi writes a parameter as text whenever it
     hands a task on (dynamic dependencies, luigid) and its MonthParameter writes None as "None",
     which it cannot read back: here no month is the empty text, and "None" still reads as none."""
+
+    def __init__(self, **kwargs: Any):
+        # None by default (luigi types a MonthParameter's default as a date; this one's is none).
+        kwargs.setdefault("default", None)
+        super().__init__(**kwargs)
 
     def serialize(self, x) -> str:
         return "" if x is None else super().serialize(x)
@@ -108,7 +124,7 @@ class Choice(_Checked, luigi.ChoiceParameter):
     def __init__(self, *, choices: Sequence[str], hints: Mapping[str, str] = {}, **kwargs):
         super().__init__(choices=choices, **kwargs)
         self.ordered, self.hints = tuple(choices), dict(hints)
-        self.description = self.description.rpartition("Choices: {")[0] + "Choices: " + ", ".join(self.ordered)
+        self.description = (self.description or "").rpartition("Choices: {")[0] + "Choices: " + ", ".join(self.ordered)
 
     def check(self, text: str) -> str:
         if text not in self.ordered:
@@ -139,7 +155,7 @@ class Services(_Checked, luigi.Parameter):
 ZONES_HINT = "the zone lookup has no month: luigi --module pipeline IngestZones"
 
 
-class Moment(luigi.Parameter):
+class Moment(luigi_internals.DefaultPerTask, luigi.Parameter[datetime.datetime]):
     """A moment to the microsecond, YYYY-MM-DDTHHMMSS.ffffff; by default the moment the task is
     made (a luigi default is fixed once, when the class is defined: every task of a process, or
     of a test session, would share it). Finer than luigi's DateSecondParameter, so that a file
@@ -156,6 +172,5 @@ class Moment(luigi.Parameter):
     def normalize(self, x):
         return self.parse(x) if isinstance(x, str) else x
 
-    def _value_iterator(self, task_name, param_name):
-        yield from super()._value_iterator(task_name, param_name)
-        yield (datetime.datetime.now(), None)
+    def default_now(self) -> datetime.datetime:
+        return datetime.datetime.now()

@@ -3,7 +3,7 @@
 The secrets are what the settings carry: the user part (user name, password, token) and the
 query (a signed URL's signature) of `[source] base_url`, and PGPASSWORD when it is set. They
 leave a task by three ways, each passed through here once:
-- log lines: `install()` (run when this module is imported, with the package) makes every log record, of any
+- log lines: `install()` (run when the package is imported, pipeline/__init__.py) makes every log record, of any
   logger, a ScrubbedRecord, whose message and traceback come out scrubbed under whatever handlers
   luigi or a user's logging configuration sets up later;
 - the explanation luigid keeps of a failure (the visualiser shows it, with no login): what a
@@ -51,7 +51,7 @@ def secrets_of(url: str) -> set[str]:
     user_part = url.partition("://")[2].split("/", 1)[0].rpartition("@")[0] if "://" in url else ""
     query = urllib.parse.urlsplit(url).query
     values = [value for _, value in urllib.parse.parse_qsl(query, keep_blank_values=True)]
-    found = set()
+    found: set[str] = set()
     for secret in (user_part, *user_part.split(":", 1), query, *values):
         found.update((secret, urllib.parse.unquote(secret), urllib.parse.unquote_plus(secret)))
     return {s for s in found if s}
@@ -126,6 +126,3 @@ def install() -> None:
     """Make every log record a ScrubbedRecord, from now on, whatever logging configuration
     luigi or the user sets up later (it keeps the record factory)."""
     logging.setLogRecordFactory(ScrubbedRecord)
-
-
-install()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from pipeline import settings
 
@@ -116,7 +116,7 @@ def s3() -> botocore.config.Config:
     )
 
 
-def bigquery() -> dict[str, Retry]:
+def bigquery() -> dict[str, Any]:  # keyword arguments (retry=): Any, as each client call types them its own way
     """The BigQuery client's own policy for an API call (its default, given at the call so that it
     is declared here): ``client.get_table(..., **retry.bigquery())``."""
     from google.cloud.bigquery.retry import DEFAULT_RETRY
@@ -124,7 +124,14 @@ def bigquery() -> dict[str, Retry]:
     return {"retry": DEFAULT_RETRY}
 
 
-def bigquery_query() -> dict[str, Retry]:
+def once() -> dict[str, Any]:
+    """For a google client's call asked once, with no retry (the doctor's checks: it says what
+    fails; a run is what waits for it to heal). Any: the clients' stubs type retry as a Retry,
+    and they take None for none."""
+    return {"retry": None}
+
+
+def bigquery_query() -> dict[str, Any]:
     """`bigquery`'s, and the client's own policy for a query job that failed with a transient
     error (submitted again): for ``client.query`` and the job's ``result``."""
     from google.cloud.bigquery.retry import DEFAULT_JOB_RETRY

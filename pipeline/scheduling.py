@@ -11,8 +11,7 @@ luigid is advice, never a dependency of the data.
   and then raises into it: a luigid restart failed every month being converted or loaded.
 
 luigi's internals this leans on (the id computed in Task.__init__ and its cached hash, the
-reporter callables a worker sets on the task while it runs) are used here and nowhere else;
-tests/test_flow_trust.py fails loudly when a luigi release changes them.
+reporter callables a worker sets on the task while it runs) are in pipeline/luigi_internals.py.
 """
 
 from __future__ import annotations
@@ -21,9 +20,7 @@ import logging
 import threading
 from typing import Callable, Optional
 
-from luigi.task import task_id_str
-
-from pipeline import settings
+from pipeline import luigi_internals, settings
 
 logger = logging.getLogger("pipeline.scheduling")
 
@@ -52,17 +49,16 @@ class Scheduled:
     """A task (mixin, before luigi's Task in the bases) whose id includes its deployment and whose
     progress reports are advice."""
 
+    task_id: str  # luigi.Task's, set in __init__ (luigi_internals.set_task_id)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         params = self.to_str_params(only_significant=True, only_public=True)
-        self.task_id = task_id_str(self.get_task_family(), {**params, "deployment": deployment()})
-        self._Task__hash = hash(self.task_id)  # luigi's Task.__hash__ returns the id's hash, cached in __init__
+        luigi_internals.set_task_id(self, self.get_task_family(), {**params, "deployment": deployment()})
 
     def tell(self, message: str, percentage: Optional[int] = None) -> None:
         """Show ``message`` (and ``percentage``) in the visualiser, without waiting for it."""
-        # The callables luigi's worker sets while the task runs (None outside a run).
-        send_message = getattr(self, "set_status_message", None)
-        send_percentage = getattr(self, "set_progress_percentage", None)
+        send_message, send_percentage = luigi_internals.reporters(self)
         if callable(send_message):
             _REPORTS.post(self.task_id, send_message, message, send_percentage, percentage)
 

@@ -3,8 +3,8 @@
 
 The class names are the luigi.cfg section names, hence lower case.
 
-Where they are read from is decided here too, once, when the package is imported (luigi imports
-`--module pipeline` before it reads any setting). Luigi on its own reads `luigi.cfg` from the
+Where they are read from is decided here too, by `load()`, run once when the package is imported
+(pipeline/__init__.py: luigi imports `--module pipeline` before it reads any setting). Luigi on its own reads `luigi.cfg` from the
 current directory, so a command run elsewhere would lose the embedded default, `[retcode]`
 included, and put a second `data/` tree there. Here, whatever the current directory:
 - the checkout's `luigi.cfg` is always read first (the embedded default); a `luigi.cfg` in the
@@ -33,7 +33,8 @@ import luigi
 import luigi.configuration
 from luigi.configuration import LuigiConfigParser
 
-from pipeline import catalog, params
+from pipeline import catalog, luigi_internals, params
+from pipeline.errors import PipelineError
 
 # The project folder: $NYC_TLC_HOME, else the checkout the package runs from (an editable install,
 # as the README's), else, installed as a plain package with no checkout around it, the current
@@ -61,7 +62,7 @@ class SettingsNotFound(SettingsError):
     LUIGI_CONFIG_PATH names): the command would silently run on other settings."""
 
 
-class LakeRootError(ValueError):
+class LakeRootError(PipelineError, ValueError):
     """A `[lake] root` the pipeline cannot write to as asked (see lake_root_problem)."""
 
     def __init__(self, value: str, why: str):
@@ -71,9 +72,9 @@ class LakeRootError(ValueError):
 
 # A URL's scheme, as a lake root starts with one.
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
-
 # The object stores a lake may be in, as their URLs start (gs://bucket/prefix, s3://bucket/prefix).
 BUCKET_SCHEMES = ("gs", "s3")
+
 
 def lake_root_problem(value: str) -> Optional[str]:
     """Why ``value`` is no lake root, or None: a lake is a local folder, gs://bucket/prefix or
@@ -132,7 +133,7 @@ def url_under_home(value: str) -> str:
 
 
 # luigi's own list, as luigi left it: the system's files, then the current directory's.
-_LUIGIS = [p for p in LuigiConfigParser._config_paths if p != os.environ.get("LUIGI_CONFIG_PATH")]
+_LUIGIS = [p for p in luigi_internals.config_paths() if p != os.environ.get("LUIGI_CONFIG_PATH")]
 
 
 def load(cwd: Path | None = None) -> None:
@@ -144,7 +145,7 @@ def load(cwd: Path | None = None) -> None:
             f"or name it in {HOME_VARIABLE}"
         )
     found = profiles(os.environ.get("LUIGI_CONFIG_PATH", ""), cwd or Path.cwd())
-    LuigiConfigParser._config_paths[:] = [str(EMBEDDED), *_LUIGIS, *map(str, found)]
+    luigi_internals.config_paths()[:] = [str(EMBEDDED), *_LUIGIS, *map(str, found)]
     LuigiConfigParser.reload()
     config = luigi.configuration.get_config()
     root = config.get("lake", "root", "")
@@ -156,9 +157,6 @@ def load(cwd: Path | None = None) -> None:
             config.set(section, key, under_home(config.get(section, key)))
     if config.has_option("source", "base_url"):
         config.set("source", "base_url", url_under_home(config.get("source", "base_url")))
-
-
-load()
 
 
 class source(luigi.Config):
@@ -222,6 +220,8 @@ class gcs(luigi.Config):
     retry_deadline = params.Amount(
         least=0, default=600.0, description="Seconds to keep retrying an operation's transient errors before giving up"
     )
+
+
 class s3(luigi.Config):
     """Amazon S3 (or an S3-compatible store), for an s3:// lake. Credentials, region and endpoint
     come from the AWS SDK's own chain (AWS_* variables, ~/.aws/config and credentials, an instance
@@ -237,8 +237,6 @@ class s3(luigi.Config):
     attempts = params.Count(
         least=1, default=5, description="Tries per request in all (at least 1) on throttling, 5xx answers and dropped connections"
     )
-
-
 
 
 class duckdb(luigi.Config):

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import catalog, download, redaction, settings
+from pipeline.errors import PipelineError
 from pipeline.lake import LakeTarget, footer, lake_target, shapes_path
 from pipeline.scheduling import Scheduled
 
@@ -49,7 +50,7 @@ PAIR_CHUNK = 16384
 SCHEMA = pa.schema([("LocationID", pa.int64()), ("zone", pa.string()), ("borough", pa.string()), ("geometry", pa.binary())])
 
 
-class ShapesError(ValueError):
+class ShapesError(PipelineError, ValueError):
     """The zone shapes are not what the catalog says they are; the message says what and where."""
 
 
@@ -69,10 +70,11 @@ def read_shapes(path: str, where: str) -> pa.Table:
         raise ShapesError(f"{where}: member {damaged} is damaged (its CRC does not match)")
     stem = posixpath.splitext(shapes.shapefile)[0]
     members = {posixpath.basename(name): name for name in archive.namelist()}
-    parts = {ext: members.get(f"{stem}.{ext}") for ext in ("shp", "shx", "dbf", "prj")}
-    lacking = [f"{stem}.{ext}" for ext, name in parts.items() if name is None]
+    found = {ext: members.get(f"{stem}.{ext}") for ext in ("shp", "shx", "dbf", "prj")}
+    lacking = [f"{stem}.{ext}" for ext, name in found.items() if name is None]
     if lacking:
         raise ShapesError(f"{where}: the zip lacks {', '.join(lacking)}; it has {', '.join(sorted(members))}")
+    parts = {ext: name for ext, name in found.items() if name is not None}
     crs = pyproj.CRS.from_wkt(archive.read(parts["prj"]).decode("latin-1"))
     if not crs.equals(pyproj.CRS(shapes.crs)):
         raise ShapesError(f"{where}: the shapes are in {crs.name}, not {shapes.crs}")

@@ -16,7 +16,7 @@ from google.cloud import bigquery as bq
 
 from pipeline import IngestMonth, IngestZones
 from pipeline.catalog import SERVICES
-from pipeline.warehouses.bigquery import BigQueryError, BigQueryMarker, TableMisfit, client
+from pipeline.warehouses.bigquery import BigQueryError, BigQueryMarker, InvalidName, NoDataset, TableMisfit, client
 from pipeline.warehouses.sink import WrongLake
 
 from conftest import bigquery_dataset, configured
@@ -139,9 +139,9 @@ def test_a_missing_dataset_is_an_error_when_creating_it_is_off(bigquery, run):
     with configured({("bigquery", "create_dataset"): "false"}):
         result = run(IngestMonth(service="green", month=month("2019-01")))
 
-    assert str(result.failures["ExposeBigQuery"]) == (
-        f"dataset test.{bigquery_dataset()} does not exist; create it in US, or set [bigquery] create_dataset = true"
-    )
+    error = result.failures["ExposeBigQuery"]
+    assert str(error) == f"dataset test.{bigquery_dataset()} does not exist; create it in US, or set [bigquery] create_dataset = true"
+    assert isinstance(error, NoDataset) and (error.dataset, error.location) == (f"test.{bigquery_dataset()}", "US")
     assert bigquery.creates() == []
 
 
@@ -157,5 +157,7 @@ def test_the_bigquery_sink_needs_a_gcs_lake(bigquery, workspace, run):
 
 def test_a_bad_dataset_name_is_refused(bigquery):
     with configured({("bigquery", "dataset"): "nyc-tlc; DROP"}):
-        with pytest.raises(BigQueryError, match="is not a valid dataset name"):
+        with pytest.raises(BigQueryError, match="is not a valid dataset name") as refused:
             BigQueryMarker("green", month("2019-01")).exists()
+    assert isinstance(refused.value, InvalidName)
+    assert (refused.value.setting, refused.value.value) == ("dataset", "nyc-tlc; DROP")

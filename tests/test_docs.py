@@ -104,6 +104,7 @@ NOT_RUN = {
         "the whole history: bench/whole_history.py runs it, through a real luigid, on a mirror of every file the TLC lists"
     ),
     ".venv/bin/ruff format --check .": ".ci/run runs it before the tests, as written",
+    ".venv/bin/mypy": ".ci/run runs it after ruff, as written",
     "HYPOTHESIS_PROFILE=long .venv/bin/pytest tests/test_content_trust.py tests/test_source_trust.py tests/test_warehouse_trust.py "
     "tests/test_flow_trust.py": "the same tests as the README's test command, with more generated cases",
     **{command: "a benchmark takes minutes; each one's --help is run here" for command in BENCH_HELP},

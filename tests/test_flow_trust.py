@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from luigi.task import task_id_str
 
 import pipeline  # noqa: F401
 from pipeline import IngestMonth, LakeFile, ToParquet, scheduling
@@ -28,21 +27,6 @@ from pipeline.dataset_task import TEMP_AREA, OutsideRoot
 from conftest import LUIGI, ROOT, cli, configured, workspace_flags
 from mirror import month
 from servers import free_port, luigid
-
-# --- luigi's internals that pipeline/scheduling.py leans on ------------------------------------------
-
-
-def test_the_luigi_internals_scheduling_leans_on_are_still_there():
-    """If a luigi release changes these, task ids lose their deployment or progress reports stop:
-    this fails first, naming which."""
-    task = luigi.Task()
-    assert task.task_id == task_id_str(task.get_task_family(), task.to_str_params(only_significant=True, only_public=True))
-    assert hash(task) == task._Task__hash, "luigi.Task caches the id's hash as _Task__hash"
-    reporter = luigi.worker.TaskProcess.forward_reporter_attributes
-    assert reporter["update_status_message"] == "set_status_message"
-    assert reporter["update_progress_percentage"] == "set_progress_percentage"
-    assert task.set_status_message is None  # set by the worker only while the task runs
-
 
 # --- the deployment is part of every task's identity -------------------------------------------------
 

@@ -15,7 +15,7 @@ from pipeline import IngestMonth
 from pipeline.convert import ToParquet
 from pipeline.download import Download
 from pipeline.lake_file import LakeFile
-from pipeline.targets.gcs import GCSError, GCSFileSystem, GCSTarget, crc32c_of
+from pipeline.targets.gcs import CallFailed, ChunkSizeRefused, GarbledUpload, GCSError, GCSFileSystem, GCSTarget, crc32c_of
 from pipeline.targets.gcs import client as gcs_client
 
 from conftest import configured
@@ -92,7 +92,8 @@ def test_an_upload_cut_midway_leaves_no_object_and_the_rerun_completes(gcs, run)
     proxy.reset(cut_after=None)
     assert proxy.cuts > cuts
     error = cut.failures["LakeFile"]
-    assert isinstance(error, GCSError)
+    assert isinstance(error, CallFailed)
+    assert (error.doing, error.url) == ("uploading to", lake_file.output().path)
     assert str(error).startswith(f"uploading to {lake_file.output().path}: ")
     assert gcs.objects() == {}  # never a partial object under the final name
     assert not lake_file.complete()
@@ -130,7 +131,9 @@ def test_a_chunk_size_gcs_does_not_take_is_refused(gcs, run):
     with configured({("gcs", "chunk_size_kib"): "1000"}):
         result = run(IngestMonth(service="green", month=month("2019-01")))
 
-    assert "chunk_size_kib = 1000: GCS takes chunks of a multiple of 256 KiB" in str(result.failures["LakeFile"])
+    error = result.failures["LakeFile"]
+    assert "chunk_size_kib = 1000: GCS takes chunks of a multiple of 256 KiB" in str(error)
+    assert isinstance(error, ChunkSizeRefused) and error.chunk_size_kib == 1000
 
 
 def test_a_bucket_that_does_not_exist_is_named_in_the_error(gcs, run):
@@ -175,6 +178,7 @@ def test_every_gcs_call_is_bounded_by_the_gcs_settings(gcs, monkeypatch):
                 call()
             assert time.monotonic() - started < 10, call  # the client's own default gives up after 120 s
             assert f"gs://{gcs.name}/lake/green/month=2019-01/" in str(error.value)
+            assert isinstance(error.value, CallFailed) and error.value.url.startswith(f"gs://{gcs.name}/lake/green/month=2019-01/")
 
 
 def test_an_upload_garbled_on_the_wire_is_refused_and_removed_so_nothing_counts_as_done(gcs, run):
@@ -186,7 +190,8 @@ def test_an_upload_garbled_on_the_wire_is_refused_and_removed_so_nothing_counts_
 
     gcs.server["proxy"].reset(cut_after=None)
     url = f"{gcs.lake}/yellow/month=2021-01/yellow_tripdata_2021-01.parquet"
-    assert isinstance(error, GCSError) and str(error).startswith(f"uploading to {url}: the object's crc32c ")
+    assert isinstance(error, GarbledUpload) and error.url == url
+    assert str(error).startswith(f"uploading to {url}: the object's crc32c ")
     assert f"is not the local file's {crc32c_of(local)} ({local}): the upload was garbled on its way" in str(error)
     assert str(error).endswith("so the object was removed; the next run uploads it again")
     assert gcs.objects() == {} and not LakeFile(service="yellow", month=month("2021-01")).complete()
@@ -205,4 +210,5 @@ def test_a_big_upload_garbled_on_the_wire_is_refused_and_removed(gcs, tmp_path):
 
     gcs.server["proxy"].reset(cut_after=None)
     assert str(error.value).startswith(f"uploading to {url}: ") and "garbled" in str(error.value)
+    assert isinstance(error.value, GarbledUpload) and error.value.url == url
     assert gcs.objects() == {}

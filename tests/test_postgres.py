@@ -13,7 +13,15 @@ import pytest
 from pipeline import IngestMonth, IngestZones
 from pipeline.catalog import SERVICES
 from pipeline.lake import lake_path
-from pipeline.warehouses.postgres import LoadFailed, LoadPostgres, PostgresError, PostgresMarker, TableMisfit
+from pipeline.warehouses.postgres import (
+    ConnectRefused,
+    InvalidIdentifier,
+    LoadFailed,
+    LoadPostgres,
+    PostgresError,
+    PostgresMarker,
+    TableMisfit,
+)
 
 import servers
 from conftest import PG_PASSWORD, cli, configured, workspace_flags
@@ -225,8 +233,10 @@ def test_the_cli_loads_with_the_password_from_pgpassword_and_shows_it_nowhere(pg
 def test_the_password_is_no_task_parameter_and_a_bad_schema_name_is_refused(pg):
     assert sorted(LoadPostgres.get_param_names()) == ["month", "recount", "service", "source_sha256"]
     with configured({("postgres", "schema"): 'x"; DROP TABLE y; --'}):
-        with pytest.raises(PostgresError, match="is not a valid Postgres identifier"):
+        with pytest.raises(PostgresError, match="is not a valid Postgres identifier") as refused:
             PostgresMarker("yellow", month("2021-01")).exists()
+    assert isinstance(refused.value, InvalidIdentifier)
+    assert (refused.value.what, refused.value.name) == ("[postgres] schema", 'x"; DROP TABLE y; --')
 
 
 def test_a_wrong_password_fails_at_once_with_a_clear_error(pg, caplog, monkeypatch):
@@ -243,6 +253,9 @@ def test_a_wrong_password_fails_at_once_with_a_clear_error(pg, caplog, monkeypat
         '"postgres" (not retried: check [postgres] user and database, and PGPASSWORD '
         "or ~/.pgpass)"
     )
+    assert isinstance(error.value, ConnectRefused)
+    assert error.value.server == f"postgres@127.0.0.1:{pg.server['port']}/postgres"
+    assert "password authentication failed" in error.value.reason
     assert not [r for r in caplog.records if "try 2 of" in r.getMessage()]
     assert "not-the-password" not in str(error.value)
 

@@ -251,6 +251,8 @@ def test_a_lock_timeout_that_bounds_nothing_is_refused_by_name(seconds):
         with pytest.raises(PostgresError) as refused:
             postgres.lock_timeout_ms()
     assert str(refused.value).startswith(f"[postgres] lock_timeout = {seconds:g}: must be more than 0 and at most 2.14748e+06 seconds")
+    assert isinstance(refused.value, postgres.LockTimeoutRefused)
+    assert (refused.value.seconds, refused.value.most) == (pytest.approx(seconds, nan_ok=True), (2**31 - 1) / 1000)
 
 
 @given(seconds=st.floats(min_value=0, max_value=(2**31 - 1) / 1000, exclude_min=True))

@@ -32,20 +32,57 @@ import luigi
 import luigi.target
 
 from pipeline import retry, settings
+from pipeline.errors import PipelineError
 
 # google-cloud-storage is imported where it is used: every process imports this module (the lake
 # may be on GCS), but only a gs:// lake needs the client. Every call is bounded (`bounded`): its
 # retry is declared in pipeline/retry.py.
 if TYPE_CHECKING:
-    from google.cloud import storage
+    import google.cloud.storage as storage
 
 logger = logging.getLogger("pipeline.gcs")
 
 SCHEME = "gs://"
 
 
-class GCSError(RuntimeError):
+class GCSError(PipelineError, RuntimeError):
     """A lake operation on GCS failed; the message names the bucket and the path."""
+
+
+class CallFailed(GCSError):
+    """A call to GCS failed, after its retries (fields: doing, url, reason, advice)."""
+
+    def __init__(self, doing: str, url: str, reason: str, advice: str = ""):
+        self.doing, self.url, self.reason, self.advice = doing, url, reason, advice
+        super().__init__(f"{doing} {url}: {reason}" + (f"; {advice}" if advice else ""))
+
+
+class ChunkSizeRefused(GCSError):
+    """`[gcs] chunk_size_kib` is not what GCS takes (field: chunk_size_kib)."""
+
+    def __init__(self, chunk_size_kib: int):
+        self.chunk_size_kib = chunk_size_kib
+        super().__init__(f"[gcs] chunk_size_kib = {chunk_size_kib}: GCS takes chunks of a multiple of 256 KiB")
+
+
+class ObjectReplaced(GCSError):
+    """Another writer replaced the object between our upload and the check of its checksum
+    (fields: url, generation: theirs, ours)."""
+
+    def __init__(self, url: str, generation: int, ours: int):
+        self.url, self.generation, self.ours = url, generation, ours
+        super().__init__(
+            f"uploading to {url}: another writer replaced the object (generation {generation}, ours {ours}) "
+            "before its checksum was read; run again"
+        )
+
+
+class GarbledUpload(GCSError):
+    """An upload that arrived garbled, removed so it never counts as done (fields: url, why)."""
+
+    def __init__(self, url: str, why: str):
+        self.url, self.why = url, why
+        super().__init__(f"{why}, so the object was removed; the next run uploads it again")
 
 
 def split(url: str) -> tuple[str, str]:
@@ -60,7 +97,7 @@ def split(url: str) -> tuple[str, str]:
 
 @functools.lru_cache(maxsize=None)
 def _client(project: str, emulator: Optional[str]) -> storage.Client:
-    from google.cloud import storage
+    import google.cloud.storage as storage
 
     return storage.Client(project=project or None)  # reads STORAGE_EMULATOR_HOST itself
 
@@ -93,16 +130,18 @@ def _named(url: str, doing: str) -> Iterator[None]:
     try:
         yield
     except gexc.NotFound as e:
-        raise GCSError(f"{doing} {url}: bucket {bucket} or the object does not exist ({e.code} {e.message})") from e
+        raise CallFailed(doing, url, f"bucket {bucket} or the object does not exist ({e.code} {e.message})") from e
     except gexc.Forbidden as e:
-        raise GCSError(
-            f"{doing} {url}: access denied to bucket {bucket} ({e.code} {e.message}); "
-            "check the credentials (GOOGLE_APPLICATION_CREDENTIALS) and their roles"
+        raise CallFailed(
+            doing,
+            url,
+            f"access denied to bucket {bucket} ({e.code} {e.message})",
+            "check the credentials (GOOGLE_APPLICATION_CREDENTIALS) and their roles",
         ) from e
     except gexc.GoogleAPIError as e:
-        raise GCSError(f"{doing} {url}: {e}") from e
+        raise CallFailed(doing, url, str(e)) from e
     except OSError as e:  # connection errors after the retries gave up
-        raise GCSError(f"{doing} {url}: {type(e).__name__}: {e}") from e
+        raise CallFailed(doing, url, f"{type(e).__name__}: {e}") from e
 
 
 class GCSFileSystem(luigi.target.FileSystem):
@@ -123,7 +162,7 @@ class GCSFileSystem(luigi.target.FileSystem):
         for path in paths:
             bucket, name = split(path)
             by_bucket.setdefault(bucket, []).append(name)
-        found = set()
+        found: set[str] = set()
         for bucket, names in by_bucket.items():
             prefix = posixpath.commonprefix(names)
             with _named(f"{SCHEME}{bucket}/{prefix}", "listing"):
@@ -147,7 +186,7 @@ class GCSFileSystem(luigi.target.FileSystem):
         """Upload a file so that the object appears only whole, then check its crc32c."""
         cfg = settings.gcs()
         if cfg.chunk_size_kib <= 0 or cfg.chunk_size_kib % 256:
-            raise GCSError(f"[gcs] chunk_size_kib = {cfg.chunk_size_kib}: GCS takes chunks of a multiple of 256 KiB")
+            raise ChunkSizeRefused(cfg.chunk_size_kib)
         blob = self._blob(url)
         blob.chunk_size = cfg.chunk_size_kib * 1024  # resumable, chunk by chunk
         blob.metadata = metadata
@@ -163,10 +202,7 @@ class GCSFileSystem(luigi.target.FileSystem):
             blob.reload(**bounded())
         if blob.crc32c != local_crc:
             if blob.generation != uploaded:
-                raise GCSError(
-                    f"uploading to {url}: another writer replaced the object (generation {blob.generation}, ours "
-                    f"{uploaded}) before its checksum was read; run again"
-                )
+                raise ObjectReplaced(url, blob.generation, uploaded)
             self._remove_garbled(
                 url,
                 f"uploading to {url}: the object's crc32c {blob.crc32c} is not the local file's {local_crc} "
@@ -182,7 +218,7 @@ class GCSFileSystem(luigi.target.FileSystem):
 
         with _named(url, "removing the garbled upload"), contextlib.suppress(gexc.NotFound):  # not there: nothing to remove
             self._blob(url).delete(if_generation_match=generation, **bounded())
-        raise GCSError(f"{why}, so the object was removed; the next run uploads it again")
+        raise GarbledUpload(url, why)
 
     def stat(self, url: str) -> storage.Blob:
         """The object with its size, checksums and metadata."""

@@ -9,7 +9,7 @@ warehouse has one, as luigi's PostgresTarget.touch does). One check and the bulk
 from __future__ import annotations
 
 import datetime
-from typing import Hashable, Optional
+from typing import Any, Hashable, Mapping, Optional
 
 import luigi
 
@@ -30,7 +30,7 @@ MARKER_COLUMNS = (
 WRITTEN = tuple(name for name, _ in MARKER_COLUMNS if name != "marked_at")
 
 
-def create_table_sql(table: str, types: dict[str, str]) -> str:
+def create_table_sql(table: str, types: Mapping[str, str]) -> str:
     """The SQL warehouses' CREATE of the marker table, each kind in the warehouse's own type."""
     columns = ", ".join(f"{name} {types[kind]}" for name, kind in MARKER_COLUMNS)
     return f"CREATE TABLE IF NOT EXISTS {table} ({columns}, PRIMARY KEY (service, month))"
@@ -57,18 +57,18 @@ class MonthMarker(luigi.Target):
         return None
 
     @classmethod
-    def recorded(cls, where: Hashable) -> dict[tuple[str, str], str]:
+    def recorded(cls, where: Any) -> dict[tuple[str, str], str]:
         """Every (service, month) the marker table at ``where`` records, with the sha256 of the
         source file it was loaded from ("" where unknown), in one call."""
         raise NotImplementedError
 
     @classmethod
-    def marked_rows(cls, where: Hashable) -> dict[tuple[str, str], int]:
+    def marked_rows(cls, where: Any) -> dict[tuple[str, str], int]:
         """Every (service, month) the marker table at ``where`` records, with its row count."""
         raise NotImplementedError
 
     @classmethod
-    def counted_rows(cls, where: Hashable, service: str) -> dict[str, int]:
+    def counted_rows(cls, where: Any, service: str) -> dict[str, int]:
         """The rows the warehouse itself holds for each month of ``service`` ("" for the zones),
         counted there (the coverage report's --verify)."""
         raise NotImplementedError

@@ -183,7 +183,7 @@ class S3FileSystem(luigi.target.FileSystem):
         for path in paths:
             bucket, key = split(path)
             by_bucket.setdefault(bucket, []).append(key)
-        found = set()
+        found: set[str] = set()
         for bucket, keys in by_bucket.items():
             prefix = posixpath.commonprefix(keys)
             listed: set[str] = set()

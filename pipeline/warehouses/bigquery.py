@@ -23,9 +23,10 @@ import contextlib
 import logging
 import os
 import re
-from typing import TYPE_CHECKING, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from pipeline import catalog, retry, settings
+from pipeline.errors import PipelineError
 from pipeline.lake import PARTITION_KEY, LakeRecord, LakeTarget, lake_wildcard, service_folder
 from pipeline.targets.marker import MARKER_COLUMNS, MARKER_TABLE, WRITTEN, MonthMarker
 from pipeline.warehouses.dialects import BIGQUERY, Misfit, add_missing_marker_columns, fits
@@ -46,13 +47,42 @@ _DATASET = re.compile(r"[A-Za-z0-9_]{1,1024}\Z")
 _PROJECT = re.compile(r"[a-z0-9][a-z0-9.:-]{0,127}\Z")
 
 
-class BigQueryError(RuntimeError):
+class BigQueryError(PipelineError, RuntimeError):
     """BigQuery cannot expose the data; the message says what and where."""
 
 
 class TableMisfit(Misfit, BigQueryError):
     """A table of the name the pipeline uses exists in the dataset and is not the one it wants
     (fields: table, service, problems, setting)."""
+
+
+class InvalidName(BigQueryError):
+    """A `[bigquery] project` or `dataset` setting that is no valid name of its kind (fields:
+    setting, value, rule)."""
+
+    def __init__(self, setting: str, value: str, rule: str):
+        self.setting, self.value, self.rule = setting, value, rule
+        super().__init__(f"[bigquery] {setting} {value!r} is not a valid {rule}")
+
+
+class NoDataset(BigQueryError):
+    """The dataset does not exist and the pipeline is not to create it (fields: dataset, location)."""
+
+    def __init__(self, dataset: str, location: str):
+        self.dataset, self.location = dataset, location
+        super().__init__(f"dataset {dataset} does not exist; create it in {location}, or set [bigquery] create_dataset = true")
+
+
+class CallFailed(BigQueryError):
+    """A call to BigQuery failed, after its retries (fields: doing, reason, denied: the
+    credentials lack a role)."""
+
+    def __init__(self, doing: str, reason: str, denied: bool):
+        self.doing, self.reason, self.denied = doing, reason, denied
+        if denied:
+            super().__init__(f"{doing}: access denied ({reason}); check the credentials and their roles")
+        else:
+            super().__init__(f"{doing}: {reason}")
 
 
 def refuse_misfit(have: bq.Table, svc: catalog.Service, kind: str, problems: list[str]) -> None:
@@ -67,7 +97,7 @@ def client() -> bq.Client:
 
     cfg = settings.bigquery()
     if cfg.project and not _PROJECT.match(cfg.project):
-        raise BigQueryError(f"[bigquery] project {cfg.project!r} is not a valid project id")
+        raise InvalidName("project", cfg.project, "project id")
     emulator = os.environ.get("BIGQUERY_EMULATOR_HOST")
     if emulator:  # an emulator takes no credentials
         from google.api_core.client_options import ClientOptions
@@ -82,7 +112,7 @@ def client() -> bq.Client:
 def dataset_id(client_: bq.Client) -> str:
     name = settings.bigquery().dataset
     if not _DATASET.match(name):
-        raise BigQueryError(f"[bigquery] dataset {name!r} is not a valid dataset name (letters, digits, _)")
+        raise InvalidName("dataset", name, "dataset name (letters, digits, _)")
     return f"{client_.project}.{name}"
 
 
@@ -93,9 +123,9 @@ def _named(doing: str) -> Iterator[None]:
     try:
         yield
     except gexc.Forbidden as e:
-        raise BigQueryError(f"{doing}: access denied ({e.message}); check the credentials and their roles") from e
+        raise CallFailed(doing, e.message, denied=True) from e
     except gexc.GoogleAPIError as e:
-        raise BigQueryError(f"{doing}: {e}") from e
+        raise CallFailed(doing, str(e), denied=False) from e
 
 
 def external_table_id(client_: bq.Client, svc: catalog.Service) -> str:
@@ -156,9 +186,7 @@ def ensure_dataset(client_: bq.Client) -> None:
             return
         except gexc.NotFound:
             if not cfg.create_dataset:
-                raise BigQueryError(
-                    f"dataset {name} does not exist; create it in {cfg.location}, or set [bigquery] create_dataset = true"
-                ) from None
+                raise NoDataset(name, cfg.location) from None
         dataset = bq.Dataset(name)
         dataset.location = cfg.location
         client_.create_dataset(dataset, exists_ok=True, **retry.bigquery())
@@ -190,9 +218,9 @@ def marker_schema() -> list[bq.SchemaField]:
     ]
 
 
-def read_markers(client_: bq.Client, table_id: str, column: str) -> dict[tuple[str, str], object]:
+def read_markers(client_: bq.Client, table_id: str, column: str) -> dict[tuple[str, str], Any]:
     """``column`` of every (service, month) the marker table ``table_id`` records: one
-    tabledata.list, no query job."""
+    tabledata.list, no query job (Any: the column's own type, a STRING's str, an INTEGER's int)."""
     from google.api_core import exceptions as gexc
 
     wanted = [field for field in marker_schema() if field.name in ("service", "month", column)]

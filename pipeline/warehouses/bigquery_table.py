@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, cast
 
 from pipeline import catalog, retry, settings
 from pipeline.lake import LakeRecord, LakeTarget
@@ -52,7 +52,7 @@ ZONE_COLUMN = "PULocationID"
 
 
 def clustering(svc: catalog.Service) -> Optional[list[str]]:
-    return [svc.pickup_column, ZONE_COLUMN] if svc.monthly else None
+    return [svc.pickup_column, ZONE_COLUMN] if svc.monthly and svc.pickup_column else None
 
 
 def native_table_id(client_: bq.Client, svc: catalog.Service) -> str:
@@ -135,7 +135,7 @@ def load(client_: bq.Client, table: bq.Table, svc: catalog.Service, month: str, 
                 job = client_.load_table_from_uri(uri, destination, job_id=job_id, job_config=config, location=location, **retry.bigquery())
                 logger.info("submitted load job %s: %s -> %s", job_id, uri, destination)
             except gexc.Conflict:  # submitted before (a retry, or a run that died waiting): that job
-                job = client_.get_job(job_id, location=location, **retry.bigquery())
+                job = cast(bq.LoadJob, client_.get_job(job_id, location=location, **retry.bigquery()))  # the id is our load job's
                 if job.state == "DONE" and job.error_result:
                     logger.info("load job %s failed before (%s); the next id", job_id, job.error_result.get("message"))
                     raise retry.Spent(job_id) from None

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Callable, Iterable, Mapping, Sequence
 
 from pipeline import catalog
+from pipeline.errors import PipelineError
 from pipeline.targets.marker import MARKER_COLUMNS
 
 
@@ -68,7 +69,7 @@ def fits(found: Sequence[tuple[str, str]], wanted: Sequence[tuple[str, str]], or
     return problems
 
 
-class Misfit(Exception):
+class Misfit(PipelineError):
     """A table of the name the pipeline uses exists and is not the one it wants: refused, never
     replaced behind a user's back. Mixed into each warehouse's own error class."""
 

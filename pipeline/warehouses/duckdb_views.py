@@ -24,6 +24,7 @@ import shutil
 from typing import TYPE_CHECKING, Iterator, Optional
 
 from pipeline import catalog, retry, settings
+from pipeline.errors import PipelineError
 from pipeline.lake import PARTITION_KEY, LakeRecord, LakeTarget, is_remote, lake_glob, lake_kind, lake_root
 from pipeline.targets import s3
 from pipeline.targets.marker import MARKER_TABLE, WRITTEN, MonthMarker, create_table_sql
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pipeline.duckdb")
 
 
-class WarehouseBusy(RuntimeError):
+class WarehouseBusy(PipelineError, RuntimeError):
     """Another process holds the DuckDB file (or its writer lock) for longer than we wait."""
 
     def __init__(self, path: str, seconds: float, holder: str, advice: str):
@@ -300,7 +301,7 @@ def _exposed(path: str) -> dict[tuple[str, str], str]:
     return {key: sha for key, sha in recorded.items() if key[0] in current}
 
 
-class ViewCountMismatch(RuntimeError):
+class ViewCountMismatch(PipelineError, RuntimeError):
     """The view shows another row count for the month than the lake file holds: not marked."""
 
     def __init__(self, label: str, view: str, path: str, seen: int, lake_file: str, expected: int):
@@ -326,7 +327,7 @@ class ExposeDuckDB(Sink):
             con.execute(view_sql(self.svc))
             where = f" WHERE {PARTITION_KEY} = ?" if self.svc.monthly else ""
             params = [marker.month] if self.svc.monthly else []
-            seen = con.execute(f'SELECT count(*) FROM "{self.svc.table}"{where}', params).fetchone()[0]
+            seen = con.execute(f'SELECT count(*) FROM "{self.svc.table}"{where}', params).fetchall()[0][0]
             if seen != record.rows:
                 raise ViewCountMismatch(self.label, self.svc.table, marker.path, seen, lake.path, record.rows)
             marker.touch(con, record.rows, record.source_sha256, record.source_url)

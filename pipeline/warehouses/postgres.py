@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import catalog, retry, settings
+from pipeline.errors import PipelineError
 from pipeline.lake import LakeRecord, LakeTarget
 from pipeline.targets.marker import MARKER_TABLE, WRITTEN, MonthMarker, create_table_sql
 from pipeline.warehouses.dialects import POSTGRES, Misfit, add_missing_marker_columns, fits
@@ -67,13 +68,44 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 Error = adbc_driver_manager.Error  # what the driver raises, connection loss included
 
 
-class PostgresError(RuntimeError):
+class PostgresError(PipelineError, RuntimeError):
     """The Postgres warehouse cannot take the data; the message says what and where."""
 
 
 class TableMisfit(Misfit, PostgresError):
     """The service's table exists in the schema and does not fit the catalog (fields: table,
     service, problems, setting, at: the server)."""
+
+
+class InvalidIdentifier(PostgresError):
+    """A setting that names a schema or table is no plain Postgres identifier (fields: what, name)."""
+
+    def __init__(self, what: str, name: str):
+        self.what, self.name = what, name
+        super().__init__(f"{what} {name!r} is not a valid Postgres identifier (a letter or _, then letters, digits or _; at most 63)")
+
+
+class LockTimeoutRefused(PostgresError):
+    """`[postgres] lock_timeout` out of what Postgres takes as a limit (fields: seconds, most)."""
+
+    def __init__(self, seconds: float, most: float):
+        self.seconds, self.most = seconds, most
+        super().__init__(
+            f"[postgres] lock_timeout = {seconds:g}: must be more than 0 and at most {most:g} "
+            "seconds (how long a load waits for other sessions' locks; Postgres would take 0 as no limit)"
+        )
+
+
+class ConnectRefused(PostgresError):
+    """The server answered and refused us (a wrong password, an unknown database): not retried
+    (fields: server, reason)."""
+
+    def __init__(self, server: str, reason: str):
+        self.server, self.reason = server, reason
+        super().__init__(
+            f"cannot connect to Postgres at {server}: {reason} (not retried: check "
+            "[postgres] user and database, and PGPASSWORD or ~/.pgpass)"
+        )
 
 
 class LoadFailed(PostgresError):
@@ -134,10 +166,7 @@ def lock_timeout_ms() -> int:
     never down to 0, which Postgres takes as waiting forever; 0 or less is refused."""
     seconds = settings.postgres().lock_timeout
     if not 0 < seconds <= MAX_LOCK_TIMEOUT_MS / 1000:  # (NaN too)
-        raise PostgresError(
-            f"[postgres] lock_timeout = {seconds:g}: must be more than 0 and at most {MAX_LOCK_TIMEOUT_MS / 1000:g} "
-            "seconds (how long a load waits for other sessions' locks; Postgres would take 0 as no limit)"
-        )
+        raise LockTimeoutRefused(seconds, MAX_LOCK_TIMEOUT_MS / 1000)
     return max(1, math.ceil(seconds * 1000))
 
 
@@ -145,7 +174,7 @@ def identifier(name: str, what: str) -> str:
     """A validated, double-quoted identifier. Validation leaves no quote or space to escape,
     so a setting can never reach the SQL as anything but a name."""
     if not _IDENTIFIER.match(name):
-        raise PostgresError(f"{what} {name!r} is not a valid Postgres identifier (a letter or _, then letters, digits or _; at most 63)")
+        raise InvalidIdentifier(what, name)
     return f'"{name}"'
 
 
@@ -213,10 +242,7 @@ def connect() -> adbc.Connection:
         except Error as e:
             reason = _reason(e)
             if any(words in reason for words in _REFUSALS):
-                raise PostgresError(
-                    f"cannot connect to Postgres at {server()}: {reason} (not retried: check "
-                    "[postgres] user and database, and PGPASSWORD or ~/.pgpass)"
-                ) from None
+                raise ConnectRefused(server(), reason) from None
             raise _Unreachable(server(), reason) from None
 
     cfg = settings.postgres()
@@ -338,6 +364,7 @@ class Warehouse:
                 held = self._fill(cur, self.svc.table, None, parquet, source, progress)
                 PostgresMarker(self.svc.name, month).touch(cur, held, source.source_sha256, source.source_url)
             return held
+        assert month is not None  # a monthly service's load is of a month
         partition = f"{self.svc.table}_{month:%Y_%m}"
         loading = partition + "_loading"
         gave_up = "the month could not be swapped in; the earlier load of the month is still there"
