@@ -149,11 +149,10 @@ class ZoneIndex:
         tree = shapely.STRtree(polygons)
         self.x0, self.y0, x1, y1 = shapely.total_bounds(polygons)
         span = 2**GRID_LEVELS  # fine cells to a coarse cell's side
-        cx, cy = (
-            a.ravel()
-            for a in np.meshgrid(np.arange(int((x1 - self.x0) // COARSE_FEET) + 1), np.arange(int((y1 - self.y0) // COARSE_FEET) + 1))
-        )
-        self.nx, self.ny = (int(cx.max()) + 1) * span, (int(cy.max()) + 1) * span
+        coarse_x, coarse_y = int((x1 - self.x0) // COARSE_FEET) + 1, int((y1 - self.y0) // COARSE_FEET) + 1  # coarse cells a side
+        grid_x, grid_y = np.meshgrid(np.arange(coarse_x), np.arange(coarse_y))
+        cx, cy = grid_x.ravel(), grid_y.ravel()
+        self.nx, self.ny = coarse_x * span, coarse_y * span
         whole = np.zeros((self.ny, self.nx), np.int32)
         # Coarse cells first; a cell inside one zone answers for all its fine cells, a cell a
         # boundary crosses is split in four, down to CELL_FEET, where it lists the zones it
