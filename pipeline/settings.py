@@ -186,10 +186,12 @@ class source(luigi.Config):
     # The biggest file the TLC publishes is fhvhv 2019-03, 611 MB: in an hour it comes over a
     # link of 1.4 Mbit/s, and 4 GiB is 6 times it.
     deadline = params.Amount(
-        least=1, default=3600.0, description="Seconds a file's download may take in all, its tries included; longer fails it"
+        least=0.1, default=3600.0, description="Seconds a file's download may take in all, its tries included; longer fails it"
     )
     max_size_mib = params.Amount(
-        least=1, default=4096.0, description="MiB a downloaded file may have (the biggest the TLC publishes is 583 MiB); more fails it"
+        least=1 / 1024,
+        default=4096.0,
+        description="MiB a downloaded file may have (the biggest the TLC publishes is 583 MiB); more fails it",
     )
 
 
