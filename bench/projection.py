@@ -21,7 +21,8 @@ while another converts: its time is the larger of the CPU time over what the sec
 gains (measured by whole_history.py: a month's conversion already uses more than one core) and
 the network time. N machines share the
 files against one luigid, whose CPU per task is the third bound; a Postgres sink (one server)
-is the fourth, at the load rate bench/postgres_load.py measures.
+is the fourth, at the load rate bench/postgres_load.py measures, times what up to [resources]
+postgres loads at once gain over one (bench/postgres_parallel.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from common import ROOT
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "projection.json"
+POSTGRES_LOADS = 2  # luigi.cfg's [resources] postgres
 SHAPES = {"yellow": 16_146_923, "yellow-2009": 14_092_413, "fhv": 23_904_082, "fhvhv": 23_864_598}
 TASKS_PER_MONTH = 4  # Download, ToParquet, LakeFile, a sink (and IngestMonth, a wrapper)
 BANDWIDTHS = {"100 Mbit/s": 100e6 / 8, "1 Gbit/s": 1e9 / 8}
@@ -92,7 +94,11 @@ def project(results: dict) -> tuple[list[str], dict]:
     total_bytes = sum(f["bytes"] for f in files)
     total_rows = sum(f["rows"] for f in files)
     luigid = len(files) * (TASKS_PER_MONTH + 1) * history["luigid_cpu_per_task"]
-    postgres = total_rows / results["postgres"]["rows_per_s"]
+    # What loads at once up to [resources] postgres (2, luigi.cfg) gain over one, as
+    # bench/postgres_parallel.py measured it (never less than one load alone).
+    parallel = results["postgres_parallel"]["rows_per_s_by_loads"]
+    loads_gain = max(parallel[n] for n in parallel if int(n) <= POSTGRES_LOADS) / parallel["1"]
+    postgres = total_rows / (results["postgres"]["rows_per_s"] * loads_gain)
     lines = [
         f"{len(files)} files, {total_rows / 1e9:.2f} B rows, {total_bytes / 1e9:.1f} GB; {cpu / 3600:.2f} hours of one worker, "
         f"{workers_gain:.2f}x with 2 workers, "

@@ -19,8 +19,10 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -53,6 +55,10 @@ worker_disconnect_delay = 5
 prune_on_get_work = true
 retry_delay = 1
 remove_delay = 86400
+
+[resources]
+# One load into Postgres at a time over both hosts (luigi.cfg allows 2; the test has two workers).
+postgres = 1
 """
 # Workers stay while a task they need is pending anywhere (keep_alive), asking every ~1 s, so a
 # task given back by a dead worker's host is taken up by a living one, in the same run.
@@ -61,6 +67,12 @@ WORKER_PROFILE = """
 keep_alive = true
 wait_interval = 0.5
 wait_jitter = 0.5
+
+[core]
+# A worker that cannot reach luigid tries again every second, for 30 s (luigi's default: 3 tries
+# 30 s apart), then gives up and exits.
+rpc-retry-attempts = 30
+rpc-retry-wait = 1
 """
 # A load's client gone without a word (its host dead or cut off) holds its transaction's locks until
 # the server notices. The kernel's defaults make that 2 hours (keepalives, when the server waits
@@ -136,8 +148,8 @@ def started(host: hosts.Host, argv: list[str], log: Path, ready: str, env: Optio
 class Run:
     """One test's backfill: its luigid, bucket and schema, the worker processes and their logs."""
 
-    def __init__(self, cluster: Cluster, name: str):
-        self.cluster, self.name = cluster, name
+    def __init__(self, cluster: Cluster, name: str, mirror_files: dict[str, bytes]):
+        self.cluster, self.name, self.mirror_files = cluster, name, mirror_files
         self.dir = cluster.work / name
         self.dir.mkdir()
         self.luigid = f"http://{cluster.scheduler.address}:{LUIGID_PORT}"
@@ -167,13 +179,26 @@ class Run:
             "--postgres-connect-timeout", "3", "--postgres-backoff", "0.2",
         ]  # fmt: skip
 
+    def start_luigid(self) -> None:
+        """luigid on the scheduler host, from its profile and state file; back once it answers."""
+        argv = [str(Path(sys.executable).with_name("luigid")), "--address", self.cluster.scheduler.address, "--port", str(LUIGID_PORT)]
+        env = {**os.environ, "LUIGI_CONFIG_PATH": str(self.dir / "luigid.cfg")}
+        with open(self.dir / "luigid.out", "ab") as out:
+            argv += ["--logdir", str(self.dir / "luigid")]
+            self.scheduler = subprocess.Popen(self.cluster.scheduler.command(*argv), stdout=out, stderr=subprocess.STDOUT, env=env)
+        servers._wait_http(f"{self.luigid}/api/task_list", self.scheduler, 30, "luigid")
+
+    def stop_luigid(self, how: signal.Signals) -> None:
+        self.scheduler.send_signal(how)
+        self.scheduler.wait(timeout=10)
+
     def start(self) -> None:
         profile = self.dir / "worker.cfg"
         profile.write_text(WORKER_PROFILE)
         env = {"PGPASSWORD": PG_PASSWORD, "STORAGE_EMULATOR_HOST": self.gcs, "LUIGI_CONFIG_PATH": str(profile)}
         for host in self.cluster.workers:
-            (self.dir / host.name).mkdir()
-            log = open(self.log(host.name), "w")
+            (self.dir / host.name).mkdir(exist_ok=True)
+            log = open(self.log(host.name), "a")
             self.workers[host.name] = subprocess.Popen(
                 host.command(*self.command(host)), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
             )
@@ -219,32 +244,29 @@ def env_var(key: str, value: str):
 
 @pytest.fixture
 def backfill(cluster, request, mirror_files):
-    """A run of its own (luigid on the scheduler host, a bucket, a schema); afterwards every worker
-    host's processes are gone, whatever happened."""
-    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower().removeprefix("test_"))[:40].strip("-").replace("-", "_")
-    run = Run(cluster, name)
+    """A run of its own (luigid on the scheduler host, a bucket, a schema); afterwards every
+    process on the scheduler and worker hosts is gone, whatever happened."""
+    name = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower().removeprefix("test_"))[-45:].strip("_")  # its end: the parameters
+    run = Run(cluster, name, mirror_files)
     (run.dir / "luigid").mkdir()
     (run.dir / "luigid.cfg").write_text(LUIGID_PROFILE.format(state=run.dir / "luigid" / "state.pickle"))
-    luigid = [str(Path(sys.executable).with_name("luigid")), "--address", cluster.scheduler.address, "--port", str(LUIGID_PORT)]
-    luigid += ["--logdir", str(run.dir / "luigid")]
     from google.cloud import storage
 
     with env_var("STORAGE_EMULATOR_HOST", run.gcs):
         storage.Client(project="test").create_bucket(f"{BUCKET}-{name}")
-    env = {"LUIGI_CONFIG_PATH": str(run.dir / "luigid.cfg")}
-    with started(cluster.scheduler, luigid, run.dir / "luigid.out", f"{run.luigid}/api/task_list", env):
-        try:
-            yield run
-        finally:
-            for host in cluster.workers:
-                host.link(True)
-                host.kill()
-    expected_lake_and_warehouse(run, mirror_files)
+    try:
+        run.start_luigid()
+        yield run
+    finally:
+        for host in [cluster.scheduler, *cluster.workers]:
+            host.link(True)
+            host.kill()
 
 
-def expected_lake_and_warehouse(run: Run, mirror_files: dict[str, bytes]) -> None:
+def every_month_once(run: Run) -> None:
     """Every month once in the lake, under its final name and nothing else, and once in Postgres,
     with its sample's rows, marked once."""
+    mirror_files = run.mirror_files
     expected = {f"lake/{s}/month={m}/{s}_tripdata_{m}.parquet" for s in SAMPLES for m in MONTHS}
     assert sorted(run.objects()) == sorted(expected)
     rows = {s: data_rows(mirror_files[sample]) for s, sample in SAMPLES.items()}
@@ -281,33 +303,51 @@ def writers_held(run: Run, table: str):
         conn.close()
 
 
-def load_waiting(run: Run, host: hosts.Host) -> Optional[str]:
-    """The statement a load from ``host`` waits for a lock with, if one does."""
-    rows = run.cluster.sql("SELECT query FROM pg_stat_activity WHERE client_addr = %s AND wait_event_type = 'Lock'", host.address)
-    return rows[0][0] if rows else None
+def load_waiting(run: Run) -> Optional[tuple[hosts.Host, hosts.Host]]:
+    """The worker host whose load waits for a lock (one at a time: [resources] postgres = 1), and
+    the other one."""
+    rows = run.cluster.sql("SELECT host(client_addr) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+    for waiting, other in (run.cluster.workers, run.cluster.workers[::-1]):
+        if (waiting.address,) in rows:
+            return waiting, other
+    return None
 
 
-def test_every_month_once_from_two_worker_hosts(backfill):
+def test_every_month_once_from_two_worker_hosts_one_load_at_a_time(backfill):
+    running: list[list[str]] = []  # the families running, as luigid lists them every 50 ms
+    watching = threading.Event()
+
+    def watch():
+        while not watching.wait(0.05):
+            with contextlib.suppress(OSError):
+                running.append([t["name"] for t in backfill.api("task_list", status="RUNNING").values()])
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     backfill.start()
 
     codes = {w: backfill.wait(w) for w in backfill.workers}
 
+    watching.set()
+    watcher.join()
     assert set(codes.values()) <= {0, 10}, codes
+    assert max(map(len, running)) == 2, "both hosts should have run tasks at once"
+    assert max(names.count("LoadPostgres") for names in running) == 1, "[resources] postgres = 1: one load at a time"
     done = backfill.done_by("LoadPostgres")
     assert all(done.values()), f"each worker host should have loaded some months: {done}"
     assert sorted(sum(done.values(), [])) == sorted(f"{s} {m}" for s in SAMPLES for m in MONTHS)
+    every_month_once(backfill)
 
 
 def test_a_worker_host_killed_mid_load_its_month_goes_to_the_other(backfill):
-    """worker1 dies (every process on it, SIGKILL) while a load of its is in Postgres, rows in and
-    uncommitted: luigid gives the month to worker2 once worker1 has been silent for
+    """A worker host dies (every process on it, SIGKILL) while a load of its is in Postgres, rows
+    in and uncommitted: luigid gives the month to the other once the dead one has been silent for
     worker_disconnect_delay, and the month is loaded once."""
     backfill.start()
     wait_for("a yellow month in Postgres", lambda: any(s == "yellow" for s, _ in backfill.markers()))
-    victim, survivor = backfill.cluster.workers
 
     with writers_held(backfill, "yellow_tripdata"):
-        wait_for("a load from worker1 waiting at its swap", lambda: load_waiting(backfill, victim))
+        victim, survivor = wait_for("a load waiting at its swap", lambda: load_waiting(backfill))
         running = [t for t in backfill.api("task_list", status="RUNNING").values() if t["worker_running"] == victim.name]
         killed = time.monotonic()
         assert victim.kill()
@@ -321,27 +361,27 @@ def test_a_worker_host_killed_mid_load_its_month_goes_to_the_other(backfill):
     done = backfill.done_by("LoadPostgres")
     assert month not in done[victim.name] and month in done[survivor.name]
     assert sorted(sum(done.values(), [])) == sorted(f"{s} {m}" for s in SAMPLES for m in MONTHS)
+    every_month_once(backfill)
     print(f"worker host killed mid-load: {month} loaded again {recovered:.1f} s later")
     assert recovered < 30
 
 
 def test_a_worker_host_cut_off_mid_load_rolls_back_and_its_month_is_loaded_once(backfill):
-    """worker1's link goes down while a load of its is in Postgres, uncommitted: the server drops
-    the session when its keepalives go unanswered (the load rolls back, its locks go), luigid gives
-    the month to worker2, and the month is loaded once."""
+    """A worker host's link goes down while a load of its is in Postgres, uncommitted: the server
+    drops the session when its reply goes unacknowledged (tcp_user_timeout; the load rolls back, its
+    locks go), luigid gives the month to the other host, and the month is loaded once."""
     backfill.start()
     wait_for("a yellow month in Postgres", lambda: any(s == "yellow" for s, _ in backfill.markers()))
-    victim, survivor = backfill.cluster.workers
 
     with writers_held(backfill, "yellow_tripdata"):
-        wait_for("a load from worker1 waiting at its swap", lambda: load_waiting(backfill, victim))
+        victim, survivor = wait_for("a load waiting at its swap", lambda: load_waiting(backfill))
         running = [t for t in backfill.api("task_list", status="RUNNING").values() if t["worker_running"] == victim.name]
         cut = time.monotonic()
         victim.link(False)
     month = next(f"{t['params']['service']} {t['params']['month']}" for t in running if t["name"] == "LoadPostgres")
     service, m = month.split()
     gone = wait_for(
-        "worker1's session gone from the server",
+        "the cut-off host's session gone from the server",
         lambda: not backfill.cluster.sql("SELECT 1 FROM pg_stat_activity WHERE client_addr = %s", victim.address),
         every=0.1,
     )
@@ -354,3 +394,52 @@ def test_a_worker_host_cut_off_mid_load_rolls_back_and_its_month_is_loaded_once(
     assert month not in done[victim.name] and month in done[survivor.name]
     print(f"worker host cut off mid-load: its session gone {session_gone:.1f} s later, {month} loaded again {recovered:.1f} s later")
     assert recovered < 40
+    every_month_once(backfill)
+
+
+def restart_luigid(backfill: Run, how: signal.Signals) -> float:
+    """Once some months are in, luigid stopped with ``how`` and started again 2 s later, on the
+    same host and port: the seconds it was away."""
+    wait_for("some months in Postgres", lambda: len(backfill.markers()) >= 6, every=0.1)
+    backfill.stop_luigid(how)
+    down = time.monotonic()
+    time.sleep(2)
+    backfill.start_luigid()
+    return time.monotonic() - down
+
+
+def test_luigid_stopped_and_started_mid_backfill_the_workers_go_on(backfill):
+    """luigid stopped (SIGTERM: it saves its state file) while both hosts work, and started again
+    2 s later: the workers' calls wait for it (here every 1 s, 30 tries), the running tasks finish,
+    the workers go on, and every month is loaded once."""
+    backfill.start()
+    away = restart_luigid(backfill, signal.SIGTERM)
+
+    codes = {w: backfill.wait(w) for w in backfill.workers}
+
+    assert set(codes.values()) <= {0, 10}, codes
+    done = backfill.done_by("LoadPostgres")
+    assert sorted(sum(done.values(), [])) == sorted(f"{s} {m}" for s in SAMPLES for m in MONTHS)
+    every_month_once(backfill)
+    print(f"luigid stopped, back {away:.1f} s later; the workers went on")
+
+
+def test_luigid_killed_mid_backfill_the_workers_end_early_and_the_command_again_finishes(backfill):
+    """luigid killed (SIGKILL: its state since it started is lost) and started again: it knows
+    none of the workers' tasks, so they end with the months left "not granted run permission by
+    the scheduler", and exit 0 or 10 as when another worker has them ([retcode] not_run = 0). The
+    same command again (cron, a Job's restart) finishes them, each once."""
+    backfill.start()
+    restart_luigid(backfill, signal.SIGKILL)
+
+    codes = {w: backfill.wait(w) for w in backfill.workers}
+
+    assert set(codes.values()) <= {0, 10}, codes
+    assert len(backfill.markers()) < 2 * len(MONTHS)
+    assert all("not granted run permission by the scheduler" in backfill.log(w).read_text() for w in backfill.workers)
+    backfill.start()
+    codes = {w: backfill.wait(w) for w in backfill.workers}
+    assert set(codes.values()) <= {0, 10}, codes
+    done = backfill.done_by("LoadPostgres")
+    assert sorted(sum(done.values(), [])) == sorted(f"{s} {m}" for s in SAMPLES for m in MONTHS)
+    every_month_once(backfill)
