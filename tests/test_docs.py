@@ -87,6 +87,8 @@ BENCH_HELP = [
     "python bench/parquet_step.py --source tlc --service fhvhv --rows 20000000",
     "python bench/postgres_load.py",
     "python bench/postgres_load.py --rows 7667792 --skip pandas",
+    "python bench/postgres_parallel.py --connections 1,2,4 --repeat 3",
+    "python bench/fork_stress.py --rounds 3 --workers 4",
 ]
 NOT_RUN = {
     "python3 -m venv .venv && .venv/bin/pip install -e '.[test]'": ".ci/run runs the README's two commands as written",
