@@ -31,8 +31,12 @@ def in_repo(container_path: str) -> Path:
 
 def test_the_dockerfile_copies_files_that_exist_and_installs_the_scheduler_extra():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    copied = [word for line in dockerfile.splitlines() if line.startswith("COPY ") for word in line.split()[1:-1]]
+    # From the build context (not --from= a stage): each exists, and .dockerignore lets it in.
+    copies = [line.split()[1:-1] for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    copied = [word for words in copies if not words[0].startswith("--from=") for word in words]
     assert copied and all((ROOT / name).exists() for name in copied), copied
+    allowed = [line[1:] for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")]
+    assert all(any(name == a or name.startswith(a + "/") for a in allowed) for name in copied), (copied, allowed)
     assert "'.[scheduler]'" in dockerfile
     assert "scheduler =" in (ROOT / "setup.cfg").read_text()
     assert re.search(r'ENTRYPOINT \["luigi", "--module", "pipeline"\]', dockerfile)
@@ -90,3 +94,50 @@ def test_the_bucket_the_worker_uses_is_the_one_the_stack_creates():
     config.read(in_repo(SERVICES["worker"]["environment"]["LUIGI_CONFIG_PATH"]))
     bucket = config["lake"]["root"].removeprefix("gs://").split("/")[0]
     assert f'{{"name": "{bucket}"}}' in shlex.join(SERVICES["gcs-bucket"]["command"]).replace("\\", "")
+
+
+def test_the_dockerfile_builds_for_a_registry_by_default_and_runs_as_a_user():
+    """Its base image and pip's source are build arguments whose defaults are a registry user's;
+    offline builds (.ci/compose) pass others. The image's processes run as a user, not root."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=python:3.11-slim" in dockerfile
+    assert 'ARG PIP_SOURCE="--index-url https://pypi.org/simple"' in dockerfile
+    assert [line for line in dockerfile.splitlines() if line.startswith("FROM ")] == ["FROM ${BASE_IMAGE} AS build", "FROM ${BASE_IMAGE}"]
+    users = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] != "root"
+
+
+OFFLINE = yaml.safe_load((ROOT / "docker-compose.offline.yaml").read_text())
+
+
+def test_the_offline_override_keeps_the_stack_and_adds_only_the_mirror():
+    """docker-compose.offline.yaml changes how images are built and where the source is, nothing
+    users run: its services are the stack's, plus the mirror of the samples."""
+    assert set(OFFLINE["services"]) - set(SERVICES) == {"mirror"}
+    for name, service in OFFLINE["services"].items():
+        assert set(service) <= {"image", "build", "depends_on", "environment", "command", "entrypoint", "volumes"}, name
+    worker = OFFLINE["services"]["worker"]
+    # The worker's profile is the stack's, with the mirror layered over it.
+    profiles = worker["environment"]["LUIGI_CONFIG_PATH"].split(":")
+    assert profiles[0] == SERVICES["worker"]["environment"]["LUIGI_CONFIG_PATH"]
+    mounted = {target: source for source, target, _ in (v.split(":") for v in worker["volumes"])}
+    config = configparser.ConfigParser()
+    config.read(ROOT / mounted[profiles[1]])
+    assert config["source"]["base_url"].split("//")[1].split(":")[0] == "mirror"
+    # The backfill it runs is of months the samples hold.
+    with luigi.cmdline_parser.CmdlineParser.global_instance(worker["command"]) as parser:
+        task = parser.get_task_obj()
+    for name in task.service_names():
+        stem = "misc/taxi_zone_lookup.csv" if name == "zones" else f"{name}/{name}_tripdata_{task.first:%Y-%m}.csv.gz"
+        assert (ROOT / "samples" / stem).exists(), stem
+
+
+def test_every_image_the_stack_pulls_is_built_offline():
+    """Each image docker-compose.yaml names (no registry here) is one .ci/compose builds from
+    docker/, and the base the override gives our Dockerfile is one too."""
+    script = (ROOT / ".ci" / "compose").read_text()
+    built = dict(re.findall(r"build_stand_in (\S+) (\S+)", script))
+    named = {service["image"] for service in SERVICES.values() if "image" in service}
+    assert {name.removeprefix("docker.io/library/").removeprefix("docker.io/") for name in built} >= named
+    assert all((ROOT / "docker" / folder / "Dockerfile").exists() for folder in built.values())
+    assert OFFLINE["services"]["worker"]["build"]["args"]["BASE_IMAGE"] in built
