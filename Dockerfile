@@ -18,10 +18,14 @@ RUN mkdir pipeline && touch README.md pipeline/__init__.py \
     && rm -rf pipeline build *.egg-info
 COPY README.md ./
 COPY pipeline ./pipeline
-RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --force-reinstall $PIP_SOURCE .
+# The project as a wheel of its own (-B: nothing written into the virtualenv, so copying it below
+# stays cached while the dependencies stay the same).
+RUN /opt/venv/bin/python -B -m pip wheel --no-cache-dir --no-deps $PIP_SOURCE --wheel-dir /project .
 
 FROM ${BASE_IMAGE}
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /project /project
+RUN /opt/venv/bin/python -B -m pip install --no-cache-dir --no-deps --force-reinstall /project/*.whl
 # The project folder (luigi.cfg, config/, data/) is /app whatever the current directory.
 ENV PATH=/opt/venv/bin:$PATH NYC_TLC_HOME=/app
 WORKDIR /app
