@@ -98,27 +98,6 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextlib.contextmanager
-def overridden(values: dict[tuple[str, str], str]) -> Iterator[None]:
-    """The command line's values in luigi's configuration for the block, as a command's flags
-    would be; restored after (the doctor also runs in-process, in tests). A flag's value is
-    taken as written: a % in it is no interpolation."""
-    config = luigi.configuration.get_config()
-    saved = {key: config.get(*key, None, raw=True) for key in values}
-    for (section, key), value in values.items():
-        if not config.has_section(section):
-            config.add_section(section)
-        config.set(section, key, value.replace("%", "%%"))
-    try:
-        yield
-    finally:
-        for (section, key), value in saved.items():
-            if value is None:
-                config.remove_option(section, key)
-            else:
-                config.set(section, key, value)
-
-
 def files_read() -> list[Path]:
     """The settings files luigi read, in order, each once (the checkout's luigi.cfg is read
     first, and again as the current directory's when a command runs from the checkout)."""
@@ -202,7 +181,7 @@ def check_settings(cmdline: set[tuple[str, str]]) -> Check:
 @contextlib.contextmanager
 def one_try() -> Iterator[None]:
     """Each server asked once: the doctor says what fails, a run is what waits for it to heal."""
-    with overridden({("source", "attempts"): "1", ("postgres", "attempts"): "1"}):
+    with settings.overridden({("source", "attempts"): "1", ("postgres", "attempts"): "1"}):
         yield
 
 
@@ -496,7 +475,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = vars(parser().parse_args(argv))
     local = args.pop("local_scheduler")
     given = {(dest.partition(".")[0], dest.partition(".")[2]): value for dest, value in args.items() if value is not None}
-    with overridden(given):
+    with settings.overridden(given):
         results = []
         for check in checks(local, set(given)):
             results.append(check)

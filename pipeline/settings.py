@@ -22,12 +22,13 @@ package runs from, or `$NYC_TLC_HOME`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
 import urllib.parse
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import luigi
 import luigi.configuration
@@ -157,6 +158,27 @@ def load(cwd: Path | None = None) -> None:
             config.set(section, key, under_home(config.get(section, key)))
     if config.has_option("source", "base_url"):
         config.set("source", "base_url", url_under_home(config.get("source", "base_url")))
+
+
+@contextlib.contextmanager
+def overridden(values: dict[tuple[str, str], str]) -> Iterator[None]:
+    """``values`` in luigi's configuration for the block, as a settings file or a command's flags
+    would set them, then what was there before (the doctor's flags; the tests' settings). A value
+    is taken as written: a % in it is no interpolation."""
+    config = luigi.configuration.get_config()
+    saved = {key: config.get(*key, None, raw=True) for key in values}
+    for (section, key), value in values.items():
+        if not config.has_section(section):
+            config.add_section(section)
+        config.set(section, key, value.replace("%", "%%"))
+    try:
+        yield
+    finally:
+        for (section, key), value in saved.items():
+            if value is None:
+                config.remove_option(section, key)
+            else:
+                config.set(section, key, value)
 
 
 class source(luigi.Config):

@@ -4,7 +4,6 @@ and the helpers that run the pipeline in-process and on the command line."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import subprocess
@@ -20,6 +19,7 @@ from hypothesis import HealthCheck, settings
 from luigi.execution_summary import LuigiStatusCode
 
 import pipeline  # noqa: F401  (reads the settings files, once, before any fixture sets a value)
+from pipeline import settings as pipeline_settings
 
 import mirror as mirrors
 import servers
@@ -60,23 +60,9 @@ def http_server(mirror):
         yield url
 
 
-@contextlib.contextmanager
 def configured(values: dict[tuple[str, str], str]):
     """Set luigi configuration values (as luigi.cfg would) for the block, then restore them."""
-    config = luigi.configuration.get_config()
-    saved = {k: config.get(*k, None) for k in values}
-    for (section, key), value in values.items():
-        if not config.has_section(section):
-            config.add_section(section)
-        config.set(section, key, value)
-    try:
-        yield
-    finally:
-        for (section, key), value in saved.items():
-            if value is None:
-                config.remove_option(section, key)
-            else:
-                config.set(section, key, value)
+    return pipeline_settings.overridden(values)
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ import luigi.target
 
 from pipeline import retry, settings
 from pipeline.errors import PipelineError
+from pipeline.targets import bucket as bucket_url
 
 # google-cloud-storage is imported where it is used: every process imports this module (the lake
 # may be on GCS), but only a gs:// lake needs the client. Every call is bounded (`bounded`): its
@@ -87,12 +88,7 @@ class GarbledUpload(GCSError):
 
 def split(url: str) -> tuple[str, str]:
     """gs://bucket/some/name -> ("bucket", "some/name")."""
-    if not url.startswith(SCHEME):
-        raise ValueError(f"{url}: not a gs:// URL")
-    bucket, _, name = url[len(SCHEME) :].partition("/")
-    if not bucket:
-        raise ValueError(f"{url}: no bucket name")
-    return bucket, name
+    return bucket_url.split(url, SCHEME)
 
 
 @functools.lru_cache(maxsize=None)

@@ -39,6 +39,7 @@ import luigi.target
 
 from pipeline import retry, settings
 from pipeline.errors import PipelineError
+from pipeline.targets import bucket as bucket_url
 
 # boto3 is imported where it is used: every process imports this module (the lake may be on S3),
 # but only an s3:// lake needs the client. Every request is bounded by retry.s3().
@@ -65,12 +66,7 @@ class S3Error(PipelineError, RuntimeError):
 
 def split(url: str) -> tuple[str, str]:
     """s3://bucket/some/key -> ("bucket", "some/key")."""
-    if not url.startswith(SCHEME):
-        raise ValueError(f"{url}: not an s3:// URL")
-    bucket, _, key = url[len(SCHEME) :].partition("/")
-    if not bucket:
-        raise ValueError(f"{url}: no bucket name")
-    return bucket, key
+    return bucket_url.split(url, SCHEME)
 
 
 @functools.lru_cache(maxsize=None)
