@@ -313,6 +313,26 @@ def load_waiting(run: Run) -> Optional[tuple[hosts.Host, hosts.Host]]:
     return None
 
 
+def kill_all(host: hosts.Host) -> None:
+    assert host.kill(), f"no process to kill on {host}"
+
+
+def fault_mid_load(backfill: Run, fault: Callable[[hosts.Host], None]) -> tuple[hosts.Host, hosts.Host, str, float]:
+    """Start the backfill; once a yellow month is in, hold the yellow table against writers until
+    a load waits at its swap, rows in and uncommitted, and apply ``fault`` to that load's host.
+    Returns that host, the other, the month ('yellow 2019-03')
+    and when the fault struck."""
+    backfill.start()
+    wait_for("a yellow month in Postgres", lambda: any(s == "yellow" for s, _ in backfill.markers()))
+    with writers_held(backfill, "yellow_tripdata"):
+        victim, survivor = wait_for("a load waiting at its swap", lambda: load_waiting(backfill))
+        running = [t for t in backfill.api("task_list", status="RUNNING").values() if t["worker_running"] == victim.name]
+        struck = time.monotonic()
+        fault(victim)
+    month = next(f"{t['params']['service']} {t['params']['month']}" for t in running if t["name"] == "LoadPostgres")
+    return victim, survivor, month, struck
+
+
 def test_every_month_once_from_two_worker_hosts_one_load_at_a_time(backfill):
     running: list[list[str]] = []  # the families running, as luigid lists them every 50 ms
     watching = threading.Event()
@@ -343,15 +363,7 @@ def test_a_worker_host_killed_mid_load_its_month_goes_to_the_other(backfill):
     """A worker host dies (every process on it, SIGKILL) while a load of its is in Postgres, rows
     in and uncommitted: luigid gives the month to the other once the dead one has been silent for
     worker_disconnect_delay, and the month is loaded once."""
-    backfill.start()
-    wait_for("a yellow month in Postgres", lambda: any(s == "yellow" for s, _ in backfill.markers()))
-
-    with writers_held(backfill, "yellow_tripdata"):
-        victim, survivor = wait_for("a load waiting at its swap", lambda: load_waiting(backfill))
-        running = [t for t in backfill.api("task_list", status="RUNNING").values() if t["worker_running"] == victim.name]
-        killed = time.monotonic()
-        assert victim.kill()
-    month = next(f"{t['params']['service']} {t['params']['month']}" for t in running if t["name"] == "LoadPostgres")
+    victim, survivor, month, killed = fault_mid_load(backfill, kill_all)
     service, m = month.split()
     wait_for(f"{month} loaded again", lambda: (service, m) in backfill.markers(), timeout=60, every=0.1)
     recovered = time.monotonic() - killed
@@ -370,15 +382,7 @@ def test_a_worker_host_cut_off_mid_load_rolls_back_and_its_month_is_loaded_once(
     """A worker host's link goes down while a load of its is in Postgres, uncommitted: the server
     drops the session when its reply goes unacknowledged (tcp_user_timeout; the load rolls back, its
     locks go), luigid gives the month to the other host, and the month is loaded once."""
-    backfill.start()
-    wait_for("a yellow month in Postgres", lambda: any(s == "yellow" for s, _ in backfill.markers()))
-
-    with writers_held(backfill, "yellow_tripdata"):
-        victim, survivor = wait_for("a load waiting at its swap", lambda: load_waiting(backfill))
-        running = [t for t in backfill.api("task_list", status="RUNNING").values() if t["worker_running"] == victim.name]
-        cut = time.monotonic()
-        victim.link(False)
-    month = next(f"{t['params']['service']} {t['params']['month']}" for t in running if t["name"] == "LoadPostgres")
+    victim, survivor, month, cut = fault_mid_load(backfill, lambda host: host.link(False))
     service, m = month.split()
     gone = wait_for(
         "the cut-off host's session gone from the server",
