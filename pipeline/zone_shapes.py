@@ -109,9 +109,9 @@ class ZoneShapes(Scheduled, luigi.Task):
 
     def run(self):
         url = f"{download.base_url()}/{catalog.ZONE_SHAPES.path}"
-        where = f"{catalog.ZONE_SHAPES.name} ({download.redact(url)})"
+        where = f"{catalog.ZONE_SHAPES.name} ({redaction.redact(url)})"
         logger.info("%s: downloading", where)
-        self.tell(f"downloading {download.redact(url)}")
+        self.tell(f"downloading {redaction.redact(url)}")
         os.makedirs(settings.ingest().staging, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=settings.ingest().staging, prefix="shapes-") as tmp:
             raw = os.path.join(tmp, posixpath.basename(catalog.ZONE_SHAPES.path))

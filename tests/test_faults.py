@@ -301,7 +301,8 @@ def test_credentials_in_the_base_url_are_never_logged_or_recorded(workspace, htt
 
 
 def test_a_signed_query_string_is_redacted_and_the_file_still_recognised(workspace, run, http_server):
-    from pipeline.download import fetch, redact
+    from pipeline.download import fetch
+    from pipeline.redaction import redact
 
     url = f"{http_server}/releases/green/green_tripdata_2019-01.csv.gz?X-Signature=abc123secret"
     assert redact(url) == f"{http_server}/releases/green/green_tripdata_2019-01.csv.gz?***"
@@ -428,6 +429,6 @@ def test_a_zone_lookup_whose_last_row_has_no_line_end_counts_it(workspace, tmp_p
     ],
 )
 def test_a_url_is_shown_without_any_secret_it_carries(url, shown):
-    from pipeline.download import redact
+    from pipeline.redaction import redact
 
     assert redact(url) == shown
