@@ -48,9 +48,9 @@ def lake_root() -> str:
 
 
 def lake_kind() -> str:
-    """Which kind of lake `[lake] root` is: local, gcs or s3 (what a sink's `reads` names)."""
-    root = lake_root()
-    return "gcs" if root.startswith(gcs.SCHEME) else "s3" if root.startswith(s3.SCHEME) else "local"
+    """Which kind of lake `[lake] root` is: local, or an OBJECT_LAKES kind (what a sink's `reads`
+    names)."""
+    return _object_lake(lake_root())[0]
 
 
 def is_remote() -> bool:
@@ -191,8 +191,18 @@ class S3LakeFile(_ObjectLakeFile, S3Target):
 
 LakeTarget = Union[LocalLakeFile, GCSLakeFile, S3LakeFile]
 
+# The lakes in an object store, by the scheme their URLs start with: the kind's name (as a sink's
+# `reads` names it) and its lake file. The one table a lake's URL is dispatched by; any other path
+# is a local lake (settings.LakeRoot refuses the other schemes before anything runs).
+OBJECT_LAKES: dict[str, tuple[str, type[LakeTarget]]] = {
+    gcs.SCHEME: ("gcs", GCSLakeFile),
+    s3.SCHEME: ("s3", S3LakeFile),
+}
+
+
+def _object_lake(path: str) -> tuple[str, type[LakeTarget]]:
+    return next((kind for scheme, kind in OBJECT_LAKES.items() if path.startswith(scheme)), ("local", LocalLakeFile))
+
 
 def lake_target(path: str) -> LakeTarget:
-    if path.startswith(gcs.SCHEME):
-        return GCSLakeFile(path)
-    return S3LakeFile(path) if path.startswith(s3.SCHEME) else LocalLakeFile(path)
+    return _object_lake(path)[1](path)
