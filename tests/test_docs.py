@@ -110,8 +110,30 @@ NOT_RUN = {
     "HYPOTHESIS_PROFILE=long .venv/bin/pytest tests/test_content_trust.py tests/test_source_trust.py tests/test_warehouse_trust.py "
     "tests/test_flow_trust.py": "the same tests as the README's test command, with more generated cases",
     **{command: "a benchmark takes minutes; each one's --help is run here" for command in BENCH_HELP},
+    **dict.fromkeys(
+        [
+            "docker build -t REGION-docker.pkg.dev/YOUR-PROJECT/nyc-tlc/nyc-tlc-luigi:0.1.0 .",
+            "docker push REGION-docker.pkg.dev/YOUR-PROJECT/nyc-tlc/nyc-tlc-luigi:0.1.0",
+            "gcloud iam service-accounts add-iam-policy-binding tlc-worker@YOUR-PROJECT.iam.gserviceaccount.com --role "
+            'roles/iam.workloadIdentityUser --member "serviceAccount:YOUR-PROJECT.svc.id.goog[nyc-tlc/tlc-worker]"',
+            "kubectl apply -f deploy/kubernetes/namespace.yaml",
+            "kubectl create secret generic tlc-postgres --namespace nyc-tlc --from-file=password=secrets/postgres-password.txt",
+            "kubectl create configmap tlc-config --namespace nyc-tlc --from-file=config/",
+            "kubectl apply -k deploy/kubernetes",
+            "kubectl port-forward --namespace nyc-tlc service/luigid 8082:8082",
+            "kubectl wait --namespace nyc-tlc --for=condition=complete job/tlc-backfill --timeout=3h",
+            "kubectl create configmap tlc-config --namespace nyc-tlc --from-file=config/ --dry-run=client -o yaml | kubectl apply -f -",
+        ],
+        "needs a registry, a Kubernetes cluster and a Google project; tests/test_kubernetes.py validates the manifests offline, "
+        "checks that these name the Secret, ConfigMap and folder the manifests use, and starts luigid as its pod does",
+    ),
+    'curl -G http://127.0.0.1:8082/api/update_resource --data-urlencode \'data={"resource": "postgres", "amount": 4}\'': (
+        "tests/test_kubernetes.py makes the same call to luigid started as its pod starts it"
+    ),
 }
-COMMAND = re.compile(r"((?:[A-Z_]+=\S+ )*(?:luigi|luigid|python3?|mkdir|cd|\.venv/bin/\S+|\.|export|psql|gcloud|pip)(?: .*)?)$")
+COMMAND = re.compile(
+    r"((?:[A-Z_]+=\S+ )*(?:luigi|luigid|python3?|mkdir|cd|\.venv/bin/\S+|\.|export|psql|gcloud|pip|kubectl|docker|curl)(?: .*)?)$"
+)
 README = ROOT / "README.md"
 PAGES = sorted((ROOT / "docs").glob("*.md"))
 INSTALL, TESTS = "python3 -m venv .venv && .venv/bin/pip install -e '.[test]'", ".venv/bin/pytest"
