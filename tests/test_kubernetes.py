@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 import kubernetes_validate
 import luigi
 import luigi.cmdline_parser
+import luigi.scheduler
 import pytest
 import yaml
 
