@@ -9,6 +9,10 @@ a real month is inflated once, by ToParquet, which proves it whole and removes t
 it is not), a Parquet file without its footer, or columns the catalog does not accept all fail
 the step. 404 means the month is not
 published (not retried); connection errors and 5xx answers are retried with backoff.
+
+The source is http(s)://, file:// or s3://bucket/prefix (a mirror kept in S3, read with the
+lake's S3 client and credentials, pipeline/targets/s3.py): `TRANSPORTS` is the one place that
+decides how the bytes and the validators come; every check above is the same for all of them.
 """
 
 from __future__ import annotations
@@ -101,7 +105,7 @@ class SourceError(PipelineError, RuntimeError):
 
 
 class MonthNotPublished(SourceError):
-    """The source has no such file (HTTP 404, or missing from a file:// mirror)."""
+    """The source has no such file (HTTP 404, a key missing from an s3:// mirror, a file from a file:// one)."""
 
     @property
     def hint(self) -> str:  # type: ignore[override]  # a property where the base has a class attribute: it depends on the source
@@ -411,8 +415,6 @@ def _unread_redirect(resp: requests.Response, **kwargs) -> None:
 
 
 def _http_chunks(url: str, where: str, cfg: settings.source, found: dict) -> Iterator[tuple[bytes, int]]:
-    """Yield (chunk, expected total size or 0) for one GET, each chunk as soon as it arrives,
-    after putting the response's validators in ``found``."""
     with _get(url, where, cfg) as resp:
         if resp.status_code == 404:
             raise MonthNotPublished(f"{where}: not published (HTTP 404)")
@@ -424,8 +426,19 @@ def _http_chunks(url: str, where: str, cfg: settings.source, found: dict) -> Ite
             yield chunk, expected
 
 
-def _file_chunks(url: str, where: str, found: dict) -> Iterator[tuple[bytes, int]]:
-    path = urllib.parse.unquote(urllib.parse.urlparse(url).path)
+def _http_probe(url: str, where: str, cfg: settings.source) -> Optional[dict[str, str]]:
+    # A GET whose body is never read rather than a HEAD: the releases redirect to signed storage
+    # URLs, which need not answer HEAD.
+    with _get(url, where, cfg) as resp:
+        return validators(resp.headers) if resp.status_code == 200 else None
+
+
+def _file_path(url: str) -> str:
+    return urllib.parse.unquote(urllib.parse.urlparse(url).path)
+
+
+def _file_chunks(url: str, where: str, cfg: settings.source, found: dict) -> Iterator[tuple[bytes, int]]:
+    path = _file_path(url)
     try:
         f: BinaryIO = open(path, "rb")
     except FileNotFoundError:
@@ -437,14 +450,120 @@ def _file_chunks(url: str, where: str, found: dict) -> Iterator[tuple[bytes, int
             yield chunk, total
 
 
+def _file_probe(url: str, where: str, cfg: settings.source) -> Optional[dict[str, str]]:
+    path = _file_path(url)
+    return _file_validators(path) if os.path.exists(path) else None
+
+
+class S3SourceError(SourceError):
+    """The S3 source refused a request for a reason other than a missing key (a missing bucket,
+    credentials refused or absent, ...): ``why`` in the words of pipeline.targets.s3.reason,
+    which never holds a credential."""
+
+    def __init__(self, where: str, bucket: str, why: str):
+        self.where, self.bucket, self.why = where, bucket, why
+        super().__init__(f"{where}: {why}")
+
+
+@contextlib.contextmanager
+def _s3_answers(url: str, where: str) -> Iterator[None]:
+    """The S3 client's errors as the source's: a missing key is not published, in the same line
+    as an HTTP 404; anything else the client refused is one line (S3SourceError). The request
+    itself was already tried again by the client (retry.s3()), so those are final; what breaks
+    while the body streams, which the client does not try again, is retried as a dropped HTTP
+    transfer is ([source] attempts)."""
+    from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError, ResponseStreamingError
+
+    from pipeline.targets import s3
+
+    try:
+        yield
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") == "NoSuchKey":
+            raise MonthNotPublished(f"{where}: not published (HTTP 404)") from None
+        raise S3SourceError(where, s3.split(url)[0], s3.reason(e, s3.split(url)[0])) from None
+    except (ReadTimeoutError, ResponseStreamingError) as e:
+        raise _Retryable(f"{where}: {type(e).__name__}: {e}") from None
+    except BotoCoreError as e:
+        raise S3SourceError(where, s3.split(url)[0], s3.reason(e, s3.split(url)[0])) from None
+
+
+def _s3_headers(response: dict) -> Mapping[str, str]:
+    """The HTTP headers of an S3 answer, as the HTTP source's are read (any case): so its
+    validators are the same strings (Content-Length, ETag, Last-Modified) whichever call got them."""
+    return requests.structures.CaseInsensitiveDict(response["ResponseMetadata"]["HTTPHeaders"])
+
+
+def _s3_chunks(url: str, where: str, cfg: settings.source, found: dict) -> Iterator[tuple[bytes, int]]:
+    from botocore.exceptions import IncompleteReadError
+
+    from pipeline.targets import s3
+
+    bucket, key = s3.split(url)
+    with _s3_answers(url, where):
+        response = s3.client().get_object(Bucket=bucket, Key=key)
+        headers = _s3_headers(response)
+        expected = int(headers.get("Content-Length") or 0)
+        found.update(validators(headers))
+        with contextlib.closing(response["Body"]) as body:
+            while True:
+                try:
+                    chunk = body.read(NET_CHUNK)
+                except IncompleteReadError:  # fewer bytes than announced: _StreamCheck.finish says so, as for HTTP
+                    return
+                if not chunk:
+                    return
+                yield chunk, expected
+
+
+def _s3_probe(url: str, where: str, cfg: settings.source) -> Optional[dict[str, str]]:
+    from botocore.exceptions import ClientError
+
+    from pipeline.targets import s3
+
+    bucket, key = s3.split(url)
+    with _s3_answers(url, where):
+        try:
+            return validators(_s3_headers(s3.client().head_object(Bucket=bucket, Key=key)))
+        except ClientError as e:
+            if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
+                raise
+        # A HEAD's 404 has no body to tell a missing key from a missing bucket; a listing does
+        # (NoSuchBucket). Asked only for a month that is not there.
+        s3.client().list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Transport:
+    """How the source's bytes come, by the URL's scheme: ``chunks`` yields one try's (chunk,
+    announced size or 0), each as it arrives, after putting the validators in ``found``, or raises
+    MonthNotPublished; ``probe`` returns the validators without the body, or None when the file
+    is not published. Every check of what arrives (_StreamCheck, _Limits, the content checks)
+    is the same for all of them."""
+
+    chunks: Callable[[str, str, settings.source, dict], Iterator[tuple[bytes, int]]]
+    probe: Callable[[str, str, settings.source], Optional[dict[str, str]]]
+
+
+_HTTP = Transport(_http_chunks, _http_probe)
+# The one place the transport is decided.
+TRANSPORTS = {"http": _HTTP, "https": _HTTP, "file": Transport(_file_chunks, _file_probe), "s3": Transport(_s3_chunks, _s3_probe)}
+
+
+def transport(url: str, where: str) -> Transport:
+    scheme = urllib.parse.urlparse(url).scheme
+    if scheme not in TRANSPORTS:
+        raise SourceError(f"{where}: unsupported URL scheme {scheme!r} (use http(s)://, file:// or s3://)")
+    return TRANSPORTS[scheme]
+
+
 def fetch_file(url: str, dest: str, where: str, progress: Callable[[int, int], None] = lambda done, total: None) -> DownloadRecord:
     """Download ``url`` to ``dest``, retrying what may heal, and check the transfer (the whole
     body, how it starts, the rate); return what we know about the file: its URL as shown, size,
     sha256, and the server's validators (no header: see fetch)."""
     cfg = settings.source()
-    scheme = urllib.parse.urlparse(url).scheme
-    if scheme not in ("http", "https", "file"):
-        raise SourceError(f"{where}: unsupported URL scheme {scheme!r} (use http(s):// or file://)")
+    chunks_of = transport(url, where).chunks
 
     found: dict[str, str] = {}
     limits = _Limits(where, cfg)
@@ -453,9 +572,8 @@ def fetch_file(url: str, dest: str, where: str, progress: Callable[[int, int], N
         limits.check()  # the tries before and their backoff count
         check = _StreamCheck(url, where, cfg, limits)
         expected = 0
-        chunks = _file_chunks(url, where, found) if scheme == "file" else _http_chunks(url, where, cfg, found)
         with open(dest, "wb") as out:
-            for chunk, expected in chunks:
+            for chunk, expected in chunks_of(url, where, cfg, found):
                 check.feed(chunk, expected)
                 out.write(chunk)
                 progress(check.size, expected)
@@ -503,23 +621,17 @@ def _file_validators(path: str) -> dict[str, str]:
 
 def published(url: str) -> Optional[dict[str, str]]:
     """The validators of the file the source publishes at ``url`` (see `validators`), without
-    downloading it, or None when it is not published (404, or missing from a file:// mirror).
-    Any other failure is an error after the [source] tries, never a silent None.
-
-    A GET whose body is never read rather than a HEAD: the releases redirect to signed storage
-    URLs, which need not answer HEAD."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme == "file":
-        path = urllib.parse.unquote(parsed.path)
-        return _file_validators(path) if os.path.exists(path) else None
+    downloading it, or None when it is not published (HTTP 404, a key missing from an s3://
+    mirror, a file from a file:// one). Any other failure is an error after the [source] tries,
+    never a silent None."""
     cfg = settings.source()
     where = f"{redact(url)}: asking whether it is published"
+    probe = transport(url, where).probe
     limits = _Limits(where, cfg)
 
     def ask() -> Optional[dict[str, str]]:
         limits.check()
-        with _get(url, where, cfg) as resp:  # the body is never read
-            return validators(resp.headers) if resp.status_code == 200 else None
+        return probe(url, where, cfg)
 
     with limits.talking():
         return retry.call(ask, attempts=cfg.attempts, backoff=cfg.backoff, setting="[source]")

@@ -189,8 +189,8 @@ class source(luigi.Config):
     )
     base_url = luigi.Parameter(
         default="",
-        description="Where they are, http(s):// or file://, laid out like the source (empty: the "
-        f"kind's own, {catalog.RELEASES.base_url} or {catalog.TLC.base_url}); any mirror works",
+        description="Where they are, http(s)://, file:// or s3://bucket/prefix (credentials from the AWS SDK's chain), "
+        f"laid out like the source (empty: the kind's own, {catalog.RELEASES.base_url} or {catalog.TLC.base_url}); any mirror works",
     )
     # timeout, attempts and backoff together: a source that accepts but never answers ends a run
     # in 5 x 20 s + 2 + 4 + 8 + 16 s = 130 s.
