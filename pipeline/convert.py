@@ -586,6 +586,7 @@ class ToParquet(DatasetTask):
             return ZoneIndex.from_parquet(path)
 
     def run(self):
+        self.inputs_here()
         raw = self.input()["download"]["file"].path
         source = DownloadRecord.read(self.input()["download"]["meta"].path)
         where = f"{self.label} ({raw})"

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import luigi
+from luigi.task import flatten
 
-from pipeline import catalog, completion, params, redaction, settings
+from pipeline import catalog, completion, luigi_internals, params, redaction, settings
 from pipeline.errors import PipelineError
 from pipeline.scheduling import Scheduled
 from pipeline.targets.marker import MonthMarker
@@ -62,6 +63,38 @@ class DatasetTask(Scheduled, luigi.Task):
     def staged(self, target: luigi.LocalTarget) -> contextlib.AbstractContextManager[str]:
         """atomic_path for an output in the staging area."""
         return atomic_path(target, settings.ingest().staging)
+
+    def in_staging(self) -> bool:
+        """Whether every output of this step is in the staging area (this host's own)."""
+        staging = os.path.abspath(settings.ingest().staging) + os.sep
+        outputs = flatten(self.output())
+        return bool(outputs) and all(isinstance(t, luigi.LocalTarget) and os.path.abspath(t.path).startswith(staging) for t in outputs)
+
+    def inputs_here(self) -> None:
+        """Every input of this step, there on this host before it runs: called first by every step
+        that has inputs (ToParquet, LakeFile, the sinks), in place of luigi's own check at run
+        time (`[worker] check_unfulfilled_deps = false` in luigi.cfg), which cannot tell a host's
+        staging area from what all hosts share.
+
+        Each host has a staging area of its own, while luigid takes a step as done wherever it
+        ran: with many hosts on one luigid, a step may be given to a host other than the one that
+        made its staging input (ToParquet's download, LakeFile's Parquet file). Such an input is
+        made again here, in this process (its own inputs first, the same way), so a step never
+        reads another host's disk and never fails for it. An input anywhere else (the lake) is
+        shared: if it is not complete, the step fails as luigi's check would."""
+        missing = []
+        for task in flatten(self.requires()):
+            if task.complete():
+                continue
+            if isinstance(task, DatasetTask) and task.in_staging():
+                logger.info("%s: %s is not on this host (made on another, or removed); making it again here", self.label, task)
+                luigi_internals.lend_reporters(self, task)
+                task.inputs_here()
+                task.run()
+            else:
+                missing.append(f"{task} ({', '.join(str(t.path) for t in flatten(task.output()))})")
+        if missing:
+            raise UnfulfilledInput(self.label, missing)
 
     def on_failure(self, exception: BaseException) -> str:
         """What luigid keeps and the visualiser shows of the failure (luigi's traceback text),
@@ -127,6 +160,15 @@ TEMP_AREA = ".tmp"
 # own temporary_path left beside outputs in earlier versions: a sweep deletes nothing else.
 TEMP_NAME = re.compile(r".+\.\d+-[0-9a-f]{8}")
 LUIGI_TEMP_NAME = re.compile(r".+-luigi-tmp-\d+")
+
+
+class UnfulfilledInput(PipelineError, RuntimeError):
+    """A step's input that all hosts share (the lake) is not complete when the step runs."""
+
+    def __init__(self, label: str, missing: list[str]):
+        self.label, self.missing = label, missing
+        dependency = "dependency" if len(missing) == 1 else "dependencies"
+        super().__init__(f"{label}: unfulfilled {dependency} at run time: {', '.join(missing)}")
 
 
 class OutsideRoot(PipelineError, RuntimeError):

@@ -30,6 +30,7 @@ class LakeFile(SourcePin, DatasetTask):
         return target.exists() and (not self.source_sha256 or target.record().source_sha256 == self.source_sha256)
 
     def run(self):
+        self.inputs_here()
         src, target = self.input().path, self.output()
         logger.info("%s: putting %s in the lake at %s", self.label, src, target.path)
         self.report(0, 1, f"to the lake at {target.path}")

@@ -4,7 +4,8 @@ tests/test_luigi_internals.py fails first, naming which.
 
 - a task's id: computed in luigi's Task.__init__ from the parameters alone, and its hash cached
   there (scheduling.Scheduled adds the deployment to it);
-- the progress reporters luigi's worker sets on a task while it runs (scheduling.Scheduled.tell);
+- the progress reporters luigi's worker sets on a task while it runs (scheduling.Scheduled.tell),
+  and lends to a step it runs itself (dataset_task.DatasetTask.inputs_here);
 - the settings files luigi reads, a list on its config parser class (settings.load);
 - a parameter's argparse arguments (params: the command line checks a value) and the values a
   parameter's default is drawn from (params.Moment, params.ThisMonth: computed per task);
@@ -40,6 +41,13 @@ def reporters(task: object) -> tuple[Optional[Callable], Optional[Callable]]:
     """The status message and progress percentage callables the worker set on ``task`` while it
     runs (None outside a run)."""
     return getattr(task, STATUS_MESSAGE, None), getattr(task, PROGRESS_PERCENTAGE, None)
+
+
+def lend_reporters(task: object, to: object) -> None:
+    """Let ``to`` (a step ``task`` runs in its own process) report through ``task``'s reporters:
+    what it does shows on ``task`` in the visualiser."""
+    for name in (STATUS_MESSAGE, PROGRESS_PERCENTAGE):
+        setattr(to, name, getattr(task, name, None))
 
 
 def config_paths() -> list[str]:

@@ -72,6 +72,7 @@ class Sink(SourcePin, DatasetTask):
 
     def run(self):
         require_lake(self.label, self.name, self.reads)
+        self.inputs_here()
         lake = self.input()
         record = lake.record()
         logger.info("%s: loading %s into the %s warehouse", self.label, lake.path, self.name)
