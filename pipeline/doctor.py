@@ -7,7 +7,7 @@ It takes the same settings a pipeline command would (luigi.cfg, LUIGI_CONFIG_PAT
 - settings: the files read, in order, and where each value that matters comes from (a file,
   the default, the command line, or libpq's environment);
 - source: the zone lookup, which every source publishes, answers one body-less request;
-- lake: a small object is written, read back and deleted under `[lake] root` (local, gs:// or s3://);
+- lake: a small object is written, read back and deleted under `[lake] root` (local, gs://, s3:// or az://);
 - each warehouse of `[ingest] sinks`: it opens or connects with the credentials a run would use,
   its schema or dataset exists or can be created, and an existing table fits the catalog
   (nothing created, nothing written);
@@ -41,7 +41,7 @@ import requests
 from pipeline import catalog, download, luigi_internals, retry, settings
 from pipeline.dataset_task import TEMP_AREA
 from pipeline.redaction import redact, scrub
-from pipeline.targets import gcs, s3
+from pipeline.targets import azure, gcs, s3
 from pipeline.warehouses import bigquery, bigquery_table, postgres
 from pipeline.warehouses import sink as sinks
 
@@ -265,8 +265,37 @@ def probe_s3(root: str) -> None:
         client.delete_object(Bucket=bucket, Key=key)
 
 
+def probe_azure(root: str) -> None:
+    from azure.storage.blob import BlobClient
+
+    container, prefix = azure.split(root)
+    name = f"{prefix.strip('/')}/{TEMP_AREA}/doctor.{os.getpid()}-{secrets.token_hex(4)}".lstrip("/")
+    made = azure.client(root).get_blob_client(container, name)
+    # Asked once, no retry (the doctor says what fails; a run is what waits for it to heal).
+    blob = BlobClient.from_blob_url(made.url, credential=made.credential, retry_total=0, connection_timeout=settings.azure().timeout)
+    blob.upload_blob(PROBE)
+    try:
+        if blob.download_blob().readall() != PROBE:
+            raise OSError(0, "what was read back is not what was written", root)
+    finally:
+        blob.delete_blob()
+
+
 def check_lake() -> Check:
     root = settings.lake().root  # a root of another scheme fails the settings check (settings.LakeRoot)
+    if root.startswith(azure.SCHEME):
+        from azure.core.exceptions import AzureError  # for its cost (see the module's imports)
+
+        try:
+            probe_azure(root)
+        except (AzureError, azure.AzureError, OSError) as e:
+            why = e.why if isinstance(e, azure.AzureError) else azure.reason(e, azure.split(root)[0])
+            return failed(
+                "lake",
+                f"cannot write, read and delete a blob under {root}: {why}",
+                f"check that the container exists and that {azure.CREDENTIALS} may write, read and delete blobs in it",
+            )
+        return passed("lake", f"{root}: a blob written, read back and deleted")
     if root.startswith(s3.SCHEME):
         from boto3.exceptions import Boto3Error  # for its cost (see the module's imports)
         from botocore.exceptions import BotoCoreError, ClientError

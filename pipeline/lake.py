@@ -5,8 +5,8 @@ here and nowhere else:
     {root}/zones/taxi_zone_lookup.parquet
     {root}/zone_shapes/taxi_zones.parquet       (the zones' polygons, for the legacy months)
 
-`[lake] root` is a local directory (the embedded default), gs://bucket/prefix or s3://bucket/prefix:
-the same tasks serve all three, the target type follows the root (lake_target), and every kind of
+`[lake] root` is a local directory (the embedded default), gs://bucket/prefix, s3://bucket/prefix or
+az://container/prefix: the same tasks serve all four, the target type follows the root (lake_target), and every kind of
 lake file offers the same operations (put, record, local_path). What a lake file records of its source (LakeRecord: rows,
 source sha256 and URL, the source's validators) is the Parquet footer's `tlc.*` keys, written
 (footer) and read (parquet_record) here and nowhere else. One predictable path per service and month. The
@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 
 from pipeline import catalog, settings
 from pipeline.dataset_task import atomic_path
-from pipeline.targets import gcs, s3
+from pipeline.targets import azure, gcs, s3
+from pipeline.targets.azure import AzureTarget
 from pipeline.targets.gcs import GCSTarget
 from pipeline.targets.s3 import S3Target
 
@@ -94,8 +95,8 @@ def lake_wildcard(svc: catalog.Service) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class LakeRecord:
-    """What we know about a lake file: the Parquet footer's `tlc.*` keys, which a GCS or S3
-    object also carries as its metadata."""
+    """What we know about a lake file: the Parquet footer's `tlc.*` keys, which a GCS, S3 or
+    Azure object also carries as its metadata."""
 
     rows: int
     source_sha256: str
@@ -189,7 +190,15 @@ class S3LakeFile(_ObjectLakeFile, S3Target):
         return LakeRecord.of(self.fs.head(self.path).get("Metadata") or {})
 
 
-LakeTarget = Union[LocalLakeFile, GCSLakeFile, S3LakeFile]
+class AzureLakeFile(_ObjectLakeFile, AzureTarget):
+    """A lake file in an Azure Blob Storage container (see LocalLakeFile)."""
+
+    def record(self) -> LakeRecord:
+        """From the blob's metadata: no download."""
+        return LakeRecord.of(self.fs.properties(self.path).metadata or {})
+
+
+LakeTarget = Union[LocalLakeFile, GCSLakeFile, S3LakeFile, AzureLakeFile]
 
 # The lakes in an object store, by the scheme their URLs start with: the kind's name (as a sink's
 # `reads` names it) and its lake file. The one table a lake's URL is dispatched by; any other path
@@ -197,6 +206,7 @@ LakeTarget = Union[LocalLakeFile, GCSLakeFile, S3LakeFile]
 OBJECT_LAKES: dict[str, tuple[str, type[LakeTarget]]] = {
     gcs.SCHEME: ("gcs", GCSLakeFile),
     s3.SCHEME: ("s3", S3LakeFile),
+    azure.SCHEME: ("azure", AzureLakeFile),
 }
 
 

@@ -14,6 +14,9 @@ the call site uses it (docs/design.md has the table).
   with its exponential backoff) for `[s3] attempts` tries a request, each waiting at most
   `[s3] timeout` seconds to connect and for data: a request gives up within about
   attempts x (timeout + 20 s), botocore's longest backoff.
+- Azure Blob Storage (the lake): `azure`, the storage SDK's own ExponentialRetry (timeouts, 408,
+  5xx, dropped connections; never a 403 or 404) for `[azure] attempts` tries a request, each
+  waiting at most `[azure] timeout` seconds to connect and for data, about 1, 3, 5, 9 s apart.
 - BigQuery: `bigquery` / `bigquery_query`, the client's own policies for its API calls and query
   jobs; a load job that failed is submitted again under the next job id (`fresh_id`), never twice
   under one, so a retry can never load a month twice.
@@ -114,6 +117,18 @@ def s3() -> botocore.config.Config:
         connect_timeout=cfg.timeout,
         read_timeout=cfg.timeout,
     )
+
+
+def azure() -> dict[str, Any]:  # the client's keyword arguments, which its constructor types as **Any
+    """The Azure storage SDK's own ExponentialRetry (which errors are transient) for `[azure]
+    attempts` tries a request, each bounded by `[azure] timeout`: the client's keyword arguments,
+    given where the client is made (pipeline/targets/azure.py). Its default backoff starts at 15 s;
+    here it starts at 1 s and grows as 1 + 2^n s (jittered by 1 s), as a lake's requests are small."""
+    from azure.storage.blob import ExponentialRetry
+
+    cfg = settings.azure()
+    policy = ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=cfg.attempts - 1, random_jitter_range=1)
+    return {"retry_policy": policy, "connection_timeout": cfg.timeout, "read_timeout": cfg.timeout}
 
 
 def bigquery() -> dict[str, Any]:  # keyword arguments (retry=): Any, as each client call types them its own way

@@ -73,22 +73,28 @@ class LakeRootError(PipelineError, ValueError):
 
 # A URL's scheme, as a lake root starts with one.
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
-# The object stores a lake may be in, as their URLs start (gs://bucket/prefix, s3://bucket/prefix).
-BUCKET_SCHEMES = ("gs", "s3")
+# The object stores a lake may be in, as their URLs start (gs://bucket/prefix, s3://bucket/prefix,
+# az://container/prefix).
+BUCKET_SCHEMES = ("gs", "s3", "az")
+# What a lake root may be, for messages.
+LAKE_ROOTS = "a local folder, gs://bucket/prefix, s3://bucket/prefix or az://container/prefix"
 
 
 def lake_root_problem(value: str) -> Optional[str]:
-    """Why ``value`` is no lake root, or None: a lake is a local folder, gs://bucket/prefix or
-    s3://bucket/prefix. Nothing outside its roots: any other URL (hdfs://, az://) was taken for a
-    local folder named after its scheme, filled and reported done."""
+    """Why ``value`` is no lake root, or None: a lake is one of LAKE_ROOTS. Nothing outside them:
+    any other URL (hdfs://, abfss://) was taken for a local folder named after its scheme, filled
+    and reported done."""
     scheme = _SCHEME.match(value)
     if scheme is None:
         return None
     if scheme[1] in BUCKET_SCHEMES:
-        return None if value[len(scheme[0]) :].split("/", 1)[0] else f"a {scheme[0]} lake needs its bucket: {scheme[0]}bucket/prefix"
+        if value[len(scheme[0]) :].split("/", 1)[0]:
+            return None
+        bucket = "container" if scheme[1] == "az" else "bucket"
+        return f"a {scheme[0]} lake needs its {bucket}: {scheme[0]}{bucket}/prefix"
     if scheme[1].lower() == "file":
         return f"a local lake is given as its folder ({urllib.parse.unquote(urllib.parse.urlsplit(value).path)}), not as a file:// URL"
-    return f"{scheme[1]}:// is not a lake this pipeline writes; a lake is a local folder, gs://bucket/prefix or s3://bucket/prefix"
+    return f"{scheme[1]}:// is not a lake this pipeline writes; a lake is {LAKE_ROOTS}"
 
 
 class LakeRoot(params._Checked, luigi.Parameter):
@@ -218,7 +224,7 @@ class source(luigi.Config):
 
 
 class lake(luigi.Config):
-    root = LakeRoot(default="data/lake", description="The data lake: a local directory, gs://bucket/prefix or s3://bucket/prefix")
+    root = LakeRoot(default="data/lake", description=f"The data lake: {LAKE_ROOTS}")
 
 
 class parquet(luigi.Config):
@@ -260,6 +266,24 @@ class s3(luigi.Config):
     timeout = params.Amount(least=0.1, default=120.0, description="Seconds to wait for the service to connect or send data, per request")
     attempts = params.Count(
         least=1, default=5, description="Tries per request in all (at least 1) on throttling, 5xx answers and dropped connections"
+    )
+
+
+class azure(luigi.Config):
+    """Azure Blob Storage, for an az://container/prefix lake. Credentials come from the Azure SDK's
+    own chain: AZURE_STORAGE_CONNECTION_STRING, or the account AZURE_STORAGE_ACCOUNT names with
+    DefaultAzureCredential (AZURE_CLIENT_ID and the other AZURE_* variables, a managed identity,
+    `az login`), never a setting."""
+
+    block_size_mib = params.Count(
+        least=1,
+        default=16,
+        description="Upload block size in MiB: each block is one request with its own timeout, retries and MD5, and "
+        "bounds what an upload holds in memory",
+    )
+    timeout = params.Amount(least=0.1, default=120.0, description="Seconds to wait for the service to connect or send data, per request")
+    attempts = params.Count(
+        least=1, default=5, description="Tries per request in all (at least 1) on timeouts, 5xx answers and dropped connections"
     )
 
 

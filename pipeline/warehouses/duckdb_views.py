@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 from pipeline import catalog, retry, settings
 from pipeline.errors import PipelineError
 from pipeline.lake import PARTITION_KEY, LakeRecord, LakeTarget, is_remote, lake_glob, lake_kind, lake_root
-from pipeline.targets import s3
+from pipeline.targets import azure, s3
 from pipeline.targets.marker import MARKER_TABLE, WRITTEN, MonthMarker, create_table_sql
 from pipeline.warehouses.dialects import DUCKDB, add_missing_marker_columns
 from pipeline.warehouses.sink import Sink
@@ -79,32 +79,42 @@ def _connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
 
 def connect(read_only: bool = True) -> duckdb.DuckDBPyConnection:
     """The warehouse (`[duckdb] path`) for queries, read-only unless asked: a session whose views
-    read the lake, an s3:// one included (see reading_the_lake)."""
+    read the lake, an s3:// or az:// one included (see reading_the_lake)."""
     return _connect(settings.duckdb().path, read_only)
 
 
 def reading_the_lake(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    """``con``, able to read the configured lake: for an s3:// lake, DuckDB's httpfs extension
-    loaded and the credentials the AWS SDK's chain resolves given to this session as a temporary
-    SECRET scoped to the bucket. Temporary: held in this session's memory only, never in the
-    warehouse file nor in a view's text, so every session that reads the views needs it (this
-    function, or `connect`)."""
+    """``con``, able to read the configured lake: for an s3:// or az:// lake, DuckDB's extension
+    for it (httpfs, azure) loaded and the credentials the cloud SDK's chain resolves given to this
+    session as a temporary SECRET (`_lake_secret`). Temporary: held in this session's memory only,
+    never in the warehouse file nor in a view's text, so every session that reads the views needs
+    it (this function, or `connect`)."""
     import duckdb
 
-    if lake_kind() != "s3":
+    kind = lake_kind()
+    if kind not in ("s3", "azure"):
         return con
-    con.install_extension("httpfs")  # from DuckDB's repository the first time, then from ~/.duckdb
-    con.load_extension("httpfs")
-    bucket, _ = s3.split(lake_root())
-    options = {**s3.reader_settings(), "scope": f"{s3.SCHEME}{bucket}"}
+    extension, secret_type, options = _lake_secret(kind)
+    con.install_extension(extension)  # from DuckDB's repository the first time, then from ~/.duckdb
+    con.load_extension(extension)
     literal = {"use_ssl"}  # a boolean, the rest strings
     fields = ", ".join(f"{k.upper()} {v if k in literal else _sql_string(v)}" for k, v in options.items() if v)
     try:
-        con.execute(f"CREATE OR REPLACE TEMPORARY SECRET tlc_lake (TYPE s3, {fields})")
+        con.execute(f"CREATE OR REPLACE TEMPORARY SECRET tlc_lake (TYPE {secret_type}, {fields})")
     except duckdb.Error as e:  # its message could quote the statement, which holds the secret
         con.close()
-        raise RuntimeError(f"DuckDB did not take the S3 lake's credentials as a secret ({type(e).__name__})") from None
+        raise RuntimeError(f"DuckDB did not take the {kind} lake's credentials as a secret ({type(e).__name__})") from None
     return con
+
+
+def _lake_secret(kind: str) -> tuple[str, str, dict[str, str]]:
+    """For an s3 or azure lake: DuckDB's extension that reads it, its SECRET's type, and the
+    secret's fields (scoped to the bucket or container) from the SDK's chain."""
+    if kind == "s3":
+        bucket, _ = s3.split(lake_root())
+        return "httpfs", "s3", {**s3.reader_settings(), "scope": f"{s3.SCHEME}{bucket}"}
+    container, _ = azure.split(lake_root())
+    return "azure", "azure", {**azure.reader_settings(), "scope": f"{azure.SCHEME}{container}"}
 
 
 @contextlib.contextmanager
@@ -313,7 +323,7 @@ class ExposeDuckDB(Sink):
     """Make the month queryable in the embedded DuckDB warehouse."""
 
     name = "duckdb"
-    reads = ("local", "s3")
+    reads = ("local", "s3", "azure")
     # DuckDB allows one writing process per file: the scheduler runs these one at a time.
     resources = {"duckdb": 1}
 

@@ -26,13 +26,14 @@ LAKE_KINDS = {
     "local": ("local disk", "a local folder"),
     "gcs": ("GCS", "gs://bucket/prefix (config/gcp.cfg)"),
     "s3": ("S3", "s3://bucket/prefix"),
+    "azure": ("Azure Blob Storage", "az://container/prefix"),
 }
 # A sink's `reads`: "any", one kind of LAKE_KINDS, or several.
 Reads = Union[str, tuple[str, ...]]
 
 
 class WrongLake(PipelineError, ValueError):
-    """The sink cannot read the configured lake (a local one, a gs:// or s3:// one)."""
+    """The sink cannot read the configured lake (a local one, a gs://, s3:// or az:// one)."""
 
     def __init__(self, label: str, sink: str, reads: Reads, root: str):
         self.label, self.sink, self.reads, self.root = label, sink, reads, root
@@ -47,7 +48,7 @@ class WrongLake(PipelineError, ValueError):
 
 def require_lake(label: str, sink: str, reads: Reads) -> None:
     """Refuse a lake of a kind the sink ``sink`` cannot read (``reads``: any, or the kinds it
-    reads: local, gcs, s3)."""
+    reads: local, gcs, s3, azure)."""
     if reads != "any" and lake_kind() not in ((reads,) if isinstance(reads, str) else reads):
         raise WrongLake(label, sink, reads, lake_root())
 
@@ -56,7 +57,7 @@ class Sink(SourcePin, DatasetTask):
     """A warehouse sink: see the module."""
 
     name: ClassVar[str]  # as [ingest] sinks names it
-    reads: ClassVar[Reads] = "any"  # the lakes it reads: any, or their kinds (local, gcs, s3)
+    reads: ClassVar[Reads] = "any"  # the lakes it reads: any, or their kinds (local, gcs, s3, azure)
 
     def requires(self):
         return self.clone(LakeFile)
