@@ -660,3 +660,50 @@ def http_mirror(root: Path, address: str = "127.0.0.1") -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# Azurite, Microsoft's Azure Storage emulator (the npm package), installed in the checkout by
+# .ci/run: npm install --prefix .azurite azurite@3.37.0.
+AZURITE = Path(__file__).resolve().parent.parent / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
+
+
+@contextlib.contextmanager
+def azurite_server(work: Path) -> Iterator[dict]:
+    """Azurite's blob service on 127.0.0.1, storing under ``work``, reached through a CuttingProxy,
+    with one account of its own whose key is drawn here (AZURITE_ACCOUNTS), so wrong credentials
+    are refused as Azure refuses them. Yields the account, its key, the connection string for
+    AZURE_STORAGE_CONNECTION_STRING (the proxy as its BlobEndpoint) and the proxy. Where Azurite
+    is not installed: a failure under CI (CI=true), else a skip saying how to install it."""
+    import base64
+
+    import pytest
+
+    if not AZURITE.exists():
+        how = f"Azurite is not installed ({AZURITE}): npm install --prefix .azurite azurite@3.37.0"
+        if os.environ.get("CI") == "true":
+            pytest.fail(how)
+        pytest.skip(how)
+    account, key = "lakeaccount", base64.b64encode(os.urandom(64)).decode()
+    port = free_port()
+    proxy = CuttingProxy(port)
+    log = open(work / "azurite.log", "wb")
+    proc = subprocess.Popen(
+        [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(work / "data")]
+        + ["--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"],
+        env=dict(os.environ, AZURITE_ACCOUNTS=f"{account}:{key}"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while b"successfully listens" not in (work / "azurite.log").read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Azurite did not start (exit code {proc.poll()}): {(work / 'azurite.log').read_text()}")
+            time.sleep(0.05)
+        endpoint = f"http://127.0.0.1:{proxy.port}/{account}"
+        connection = f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};BlobEndpoint={endpoint};"
+        yield {"account": account, "key": key, "connection_string": connection, "endpoint": endpoint, "proxy": proxy}
+    finally:
+        proxy.close()
+        _stop(proc)
+        log.close()

@@ -78,10 +78,10 @@ def test_a_gcs_lake_is_probed_with_an_object_and_a_missing_bucket_fails(gcs, cap
 
 
 def test_an_unknown_lake_scheme_fails_with_the_fix(workspace, capsys):
-    code, lines, _ = diagnose(capsys, "--local-scheduler", "--lake-root", "az://container/lake")
+    code, lines, _ = diagnose(capsys, "--local-scheduler", "--lake-root", "hdfs://nn/lake")
 
     assert code == 1 and list(lines) == ["settings"]  # the other checks would read it too
-    assert failed(lines["settings"], "[lake] root 'az://container/lake': az:// is not a lake this pipeline writes", "or the command line")
+    assert failed(lines["settings"], "[lake] root 'hdfs://nn/lake': hdfs:// is not a lake this pipeline writes", "or the command line")
 
 
 @pytest.mark.parametrize("mistake", ["a wrong password", "a wrong port"])

@@ -33,10 +33,10 @@ from pipeline.warehouses.sink import WrongLake
 
 import servers
 from conftest import configured
+from lakes import MONTHS, lake_key
 from mirror import data_rows, month, replaced
 from servers import etag_of
 
-MONTHS = [("yellow", "2021-01"), ("yellow", "2020-01"), ("green", "2019-01")]
 MIB = 1024 * 1024
 
 
@@ -95,10 +95,6 @@ def s3(workspace, s3_server, request, monkeypatch):
     ):
         yield Bucket(name, s3_server)
     s3_server["proxy"].reset(cut_after=None)
-
-
-def lake_key(service: str, m: str) -> str:
-    return f"lake/{service}/month={m}/{service}_tripdata_{m}.parquet"
 
 
 def calls(into: list):
@@ -350,5 +346,5 @@ def test_s3_lake_roots_are_accepted_and_other_schemes_still_refused():
     assert settings.lake_root_problem("s3://bucket/prefix") is None
     assert settings.lake_root_problem("s3://bucket") is None
     assert settings.lake_root_problem("s3:///prefix") == "a s3:// lake needs its bucket: s3://bucket/prefix"
-    assert settings.lake_root_problem("az://container/lake").startswith("az:// is not a lake this pipeline writes")
+    assert settings.lake_root_problem("hdfs://namenode/lake").startswith("hdfs:// is not a lake this pipeline writes")
     assert type(lake_target("s3://bucket/lake/x.parquet")) is S3LakeFile

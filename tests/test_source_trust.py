@@ -222,12 +222,12 @@ def test_a_gs_lake_and_a_local_folder_are_accepted(bucket, prefix):
         (
             "flag",
             "hdfs://nn/lake",
-            "hdfs:// is not a lake this pipeline writes; a lake is a local folder, gs://bucket/prefix or s3://bucket/prefix",
+            "hdfs:// is not a lake this pipeline writes; a lake is a local folder, gs://bucket/prefix, s3://bucket/prefix or az://container/prefix",
         ),
         (
             "profile",
-            "az://container/lake",
-            "az:// is not a lake this pipeline writes; a lake is a local folder, gs://bucket/prefix or s3://bucket/prefix",
+            "abfss://container@account/lake",
+            "abfss:// is not a lake this pipeline writes; a lake is a local folder, gs://bucket/prefix, s3://bucket/prefix or az://container/prefix",
         ),
         ("flag", "file:///tmp/lake", "a local lake is given as its folder (/tmp/lake), not as a file:// URL"),
     ],
