@@ -170,12 +170,9 @@ def mismatches(docs: list[dict]) -> list[str]:
     except SystemExit:
         found.append(f"workers: {shlex.join(args)} does not parse")
     check(job["spec"]["parallelism"] == job["spec"]["completions"], "Job: parallelism and completions differ")
-    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
-    staging = mount_of(worker_pod["spec"], worker, workers["ingest"]["staging"])[1].get("persistentVolumeClaim", {}).get("claimName")
-    check(
-        claims.get(staging, {}).get("spec", {}).get("accessModes") == ["ReadWriteMany"],
-        f"workers: staging claim {staging} is not one for every pod (ReadWriteMany)",
-    )
+    # Staging is each pod's own (the root filesystem is read-only): a volume of the pod, bounded.
+    staging = mount_of(worker_pod["spec"], worker, workers["ingest"]["staging"])[1]
+    check("sizeLimit" in staging.get("emptyDir", {}), "workers: staging is not a pod's own bounded volume (emptyDir with a sizeLimit)")
 
     # Each pod's profile, and luigi.cfg's logging setup, are files of the ConfigMap made from config/.
     logging_conf = configparser.ConfigParser()
