@@ -163,9 +163,9 @@ class Run:
             return json.load(answer)["response"]
 
     def command(self, host: hosts.Host) -> list[str]:
-        """The same command on every host. The staging area is one folder for all (on real hosts:
-        a volume they all mount): a month's steps may run on different hosts, and luigid takes a
-        step done on one host for done on every host, so a later step must find its input."""
+        """The same command on every host, each with a staging area of its own: a month's steps
+        may run on different hosts (luigid takes a step done on one host for done on every host),
+        and a step given another host's staging input makes it again (DatasetTask.inputs_here)."""
         pg, home = self.cluster.pg, self.dir / host.name
         return [
             *LUIGI, "IngestRange", "--services", "yellow,green", "--first", MONTHS[0], "--last", MONTHS[-1],
@@ -173,7 +173,7 @@ class Run:
             "--worker-id", host.name, "--lock-pid-dir", str(home / "lock"),
             "--source-base-url", self.cluster.source, "--source-attempts", "3", "--source-backoff", "0.1",
             "--lake-root", f"gs://{BUCKET}-{self.name}/lake", "--gcs-project", "test", "--gcs-retry-deadline", "10",
-            "--ingest-staging", str(self.dir / "staging"), "--ingest-sinks", "postgres",
+            "--ingest-staging", str(home / "staging"), "--ingest-sinks", "postgres",
             "--postgres-host", pg["host"], "--postgres-port", str(pg["port"]), "--postgres-user", "postgres",
             "--postgres-database", "postgres", "--postgres-schema", self.schema, "--postgres-lock-timeout", "60",
             "--postgres-connect-timeout", "3", "--postgres-backoff", "0.2",
