@@ -35,12 +35,18 @@ def s3_server(tmp_path_factory):
         yield server
 
 
+def sdk_client():
+    """A client of the SDK's chain as it is now: boto3's default session would keep the
+    credentials it first found (another test module's)."""
+    return boto3.session.Session().client("s3")
+
+
 class Source:
     """A bucket of this test's own holding a mirror in the releases' layout under range/ (the
     consecutive months of mirror.RANGE_MONTHS) and in the TLC's under tlc/."""
 
     def __init__(self, name: str, mirror: Path):
-        self.name, self.client = name, boto3.client("s3")
+        self.name, self.client = name, sdk_client()
         for layout in ("range", "tlc"):
             for path in (mirror / layout).rglob("*"):
                 if path.is_file():
@@ -72,7 +78,7 @@ def bucket(workspace, s3_server, mirror, request, monkeypatch):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(workspace / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(workspace / "no-aws-credentials"))
     name = ("src-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()))[:60].strip("-")
-    boto3.client("s3").create_bucket(Bucket=name)
+    sdk_client().create_bucket(Bucket=name)
     with configured({("ingest", "sinks"): "none", ("s3", "attempts"): "2", ("s3", "timeout"): "5"}):
         source = Source(name, mirror)
         set_source(source.url("range"))
