@@ -27,7 +27,7 @@ from pipeline.backfill import IngestRange, IngestRecent, PublishedMonths, Reinge
 from pipeline.convert import ToParquet
 from pipeline.download import Download
 from pipeline.flows import IngestMonth, IngestZones
-from pipeline.lake_file import LakeFile
+from pipeline.lake_file import LakeFile, ReplicaFile
 from pipeline.warehouses.bigquery import ExposeBigQuery
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
 from pipeline.warehouses.postgres import LoadPostgres
@@ -47,6 +47,7 @@ __all__ = [
     "Download",
     "ToParquet",
     "LakeFile",
+    "ReplicaFile",
     "ExposeDuckDB",
     "LoadPostgres",
     "ExposeBigQuery",

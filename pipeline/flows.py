@@ -4,14 +4,15 @@
     luigi --module pipeline IngestZones
     luigi --module pipeline IngestRange --services yellow,green,zones --first 2019-01 --last 2021-07
 
-Each requires the month in the lake plus every warehouse named in `[ingest] sinks`.
+Each requires the month in the lake (and in each replica lake of `[lake] replicas`) plus every
+warehouse named in `[ingest] sinks`.
 """
 
 import luigi
 
 from pipeline import catalog, completion, params, settings
 from pipeline.dataset_task import SourcePin
-from pipeline.lake_file import LakeFile
+from pipeline.lake_file import LakeFile, ReplicaFile
 from pipeline.scheduling import Scheduled
 from pipeline.warehouses.bigquery import ExposeBigQuery
 from pipeline.warehouses.bigquery_table import LoadBigQueryTable
@@ -20,6 +21,11 @@ from pipeline.warehouses.postgres import LoadPostgres
 
 # Every warehouse sink, by the name [ingest] sinks gives it (pipeline/warehouses/sink.py).
 SINKS = {sink.name: sink for sink in (ExposeDuckDB, LoadPostgres, ExposeBigQuery, LoadBigQueryTable)}
+
+
+def lake_tasks(**params) -> list[luigi.Task]:
+    """The dataset's file in the lake, and its copy in each replica lake ([lake] replicas)."""
+    return [LakeFile(**params), *(ReplicaFile(replica=root, **params) for root in settings.lake().replica_roots())]
 
 
 def sink_tasks(**params) -> list[luigi.Task]:
@@ -39,7 +45,7 @@ class IngestMonth(Scheduled, SourcePin, luigi.WrapperTask):
 
     def requires(self):
         params = {"service": self.service, "month": self.month, "source_sha256": self.source_sha256, "recount": self.recount}
-        return [LakeFile(**params), *sink_tasks(**params)]
+        return [*lake_tasks(**params), *sink_tasks(**params)]
 
     # Each kind of output asked once for all the months (pipeline/completion.py).
     bulk_complete = classmethod(completion.bulk_complete)
@@ -50,4 +56,4 @@ class IngestZones(Scheduled, SourcePin, luigi.WrapperTask):
 
     def requires(self):
         params = {"service": "zones", "source_sha256": self.source_sha256, "recount": self.recount}
-        return [LakeFile(**params), *sink_tasks(**params)]
+        return [*lake_tasks(**params), *sink_tasks(**params)]

@@ -48,36 +48,39 @@ def lake_root() -> str:
     return settings.lake().root
 
 
-def lake_kind() -> str:
-    """Which kind of lake `[lake] root` is: local, or an OBJECT_LAKES kind (what a sink's `reads`
-    names)."""
-    return _object_lake(lake_root())[0]
+def lake_kind(root: Optional[str] = None) -> str:
+    """Which kind of lake ``root`` (default: `[lake] root`) is: local, or an OBJECT_LAKES kind
+    (what a sink's `reads` names)."""
+    return _object_lake(root or lake_root())[0]
 
 
 def is_remote() -> bool:
     return lake_kind() != "local"
 
 
-def _join(*parts: str) -> str:
-    return posixpath.join(*parts) if is_remote() else os.path.join(*parts)
+def _join(root: str, *parts: str) -> str:
+    """``parts`` under ``root``: a URL's path for a lake in an object store, else the system's."""
+    return (posixpath.join if lake_kind(root) != "local" else os.path.join)(root.rstrip("/"), *parts)
 
 
-def lake_path(svc: catalog.Service, month: Optional[datetime.date]) -> str:
+def lake_path(svc: catalog.Service, month: Optional[datetime.date], root: Optional[str] = None) -> str:
+    """Where the month's file is in the lake at ``root`` (default: `[lake] root`; a replica's
+    files are laid out the same way)."""
     name = svc.file_stem(month) + ".parquet"
     if svc.monthly:
-        return _join(service_folder(svc), f"{PARTITION_KEY}={catalog.month_str(month)}", name)
-    return _join(service_folder(svc), name)
+        return _join(root or lake_root(), svc.name, f"{PARTITION_KEY}={catalog.month_str(month)}", name)
+    return _join(root or lake_root(), svc.name, name)
 
 
 def shapes_path(shapes: catalog.Shapes) -> str:
     """The zone shapes' one file: `{root}/zone_shapes/taxi_zones.parquet`."""
-    return _join(lake_root().rstrip("/"), shapes.name, posixpath.splitext(shapes.shapefile)[0] + ".parquet")
+    return _join(lake_root(), shapes.name, posixpath.splitext(shapes.shapefile)[0] + ".parquet")
 
 
 def service_folder(svc: catalog.Service) -> str:
     """The folder of the service's files; for a monthly service, its `month=` folders under it
     are the hive partitions (what a hive-partitioned reader is given as its prefix)."""
-    return _join(lake_root().rstrip("/"), svc.name)
+    return _join(lake_root(), svc.name)
 
 
 def lake_glob(svc: catalog.Service) -> str:
@@ -133,12 +136,16 @@ def parquet_record(path: str) -> LakeRecord:
 
 
 class LocalLakeFile(luigi.LocalTarget):
-    """A lake file on local disk. The same three operations as GCSLakeFile, so that no step
-    asks which kind of lake it has."""
+    """A lake file on local disk, in the lake at ``root`` (default: `[lake] root`). The same
+    three operations as GCSLakeFile, so that no step asks which kind of lake it has."""
+
+    def __init__(self, path: str, root: Optional[str] = None):
+        super().__init__(path)
+        self.root = root or lake_root()
 
     def put(self, src: str) -> None:
         """``src`` (a Parquet file in staging) in place of this file, by an atomic rename."""
-        with atomic_path(self, lake_root()) as tmp:
+        with atomic_path(self, self.root) as tmp:
             shutil.copyfile(src, tmp)
             if os.path.getsize(tmp) != os.path.getsize(src):
                 raise OSError(f"copy of {src} to {tmp} is incomplete")
@@ -214,5 +221,7 @@ def _object_lake(path: str) -> tuple[str, type[LakeTarget]]:
     return next((kind for scheme, kind in OBJECT_LAKES.items() if path.startswith(scheme)), ("local", LocalLakeFile))
 
 
-def lake_target(path: str) -> LakeTarget:
-    return _object_lake(path)[1](path)
+def lake_target(path: str, root: Optional[str] = None) -> LakeTarget:
+    """The lake file at ``path``, in the lake at ``root`` (default: `[lake] root`)."""
+    kind = _object_lake(path)[1]
+    return kind(path, root) if kind is LocalLakeFile else kind(path)

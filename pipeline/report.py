@@ -4,7 +4,8 @@ counts agree, from what the pipeline recorded (no download, nothing re-read from
     python -m pipeline.report --services yellow,green,zones --first 2019-01 --last 2021-07 [--verify] [--png FILE]
 
 Per month and service it shows the source file's size as recorded at download, the rows of the
-Parquet file in staging and of the lake file (its record), and the rows each configured
+Parquet file in staging and of the lake file (its record) and of its copy in each replica lake
+(`[lake] replicas`: `replica 1`, ... in the order listed), and the rows each configured
 warehouse's marker records; with --verify also the rows counted in DuckDB and Postgres
 themselves. A month is in one of four states (`state`, the one place that decides it):
 
@@ -97,8 +98,19 @@ def counted_sinks(verify: bool) -> list[str]:
     return [sink for sink in settings.ingest().sink_names() if verify and SINKS[sink](service="zones").output().countable]
 
 
+def replicas() -> dict[str, str]:
+    """Each replica lake by the name its column has: `replica 1`, ... in the order listed."""
+    return {f"replica {i}": root for i, root in enumerate(settings.lake().replica_roots(), 1)}
+
+
 def places(verify: bool) -> list[str]:
-    return ["staged", "lake", *settings.ingest().sink_names(), *(f"{sink} counted" for sink in counted_sinks(verify))]
+    return ["staged", "lake", *replicas(), *settings.ingest().sink_names(), *(f"{sink} counted" for sink in counted_sinks(verify))]
+
+
+def lake_rows(path: str, root: Optional[str] = None) -> Optional[int]:
+    """The rows the lake file at ``path`` records, or None when it is not there."""
+    target = lake_target(path, root)
+    return target.record().rows if target.exists() else None
 
 
 def staged_rows(download: Download) -> Optional[int]:
@@ -137,6 +149,8 @@ def report(services: list[str], months: list, verify: bool) -> list[Line]:
             line = Line(service, key, recorded_size(download, lake))
             line.counts["staged"] = staged_rows(download)
             line.counts["lake"] = lake.rows if lake else None
+            for place, root in replicas().items():
+                line.counts[place] = lake_rows(lake_path(svc, month, root), root)
             for sink in sinks:
                 line.counts[sink] = marked[sink].get((service, key))
             for sink, by_service in counted.items():
@@ -221,6 +235,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     lines = report(Services.names(args.services), months, args.verify)
     code, last_line = verdict(lines, args.services, args.first, args.last)
     if any(line.anywhere for line in lines):  # else a table of nothing would bury the one line that matters
+        for place, root in replicas().items():
+            print(f"{place}: {root}")
         print(table(lines, args.verify))
         if args.png:
             try:

@@ -30,8 +30,9 @@ FLUSH_SECONDS = 5.0
 
 def deployment() -> str:
     """What tells this setup's tasks from another's in a shared luigid: `[ingest] deployment`, or
-    when it is not set, where the data goes: the lake root and each configured warehouse's
-    location as the settings name it (hosts that share a profile share their tasks)."""
+    when it is not set, where the data goes: the lake root, the replica lakes' and each
+    configured warehouse's location as the settings name it (hosts that share a profile share
+    their tasks)."""
     name = settings.ingest().deployment
     if name:
         return name
@@ -42,7 +43,8 @@ def deployment() -> str:
         "bigquery_table": lambda: f"{settings.bigquery().project}.{settings.bigquery().dataset}",
     }
     sinks = [f"{sink}={where[sink]()}" if sink in where else sink for sink in settings.ingest().sink_names()]
-    return " ".join([settings.lake().root, *sinks])
+    replicas = [f"replica={root}" for root in settings.lake().replica_roots()]
+    return " ".join([settings.lake().root, *replicas, *sinks])
 
 
 class Scheduled:

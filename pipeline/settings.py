@@ -66,9 +66,9 @@ class SettingsNotFound(SettingsError):
 class LakeRootError(PipelineError, ValueError):
     """A `[lake] root` the pipeline cannot write to as asked (see lake_root_problem)."""
 
-    def __init__(self, value: str, why: str):
-        self.value, self.why = value, why
-        super().__init__(f"[lake] root {value!r}: {why}")
+    def __init__(self, value: str, why: str, setting: str = "root"):
+        self.value, self.why, self.setting = value, why, setting
+        super().__init__(f"[lake] {setting} {value!r}: {why}")
 
 
 # A URL's scheme, as a lake root starts with one.
@@ -155,13 +155,17 @@ def load(cwd: Path | None = None) -> None:
     luigi_internals.config_paths()[:] = [str(EMBEDDED), *_LUIGIS, *map(str, found)]
     LuigiConfigParser.reload()
     config = luigi.configuration.get_config()
-    root = config.get("lake", "root", "")
-    why = lake_root_problem(root)  # before it is taken for a relative folder under HOME
-    if why:
-        raise SettingsError(str(LakeRootError(root, why)))
+    # Before a lake is taken for a relative folder under HOME.
+    lakes = [("root", config.get("lake", "root", "")), *(("replicas", r) for r in split_roots(config.get("lake", "replicas", "")))]
+    for setting, root in lakes:
+        why = lake_root_problem(root)
+        if why:
+            raise SettingsError(str(LakeRootError(root, why, setting)))
     for section, key in PATHS:
         if config.has_option(section, key):
             config.set(section, key, under_home(config.get(section, key)))
+    if config.has_option("lake", "replicas"):
+        config.set("lake", "replicas", ",".join(under_home(root) for root in split_roots(config.get("lake", "replicas"))))
     if config.has_option("source", "base_url"):
         config.set("source", "base_url", url_under_home(config.get("source", "base_url")))
 
@@ -223,8 +227,36 @@ class source(luigi.Config):
     )
 
 
+class LakeRoots(LakeRoot):
+    """`[lake] replicas`: lake roots separated by commas, each checked as `[lake] root` is."""
+
+    def check(self, text: str) -> str:
+        for root in split_roots(text):
+            super().check(root)
+        return text
+
+    def normalize(self, x):
+        for root in split_roots(x):
+            why = lake_root_problem(root)
+            if why:
+                raise LakeRootError(root, why, "replicas")
+        return x
+
+
+def split_roots(text: str) -> list[str]:
+    return [root.strip() for root in text.split(",") if root.strip()]
+
+
 class lake(luigi.Config):
     root = LakeRoot(default="data/lake", description=f"The data lake: {LAKE_ROOTS}")
+    replicas = LakeRoots(
+        default="",
+        description="More lakes, separated by commas, each holding a copy of every file of the lake (each "
+        f"{LAKE_ROOTS}): each copy is a step of its own, so a replica added later gets exactly the months it lacks",
+    )
+
+    def replica_roots(self) -> list[str]:
+        return [root for root in split_roots(self.replicas) if root.rstrip("/") != self.root.rstrip("/")]
 
 
 class parquet(luigi.Config):

@@ -140,6 +140,41 @@ def gcs(workspace, gcs_server, request, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server for the session, behind a proxy that can cut and garble uploads; DuckDB's
+    httpfs extension installed from its wheel (offline)."""
+    from duckdb_extensions import import_extension
+
+    import_extension("httpfs")
+    with servers.moto_s3_server(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+def bucket_name_for(request, prefix: str = "t-") -> str:
+    """A bucket name of the test's own (S3's rules: lower case, digits, hyphens, at most 63)."""
+    return (prefix + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()))[:60].strip("-")
+
+
+@pytest.fixture
+def aws(workspace, s3_server, monkeypatch):
+    """Credentials for the S3 server only in the SDK's chain (AWS_* variables), no user's ~/.aws
+    in the way; yields a client of that chain (boto3's default session would keep the credentials
+    it first found, another test's)."""
+    import boto3
+
+    for name in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["url"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server["key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server["secret"])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(workspace / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(workspace / "no-aws-credentials"))
+    with configured({("s3", "part_size_mib"): "5", ("s3", "attempts"): "2", ("s3", "timeout"): "5"}):
+        yield boto3.session.Session().client("s3")
+
+
+@pytest.fixture(scope="session")
 def bq_server(gcs_server, tmp_path_factory):
     """bqemulator for the session, behind the recording proxy (see servers.BigQueryRecorder)."""
     work = tmp_path_factory.mktemp("bqemu")

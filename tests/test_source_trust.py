@@ -230,15 +230,23 @@ def test_a_gs_lake_and_a_local_folder_are_accepted(bucket, prefix):
             "abfss:// is not a lake this pipeline writes; a lake is a local folder, gs://bucket/prefix, s3://bucket/prefix or az://container/prefix",
         ),
         ("flag", "file:///tmp/lake", "a local lake is given as its folder (/tmp/lake), not as a file:// URL"),
+        # A replica lake ([lake] replicas), one of several: each is checked as the root is.
+        (
+            "replicas flag",
+            "hdfs://nn/lake",
+            "hdfs:// is not a lake this pipeline writes; a lake is a local folder, gs://bucket/prefix, s3://bucket/prefix or az://container/prefix",
+        ),
+        ("replicas profile", "gs:///lake", "a gs:// lake needs its bucket: gs://bucket/prefix"),
     ],
 )
 def test_an_unknown_lake_scheme_ends_the_command_in_one_line_creating_nothing(tmp_path, how, value, message):
     args = ["IngestZones", "--local-scheduler", "--ingest-staging", str(tmp_path / "staging")]
     env = {}
-    if how == "flag":
-        args += ["--lake-root", value]
+    setting, value_set = ("replicas", f"replica,{value}") if how.startswith("replicas") else ("root", value)
+    if how.endswith("flag"):
+        args += [f"--lake-{setting}", value_set]
     else:
-        (tmp_path / "lake.cfg").write_text(f"[lake]\nroot = {value}\n")
+        (tmp_path / "lake.cfg").write_text(f"[lake]\n{setting} = {value_set}\n")
         env["LUIGI_CONFIG_PATH"] = str(tmp_path / "lake.cfg")
 
     out = cli(*args, env=env, cwd=tmp_path)
@@ -247,7 +255,7 @@ def test_an_unknown_lake_scheme_ends_the_command_in_one_line_creating_nothing(tm
     lines = out.stderr.strip().splitlines()
     assert lines[-1].endswith(f"{value!r}: {message}"), out.stderr[-2000:]
     assert "Traceback" not in out.stderr
-    assert files_under(tmp_path) == ["lake.cfg"] if how == "profile" else files_under(tmp_path) == []
+    assert files_under(tmp_path) == ["lake.cfg"] if how.endswith("profile") else files_under(tmp_path) == []
 
 
 # --- One scrubber for secrets (#13) ------------------------------------------------------------
