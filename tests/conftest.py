@@ -174,6 +174,17 @@ def aws(workspace, s3_server, monkeypatch):
         yield boto3.session.Session().client("s3")
 
 
+def s3_calls(into: list):
+    """Record the name of every S3 operation the pipeline's client sends (observed, not changed)."""
+    from pipeline.targets import s3 as s3_target
+
+    def hook(model, **kwargs):
+        into.append(model.name)
+
+    s3_target.client().meta.events.register("before-call.s3", hook)
+    return hook
+
+
 @pytest.fixture(scope="session")
 def bq_server(gcs_server, tmp_path_factory):
     """bqemulator for the session, behind the recording proxy (see servers.BigQueryRecorder)."""

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 
 import boto3
@@ -31,8 +30,7 @@ from pipeline.warehouses.bigquery import ExposeBigQuery
 from pipeline.warehouses.bigquery_table import LoadBigQueryTable
 from pipeline.warehouses.sink import WrongLake
 
-import servers
-from conftest import configured
+from conftest import bucket_name_for, configured, s3_calls
 from lakes import MONTHS, lake_key
 from mirror import data_rows, month, replaced
 from servers import etag_of
@@ -40,22 +38,11 @@ from servers import etag_of
 MIB = 1024 * 1024
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """moto's S3 server for the session, behind a proxy that can cut and garble uploads; DuckDB's
-    httpfs extension installed from its wheel (offline)."""
-    from duckdb_extensions import import_extension
-
-    import_extension("httpfs")
-    with servers.moto_s3_server(tmp_path_factory.mktemp("moto")) as server:
-        yield server
-
-
 class Bucket:
     def __init__(self, name: str, server: dict):
         self.name, self.server, self.proxy = name, server, server["proxy"]
         self.lake = f"s3://{name}/lake"
-        self.client = boto3.client("s3")
+        self.client = boto3.session.Session().client("s3")
 
     def objects(self) -> dict[str, dict]:
         """Every object, with its metadata and checksum (as the service reports them)."""
@@ -71,40 +58,13 @@ class Bucket:
 
 
 @pytest.fixture
-def s3(workspace, s3_server, request, monkeypatch):
-    """The lake in a bucket of this test's own, credentials only in the SDK's chain (AWS_*
-    variables), no user's ~/.aws in the way."""
-    for name in [k for k in os.environ if k.startswith("AWS_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["url"])
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server["key_id"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server["secret"])
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(workspace / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(workspace / "no-aws-credentials"))
-    name = ("t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()))[:60].strip("-")
-    boto3.client("s3").create_bucket(Bucket=name)
-    with configured(
-        {
-            ("lake", "root"): f"s3://{name}/lake",
-            ("s3", "part_size_mib"): "5",
-            ("s3", "attempts"): "2",
-            ("s3", "timeout"): "5",
-            ("ingest", "sinks"): "none",
-        }
-    ):
+def s3(workspace, s3_server, aws, request):
+    """The lake in a bucket of this test's own, credentials only in the SDK's chain (conftest's aws)."""
+    name = bucket_name_for(request)
+    aws.create_bucket(Bucket=name)
+    with configured({("lake", "root"): f"s3://{name}/lake", ("ingest", "sinks"): "none"}):
         yield Bucket(name, s3_server)
     s3_server["proxy"].reset(cut_after=None)
-
-
-def calls(into: list):
-    """Record the name of every S3 operation the pipeline's client sends (observed, not changed)."""
-
-    def hook(model, **kwargs):
-        into.append(model.name)
-
-    s3_target.client().meta.events.register("before-call.s3", hook)
-    return hook
 
 
 def test_three_months_land_whole_with_checksums_and_metadata_and_a_rerun_runs_nothing(s3, run, mirror_files, mirror, caplog):
@@ -146,7 +106,7 @@ def test_completeness_of_many_months_is_one_listing(s3, run):
     assert not run(*[LakeFile(service=s, month=month(m)) for s, m in MONTHS]).failures
     yellow = [LakeFile(service="yellow", month=month(m)).output() for m in ("2019-03", "2020-01", "2020-07", "2021-01")]
     sent: list[str] = []
-    hook = calls(sent)
+    hook = s3_calls(sent)
     try:
         assert S3LakeFile.bulk_exists(yellow) == [False, True, False, True]
     finally:
@@ -172,7 +132,7 @@ def test_generated_months_are_answered_by_one_listing_exactly(s3, tmp_path, pick
         if up:
             target.upload(str(small), {"rows": "1"})
     sent: list[str] = []
-    hook = calls(sent)
+    hook = s3_calls(sent)
     try:
         found = S3LakeFile.bulk_exists(targets)
     finally:

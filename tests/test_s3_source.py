@@ -9,12 +9,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-import os
 import re
 import time
 from pathlib import Path
 
-import boto3
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -24,29 +22,16 @@ from pipeline.download import MonthNotPublished, S3SourceError, SourceError, Too
 from pipeline.lake_file import LakeFile
 from pipeline.targets import s3 as s3_target
 
-import servers
-from conftest import configured, set_source
+from conftest import bucket_name_for, configured, s3_calls, set_source
 from mirror import RANGE_MONTHS, data_rows, month
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory):
-    with servers.moto_s3_server(tmp_path_factory.mktemp("moto")) as server:
-        yield server
-
-
-def sdk_client():
-    """A client of the SDK's chain as it is now: boto3's default session would keep the
-    credentials it first found (another test module's)."""
-    return boto3.session.Session().client("s3")
 
 
 class Source:
     """A bucket of this test's own holding a mirror in the releases' layout under range/ (the
     consecutive months of mirror.RANGE_MONTHS) and in the TLC's under tlc/."""
 
-    def __init__(self, name: str, mirror: Path):
-        self.name, self.client = name, sdk_client()
+    def __init__(self, name: str, mirror: Path, client):
+        self.name, self.client = name, client
         for layout in ("range", "tlc"):
             for path in (mirror / layout).rglob("*"):
                 if path.is_file():
@@ -66,33 +51,15 @@ class Source:
 
 
 @pytest.fixture
-def bucket(workspace, s3_server, mirror, request, monkeypatch):
+def bucket(workspace, aws, mirror, request):
     """The workspace (a local lake, no warehouse), its source the bucket's releases-layout mirror;
-    credentials only in the SDK's chain (AWS_* variables), no user's ~/.aws in the way."""
-    for name in [k for k in os.environ if k.startswith("AWS_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["url"])
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server["key_id"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server["secret"])
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(workspace / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(workspace / "no-aws-credentials"))
-    name = ("src-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()))[:60].strip("-")
-    sdk_client().create_bucket(Bucket=name)
-    with configured({("ingest", "sinks"): "none", ("s3", "attempts"): "2", ("s3", "timeout"): "5"}):
-        source = Source(name, mirror)
+    credentials only in the SDK's chain (conftest's aws)."""
+    name = bucket_name_for(request, "src-")
+    aws.create_bucket(Bucket=name)
+    with configured({("ingest", "sinks"): "none"}):
+        source = Source(name, mirror, aws)
         set_source(source.url("range"))
         yield source
-
-
-def s3_calls(into: list):
-    """Record the name of every S3 operation the pipeline's client sends (observed, not changed)."""
-
-    def hook(model, **kwargs):
-        into.append(model.name)
-
-    s3_target.client().meta.events.register("before-call.s3", hook)
-    return hook
 
 
 LAYOUTS = {
