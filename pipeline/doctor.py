@@ -7,7 +7,8 @@ It takes the same settings a pipeline command would (luigi.cfg, LUIGI_CONFIG_PAT
 - settings: the files read, in order, and where each value that matters comes from (a file,
   the default, the command line, or libpq's environment);
 - source: the zone lookup, which every source publishes, answers one body-less request;
-- lake: a small object is written, read back and deleted under `[lake] root` (local, gs://, s3:// or az://);
+- lake: a small object is written, read back and deleted under `[lake] root` (local, gs://, s3:// or az://),
+  and under each replica lake of `[lake] replicas` (`replica 1`, ...);
 - each warehouse of `[ingest] sinks`: it opens or connects with the credentials a run would use,
   its schema or dataset exists or can be created, and an existing table fits the catalog
   (nothing created, nothing written);
@@ -142,6 +143,8 @@ def relevant(sinks: list[str]) -> list[tuple[str, str, Callable[[], object]]]:
         ("ingest", "staging", lambda: settings.ingest().staging),
         ("ingest", "sinks", lambda: settings.ingest().sinks),
     ]
+    if settings.lake().replicas:
+        values.append(("lake", "replicas", lambda: settings.lake().replicas))
     if settings.lake().root.startswith("gs://"):
         values.append(("gcs", "project", lambda: settings.gcs().project))
     if "duckdb" in sinks:
@@ -281,8 +284,9 @@ def probe_azure(root: str) -> None:
         blob.delete_blob()
 
 
-def check_lake() -> Check:
-    root = settings.lake().root  # a root of another scheme fails the settings check (settings.LakeRoot)
+def check_lake(root: str, name: str = "lake") -> Check:
+    """``root`` (the lake, or a replica lake named ``name``: of a scheme the settings check
+    accepted, settings.LakeRoot) written, read back and deleted."""
     if root.startswith(azure.SCHEME):
         from azure.core.exceptions import AzureError  # for its cost (see the module's imports)
 
@@ -291,11 +295,11 @@ def check_lake() -> Check:
         except (AzureError, azure.AzureError, OSError) as e:
             why = e.why if isinstance(e, azure.AzureError) else azure.reason(e, azure.split(root)[0])
             return failed(
-                "lake",
+                name,
                 f"cannot write, read and delete a blob under {root}: {why}",
                 f"check that the container exists and that {azure.CREDENTIALS} may write, read and delete blobs in it",
             )
-        return passed("lake", f"{root}: a blob written, read back and deleted")
+        return passed(name, f"{root}: a blob written, read back and deleted")
     if root.startswith(s3.SCHEME):
         from boto3.exceptions import Boto3Error  # for its cost (see the module's imports)
         from botocore.exceptions import BotoCoreError, ClientError
@@ -304,12 +308,12 @@ def check_lake() -> Check:
             probe_s3(root)
         except (BotoCoreError, ClientError, Boto3Error, OSError) as e:
             return failed(
-                "lake",
+                name,
                 f"cannot write, read and delete an object under {root}: {s3.reason(e, s3.split(root)[0])}",
                 f"check that the bucket exists and that {s3.CREDENTIALS} may put, get and delete objects in it "
                 "(AWS_ENDPOINT_URL for an S3-compatible store)",
             )
-        return passed("lake", f"{root}: an object written, read back and deleted")
+        return passed(name, f"{root}: an object written, read back and deleted")
     if root.startswith("gs://"):
         from google.api_core.exceptions import GoogleAPIError  # for its cost (see the module's imports)
         from google.auth.exceptions import GoogleAuthError
@@ -318,21 +322,21 @@ def check_lake() -> Check:
             probe_gcs(root)
         except (GoogleAPIError, GoogleAuthError, requests.RequestException, OSError) as e:
             return failed(
-                "lake",
+                name,
                 f"cannot write, read and delete an object under {root}: {type(e).__name__}: {e}",
                 "check that the bucket exists and that the credentials (GOOGLE_APPLICATION_CREDENTIALS, or gcloud auth "
                 "application-default login) may create, read and delete objects in it",
             )
-        return passed("lake", f"{root}: an object written, read back and deleted")
+        return passed(name, f"{root}: an object written, read back and deleted")
     try:
         probe_local(Path(root))
     except OSError as e:
         return failed(
-            "lake",
+            name,
             f"cannot write a file under {root}: {e.strerror or e} ({e.filename})",
             "set [lake] root (--lake-root) to a folder this user can create and write, or make it so",
         )
-    return passed("lake", f"{root}: a file written, read back and deleted")
+    return passed(name, f"{root}: a file written, read back and deleted")
 
 
 def check_duckdb() -> Check:
@@ -485,7 +489,9 @@ def checks(local_scheduler: bool, cmdline: set[tuple[str, str]]) -> Iterator[Che
         return
     with one_try():
         yield check_source()
-        yield check_lake()
+        yield check_lake(settings.lake().root)
+        for i, replica in enumerate(settings.lake().replica_roots(), 1):
+            yield check_lake(replica, f"replica {i}")
         warehouses: dict[str, Callable[..., Check]] = {
             "duckdb": check_duckdb,
             "postgres": check_postgres,

@@ -66,6 +66,18 @@ def test_a_lake_root_that_cannot_be_written_fails_even_for_root(workspace, capsy
     assert failed(lines["lake"], f"cannot write a file under {workspace / 'a-file' / 'lake'}: Not a directory", "--lake-root")
 
 
+def test_each_replica_lake_is_probed_as_the_lake_is(workspace, capsys):
+    (workspace / "a-file").write_text("not a folder")
+    good, bad = workspace / "replica", workspace / "a-file" / "replica"
+
+    code, lines, out = diagnose(capsys, "--local-scheduler", "--lake-replicas", f"{good},{bad}")
+
+    assert code == 1, out
+    assert lines["lake"] == f"ok    lake: {workspace / 'lake'}: a file written, read back and deleted"
+    assert lines["replica 1"] == f"ok    replica 1: {good}: a file written, read back and deleted"
+    assert failed(lines["replica 2"], f"cannot write a file under {bad}: Not a directory")
+
+
 def test_a_gcs_lake_is_probed_with_an_object_and_a_missing_bucket_fails(gcs, capsys):
     code, lines, out = diagnose(capsys, "--local-scheduler")
     assert code == 0, out
