@@ -152,8 +152,8 @@ def test_the_duckdb_sink_refuses_a_gcs_lake_clearly(gcs, run):
         result = run(IngestMonth(service="green", month=month("2019-01")))
 
     error = result.failures["ExposeDuckDB"]
-    assert "the duckdb sink reads the lake from local disk or S3, and [lake] root is gs://" in str(error)
-    assert (error.label, error.sink, error.reads, error.root) == ("green 2019-01", "duckdb", ("local", "s3"), gcs.lake)
+    assert "the duckdb sink reads the lake from local disk, S3 or Azure Blob Storage, and [lake] root is gs://" in str(error)
+    assert (error.label, error.sink, error.reads, error.root) == ("green 2019-01", "duckdb", ("local", "s3", "azure"), gcs.lake)
     assert LakeFile(service="green", month=month("2019-01")).complete()  # the lake itself is fine
 
 

@@ -38,12 +38,16 @@ class WrongLake(PipelineError, ValueError):
     def __init__(self, label: str, sink: str, reads: Reads, root: str):
         self.label, self.sink, self.reads, self.root = label, sink, reads, root
         kinds = (reads,) if isinstance(reads, str) else reads
-        where = " or ".join(LAKE_KINDS[kind][0] for kind in kinds)
-        roots = " or ".join(LAKE_KINDS[kind][1] for kind in kinds)
+        where, roots = (_listed([LAKE_KINDS[kind][i] for kind in kinds]) for i in (0, 1))
         super().__init__(
             f"{label}: the {sink} sink reads the lake from {where}, and [lake] root is {root}; "
             f"set [lake] root to {roots}, or leave {sink} out of [ingest] sinks"
         )
+
+
+def _listed(names: list[str]) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def require_lake(label: str, sink: str, reads: Reads) -> None:
