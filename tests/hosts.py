@@ -51,6 +51,25 @@ class Host:
         """The host's only link up or down: down, it reaches nothing and nothing reaches it."""
         ip("-n", self.netns, "link", "set", "eth0", "up" if up else "down")
 
+    @contextlib.contextmanager
+    def slow_to(self, address: str, kbit: int) -> Iterator[None]:
+        """What this host sends to ``address`` at ``kbit`` kbit/s at most while the block runs (a
+        rate-limited class on its link, for that address alone): an upload there takes seconds, so a
+        fault can strike in it."""
+        tc = ["ip", "netns", "exec", self.netns, "tc"]
+        shaping = [  # HTB (this kernel has no prio qdisc): class 1:20 for ``address``, 1:10 unbounded
+            "qdisc add dev eth0 root handle 1: htb default 10",
+            "class add dev eth0 parent 1: classid 1:10 htb rate 10gbit",
+            f"class add dev eth0 parent 1: classid 1:20 htb rate {kbit}kbit ceil {kbit}kbit",
+            f"filter add dev eth0 protocol ip parent 1: prio 1 u32 match ip dst {address}/32 flowid 1:20",
+        ]
+        for args in shaping:
+            subprocess.run([*tc, *args.split()], check=True, capture_output=True, text=True)
+        try:
+            yield
+        finally:
+            subprocess.run([*tc, "qdisc", "del", "dev", "eth0", "root"], capture_output=True)
+
     def __repr__(self) -> str:
         return f"Host({self.name} {self.address})"
 

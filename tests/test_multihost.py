@@ -401,6 +401,36 @@ def test_a_worker_host_cut_off_mid_load_rolls_back_and_its_month_is_loaded_once(
     every_month_once(backfill)
 
 
+def test_a_worker_host_cut_off_from_the_lake_mid_upload_leaves_nothing_and_its_month_lands_once(backfill):
+    """A worker host's link goes down while it uploads a month to the lake (the workers' uploads
+    slowed to 2 KB/s until then, so the cut lands inside one): nothing appears under the month's
+    name, luigid gives the step to the other host once the cut one is silent, and that host makes
+    the month's Parquet file again in its own staging area and puts it in the lake, once."""
+    with contextlib.ExitStack() as slowed:
+        for worker in backfill.cluster.workers:
+            slowed.enter_context(worker.slow_to(backfill.cluster.lake.address, 16))
+        backfill.start()
+
+        def uploading():
+            return next((t for t in backfill.api("task_list", status="RUNNING").values() if t["name"] == "LakeFile"), None)
+
+        task = wait_for("an upload to the lake", uploading, every=0.02)
+        victim, survivor = sorted(backfill.cluster.workers, key=lambda host: host.name != task["worker_running"])
+        victim.link(False)
+        cut = time.monotonic()
+    service, m = task["params"]["service"], task["params"]["month"]
+    key = f"lake/{service}/month={m}/{service}_tripdata_{m}.parquet"
+    assert key not in backfill.objects(), "the upload ended before the cut, so this test tested nothing: slow it more"
+    wait_for(f"{service} {m} in the lake", lambda: key in backfill.objects(), timeout=60, every=0.1)
+    recovered = time.monotonic() - cut
+
+    assert backfill.wait(survivor.name) in (0, 10)
+    assert f"ToParquet(service={service}, month={m}) is not on this host" in backfill.log(survivor.name).read_text()
+    every_month_once(backfill)
+    print(f"worker host cut off mid-upload: {service} {m} in the lake {recovered:.1f} s later, from the other host")
+    assert recovered < 40
+
+
 def restart_luigid(backfill: Run, how: signal.Signals) -> float:
     """Once some months are in, luigid stopped with ``how`` and started again 2 s later, on the
     same host and port: the seconds it was away."""
