@@ -18,6 +18,7 @@ from pipeline.warehouses.bigquery import ExposeBigQuery
 from pipeline.warehouses.bigquery_table import LoadBigQueryTable
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
 from pipeline.warehouses.postgres import LoadPostgres
+from pipeline.warehouses.sink import require_lake
 
 # Every warehouse sink, by the name [ingest] sinks gives it (pipeline/warehouses/sink.py).
 SINKS = {sink.name: sink for sink in (ExposeDuckDB, LoadPostgres, ExposeBigQuery, LoadBigQueryTable)}
@@ -33,7 +34,10 @@ def sink_tasks(**params) -> list[luigi.Task]:
     unknown = [n for n in names if n not in SINKS]
     if unknown:
         raise ValueError(f"[ingest] sinks: unknown sink(s) {', '.join(unknown)}; known: {', '.join(SINKS)}")
-    return [SINKS[name](**params) for name in names]
+    sinks = [SINKS[name](**params) for name in names]
+    for sink in sinks:  # a sink that cannot read this lake is refused before anything runs
+        require_lake(sink.label, sink.name, sink.reads)
+    return sinks
 
 
 class IngestMonth(Scheduled, SourcePin, luigi.WrapperTask):

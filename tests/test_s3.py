@@ -291,7 +291,13 @@ def test_wrong_credentials_fail_at_once_in_one_line_that_holds_no_credential(s3,
 
 
 @pytest.mark.parametrize("sink", [ExposeBigQuery, LoadBigQueryTable])
-def test_a_bigquery_sink_with_an_s3_lake_is_refused_by_name_before_it_loads(s3, sink):
+def test_a_bigquery_sink_with_an_s3_lake_is_refused_by_name_before_it_loads(s3, sink, run, monkeypatch):
+    # No Google credentials anywhere: the refusal comes before anything would ask for them.
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(s3.lake.replace("s3://", "/nonexistent/")))
+    with configured({("ingest", "sinks"): sink.name}):
+        result = run(IngestMonth(service="green", month=month("2019-01")), broken_ok=True)
+    assert result.started == [] and s3.objects() == {}
+    assert [type(error) for _, error in result.broken] == [WrongLake]
     with pytest.raises(WrongLake) as error:
         sink(service="green", month=month("2019-01")).run()  # the sink's first step: nothing loaded, nothing asked of BigQuery
 
