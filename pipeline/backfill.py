@@ -37,7 +37,7 @@ from luigi.tools.range import RangeMonthly
 
 from pipeline import catalog, luigi_internals, settings
 from pipeline.convert import ToParquet
-from pipeline.dataset_task import remove
+from pipeline.dataset_task import Flow, remove
 from pipeline.download import Download, DownloadRecord, published, source_url
 from pipeline.flows import IngestMonth, IngestZones
 from pipeline.lake import LakeRecord
@@ -48,7 +48,7 @@ from pipeline.scheduling import Scheduled
 logger = logging.getLogger("pipeline.backfill")
 
 
-class PublishedMonths(Scheduled, RangeMonthly):
+class PublishedMonths(Flow, Scheduled, RangeMonthly):
     """RangeMonthly over a DatasetTask-shaped `of` (service and month parameters): missing months
     decided in bulk, the months after the source's last left out.
 
@@ -155,7 +155,7 @@ class MonthRange(Scheduled):
         return luigi.LocalTarget(os.path.join(settings.ingest().staging, self.task_family.lower(), f"{self.task_id}.{what}"))
 
 
-class IngestRange(MonthRange, luigi.WrapperTask):
+class IngestRange(Flow, MonthRange, luigi.WrapperTask):
     """Ingest every month from --first to --last, both included, of each service in --services
     (and the zone lookup when `zones` is listed). Months already done cost nothing; months not
     published yet at the end of the range are left out with a warning."""
@@ -316,7 +316,7 @@ def difference(record: LakeRecord, now: Optional[dict[str, str]]) -> str:
     return "republished: " + ", ".join(changed) if changed else ""
 
 
-class IngestRecent(Scheduled, luigi.WrapperTask):
+class IngestRecent(Flow, Scheduled, luigi.WrapperTask):
     """The newest months of each service and the zone lookup: what cron runs once a month. The
     TLC publishes a month about two months after it ends, so the window looks back `--months`
     months from `--until` and ingests what is published and not yet done (months already done

@@ -71,30 +71,8 @@ class DatasetTask(Scheduled, luigi.Task):
         return bool(outputs) and all(isinstance(t, luigi.LocalTarget) and os.path.abspath(t.path).startswith(staging) for t in outputs)
 
     def inputs_here(self) -> None:
-        """Every input of this step, there on this host before it runs: called first by every step
-        that has inputs (ToParquet, LakeFile, the sinks), in place of luigi's own check at run
-        time (`[worker] check_unfulfilled_deps = false` in luigi.cfg), which cannot tell a host's
-        staging area from what all hosts share.
-
-        Each host has a staging area of its own, while luigid takes a step as done wherever it
-        ran: with many hosts on one luigid, a step may be given to a host other than the one that
-        made its staging input (ToParquet's download, LakeFile's Parquet file). Such an input is
-        made again here, in this process (its own inputs first, the same way), so a step never
-        reads another host's disk and never fails for it. An input anywhere else (the lake) is
-        shared: if it is not complete, the step fails as luigi's check would."""
-        missing = []
-        for task in flatten(self.requires()):
-            if task.complete():
-                continue
-            if isinstance(task, DatasetTask) and task.in_staging():
-                logger.info("%s: %s is not on this host (made on another, or removed); making it again here", self.label, task)
-                luigi_internals.lend_reporters(self, task)
-                task.inputs_here()
-                task.run()
-            else:
-                missing.append(f"{task} ({', '.join(str(t.path) for t in flatten(task.output()))})")
-        if missing:
-            raise UnfulfilledInput(self.label, missing)
+        """Every input of this step there on this host, before it runs (inputs_here)."""
+        inputs_here(self, self.label)
 
     def on_failure(self, exception: BaseException) -> str:
         """What luigid keeps and the visualiser shows of the failure (luigi's traceback text),
@@ -109,6 +87,43 @@ class DatasetTask(Scheduled, luigi.Task):
             return
         self._last_report = now
         self.tell(f"{self.label}: {what}", min(100, round(100 * done / total)) if total else None)
+
+
+def inputs_here(task: luigi.Task, label: str) -> None:
+    """Everything ``task`` requires, complete and on this host, before it runs: called first by
+    every step that has inputs (ToParquet, LakeFile, ReplicaFile, the sinks) and by every flow
+    (Flow), in place of luigi's own check at run time (`[worker] check_unfulfilled_deps = false`
+    in luigi.cfg), which cannot tell a host's staging area from what all hosts share.
+
+    Each host has a staging area of its own, while luigid takes a step as done wherever it ran:
+    with many hosts on one luigid, a step may be given to a host other than the one that made its
+    staging input (ToParquet's download, LakeFile's Parquet file). Such an input is made again
+    here, in this process (its own inputs first, the same way), so a step never reads another
+    host's disk and never fails for it. Anything else that is not complete (a lake file, a flow's
+    step that ended without its output) fails the task, naming it, as luigi's check would: nothing
+    is marked done over a missing input."""
+    missing = []
+    for dep in flatten(task.requires()):
+        if dep.complete():
+            continue
+        if isinstance(dep, DatasetTask) and dep.in_staging():
+            logger.info("%s: %s is not on this host (made on another, or removed); making it again here", label, dep)
+            luigi_internals.lend_reporters(task, dep)
+            dep.inputs_here()
+            dep.run()
+        else:
+            paths = [str(t.path) for t in flatten(dep.output())]
+            missing.append(f"{dep} ({', '.join(paths)})" if paths else str(dep))
+    if missing:
+        raise UnfulfilledInput(label, missing)
+
+
+class Flow:
+    """A flow over steps (mixin, before luigi's WrapperTask): it ends done only when every step it
+    requires is complete (inputs_here), never because its own run() did nothing."""
+
+    def run(self) -> None:
+        inputs_here(self, getattr(self, "label", None) or repr(self))  # type: ignore[arg-type]
 
 
 # What SourcePin is mixed into, for the type checker: it uses luigi.Task's methods (at run time a

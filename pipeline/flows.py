@@ -11,14 +11,14 @@ warehouse named in `[ingest] sinks`.
 import luigi
 
 from pipeline import catalog, completion, params, settings
-from pipeline.dataset_task import SourcePin
+from pipeline.dataset_task import Flow, SourcePin
 from pipeline.lake_file import LakeFile, ReplicaFile
 from pipeline.scheduling import Scheduled
 from pipeline.warehouses.bigquery import ExposeBigQuery
 from pipeline.warehouses.bigquery_table import LoadBigQueryTable
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
 from pipeline.warehouses.postgres import LoadPostgres
-from pipeline.warehouses.sink import require_lake
+from pipeline.warehouses.sink import Sink, require_lake
 
 # Every warehouse sink, by the name [ingest] sinks gives it (pipeline/warehouses/sink.py).
 SINKS = {sink.name: sink for sink in (ExposeDuckDB, LoadPostgres, ExposeBigQuery, LoadBigQueryTable)}
@@ -29,18 +29,18 @@ def lake_tasks(**params) -> list[luigi.Task]:
     return [LakeFile(**params), *(ReplicaFile(replica=root, **params) for root in settings.lake().replica_roots())]
 
 
-def sink_tasks(**params) -> list[luigi.Task]:
+def sink_tasks(**params) -> list[Sink]:
     names = settings.ingest().sink_names()
     unknown = [n for n in names if n not in SINKS]
     if unknown:
         raise ValueError(f"[ingest] sinks: unknown sink(s) {', '.join(unknown)}; known: {', '.join(SINKS)}")
-    sinks = [SINKS[name](**params) for name in names]
+    sinks: list[Sink] = [SINKS[name](**params) for name in names]
     for sink in sinks:  # a sink that cannot read this lake is refused before anything runs
         require_lake(sink.label, sink.name, sink.reads)
     return sinks
 
 
-class IngestMonth(Scheduled, SourcePin, luigi.WrapperTask):
+class IngestMonth(Flow, Scheduled, SourcePin, luigi.WrapperTask):
     """Download a month of one service, convert it to Parquet, put it in the lake, expose it in
     every configured warehouse. Steps already done are skipped."""
 
@@ -55,7 +55,7 @@ class IngestMonth(Scheduled, SourcePin, luigi.WrapperTask):
     bulk_complete = classmethod(completion.bulk_complete)
 
 
-class IngestZones(Scheduled, SourcePin, luigi.WrapperTask):
+class IngestZones(Flow, Scheduled, SourcePin, luigi.WrapperTask):
     """The taxi zone lookup: download, Parquet, lake, warehouses."""
 
     def requires(self):
