@@ -202,20 +202,25 @@ class AzureFileSystem(luigi.target.FileSystem):
                 blob.stage_block(block, data, validate_content=True)
                 blocks.append(BlobBlock(block))
             settings_ = ContentSettings(content_type="application/vnd.apache.parquet", content_md5=bytearray(local))
-            blob.commit_block_list(blocks, content_settings=settings_, metadata=metadata)
+            ours = blob.commit_block_list(blocks, content_settings=settings_, metadata=metadata)["etag"]
         seen = self.properties(url)
+        if seen.etag != ours:  # another writer committed since: its blob is its own to check, never ours to remove
+            raise AzureError("uploading to", url, "another writer replaced the blob before it was checked, so it was left; run again")
         remote = bytes(seen.content_settings.content_md5 or b"")
         if (seen.size, remote, seen.metadata) != (os.path.getsize(local_path), local, metadata):
             self._remove_garbled(
                 url,
+                ours,
                 f"the blob ({seen.size} bytes, MD5 {remote.hex() or 'none'}) is not the local file ({os.path.getsize(local_path)} "
-                f"bytes, MD5 {local.hex()}, {local_path}) with its record: garbled on its way, or committed by another writer meanwhile",
+                f"bytes, MD5 {local.hex()}, {local_path}) with its record: garbled on its way",
             )
 
-    def _remove_garbled(self, url: str, why: str) -> NoReturn:
-        """A blob that is not the file must not stay under its name, where it would count as
-        done: removed."""
-        self.remove(url)
+    def _remove_garbled(self, url: str, ours: str, why: str) -> NoReturn:
+        """Our blob (ETag ``ours``), which is not the file, must not stay under its name, where it
+        would count as done: removed, only while it is still ours (another writer's since is
+        left)."""
+        with _named(url, "removing"):
+            self._blob(url).delete_blob(etag=ours, match_condition=_if_unchanged())
         raise AzureError("uploading to", url, f"{why}, so the blob was removed; the next run uploads it again")
 
     def download(self, url: str, local_path: str) -> None:
