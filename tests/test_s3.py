@@ -261,6 +261,33 @@ def test_an_upload_garbled_on_the_wire_is_removed_so_nothing_counts_as_done(s3, 
     assert s3.objects()[lake_key("yellow", "2021-01")]["ChecksumCRC32"] == crc32_of(local)
 
 
+def test_another_writers_object_put_before_our_check_is_left_as_it_is(s3, tmp_path):
+    """Two hosts upload one month (a host cut off, its step handed to another): when the other's
+    object lands between our upload and our check, its record is not ours, so our check leaves it
+    (the other writer checks its own) and fails our upload by name: never a removal of another
+    writer's good object."""
+    ours, theirs = tmp_path / "ours.parquet", tmp_path / "theirs.parquet"
+    ours.write_bytes(os.urandom(1000))
+    theirs.write_bytes(os.urandom(1200))
+    url = f"{s3.lake}/green/month=2019-01/green_tripdata_2019-01.parquet"
+    target = S3Target(url)
+    head = target.fs.head
+
+    def another_writer_meanwhile(u):  # the other writer's object lands between ours and the check
+        s3.client.put_object(Bucket=s3.name, Key=lake_key("green", "2019-01"), Body=theirs.read_bytes(), Metadata={"rows": "2"})
+        return head(u)
+
+    target.fs.head = another_writer_meanwhile  # type: ignore[method-assign]
+    try:
+        with pytest.raises(S3Error) as error:
+            target.upload(str(ours), {"rows": "1"})
+    finally:
+        del target.fs.head
+    assert str(error.value) == f"uploading to {url}: another writer replaced the object before it was checked, so it was left; run again"
+    body = s3.client.get_object(Bucket=s3.name, Key=lake_key("green", "2019-01"))["Body"].read()
+    assert body == theirs.read_bytes()
+
+
 def test_a_bucket_that_does_not_exist_is_one_clear_line(s3, run):
     with configured({("lake", "root"): "s3://no-such-bucket-here/lake"}):
         result = run(IngestMonth(service="green", month=month("2019-01")))

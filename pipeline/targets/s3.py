@@ -208,7 +208,12 @@ class S3FileSystem(luigi.target.FileSystem):
         extra = {"Metadata": metadata, "ContentType": "application/vnd.apache.parquet", CHECKSUM: local}
         with _named(url, "uploading to"):
             client().upload_file(local_path, bucket, key, ExtraArgs=extra, Config=config)
-        remote = self.head(url).get(CHECKSUM)
+        seen = self.head(url)
+        remote = seen.get(CHECKSUM)
+        if remote != local and seen.get("Metadata") != metadata:
+            # Another writer's object since ours (its own record): S3 answers an upload with no
+            # version to compare, so the record tells; it is the other writer's to check.
+            raise S3Error("uploading to", url, "another writer replaced the object before it was checked, so it was left; run again")
         if remote != local:
             self._remove_garbled(
                 url,
