@@ -11,15 +11,20 @@ tests/test_luigi_internals.py fails first, naming which.
   parameter's default is drawn from (params.Moment, params.ThisMonth: computed per task);
 - bulk_complete's function behind its classmethod, called for another class's task factory
   (backfill.PublishedMonths);
-- the command line's parser, its run and its check of a step's complete() (console).
+- the command line's parser, its run and its check of a step's complete() (console);
+- the central scheduler's state and where it is saved (pipeline/luigid.py saves it as luigid's
+  own clean stop does, more often).
 """
 
 from __future__ import annotations
 
+import os
+import pickle
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import luigi
 import luigi.interface
+import luigi.scheduler
 import luigi.worker
 from luigi.cmdline_parser import CmdlineParser
 from luigi.configuration import LuigiConfigParser
@@ -48,6 +53,19 @@ def lend_reporters(task: object, to: object) -> None:
     what it does shows on ``task`` in the visualiser."""
     for name in (STATUS_MESSAGE, PROGRESS_PERCENTAGE):
         setattr(to, name, getattr(task, name, None))
+
+
+def save_state(scheduler: luigi.scheduler.Scheduler) -> str:
+    """Save ``scheduler``'s state as luigid's clean stop does (Scheduler.dump: the pickled state,
+    what luigid loads when it starts), but through a temporary file renamed over the state file,
+    so a kill in the middle leaves the previous save whole; the state file's path."""
+    state = scheduler._state
+    path = state._state_path
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        pickle.dump(state.get_state(), f)
+    os.replace(tmp, path)
+    return path
 
 
 def config_paths() -> list[str]:

@@ -389,3 +389,14 @@ class ingest(luigi.Config):
 
     def sink_names(self) -> list[str]:
         return [s.strip() for s in self.sinks.split(",") if s.strip() not in ("", "none")]
+
+
+class luigid(luigi.Config):
+    """The central scheduler as `python -m pipeline.luigid` runs it (pipeline/luigid.py)."""
+
+    save_seconds = params.Amount(
+        least=1,
+        default=10.0,
+        description="Seconds between saves of luigid's state file ([scheduler] state_path): luigid killed without a "
+        "clean stop comes back knowing the run as it was at most this long before",
+    )

@@ -278,7 +278,7 @@ def luigid(work: Path, logdir: Path, env: Optional[dict] = None, port: Optional[
     port = port or free_port()
     log = open(work / "luigid.out", "ab")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("luigid")), "--address", "127.0.0.1", "--port", str(port), "--logdir", str(logdir)],
+        [sys.executable, "-m", "pipeline.luigid", "--address", "127.0.0.1", "--port", str(port), "--logdir", str(logdir)],
         cwd=work,
         env={**os.environ, **(env or {})},
         stdout=log,

@@ -4,6 +4,7 @@ command, module, task, profile and file they name exists, and the settings they 
 from __future__ import annotations
 
 import configparser
+import importlib.util
 import re
 import shlex
 import sys
@@ -56,8 +57,8 @@ def test_our_services_run_commands_tasks_and_profiles_that_exist(name):
     profile = in_repo(env["LUIGI_CONFIG_PATH"])
     assert profile.exists(), profile
     entrypoint = service["entrypoint"]
-    if entrypoint == ["luigid"]:
-        assert (BIN / "luigid").exists()
+    if entrypoint == ["python", "-m", "pipeline.luigid"]:
+        assert importlib.util.find_spec("pipeline.luigid") is not None
         return
     # The worker: a shell line that execs `luigi --module pipeline` with the compose command.
     assert entrypoint[:2] == ["sh", "-c"] and "exec luigi --module pipeline" in entrypoint[2]

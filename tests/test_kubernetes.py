@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import copy
+import importlib.util
 import json
 import re
 import shlex
@@ -128,7 +129,10 @@ def mismatches(docs: list[dict]) -> list[str]:
         at = str(APP / path)  # relative to luigid's working directory, the image's /app
         check("persistentVolumeClaim" in mount_of(luigid_pod["spec"], luigid, at)[1], f"luigid {setting} {at}: not on a volume claim")
     check(luigid.get("workingDir", str(APP)) == str(APP), "luigid: works in /app, where luigi.cfg ([resources]) is")
-    check(luigid["command"] == ["luigid"] and (BIN / "luigid").exists(), f"luigid: command {luigid.get('command')}")
+    check(
+        luigid["command"] == ["python", "-m", "pipeline.luigid"] and importlib.util.find_spec("pipeline.luigid") is not None,
+        f"luigid: command {luigid.get('command')}",
+    )
     port = int(luigid["args"][luigid["args"].index("--port") + 1])
     http = {p["name"]: p["containerPort"] for p in luigid["ports"]}
     check(http.get("http") == port, f"luigid: listens on {port}, declares {http}")
@@ -353,7 +357,7 @@ def test_luigid_started_as_its_pod_starts_it_answers_its_probe_with_the_caps_and
         Path(local(mount["mountPath"])).mkdir(parents=True, exist_ok=True)
     environment = {"PATH": f"{BIN}:/usr/bin:/bin", "LUIGI_CONFIG_PATH": local(env(container)["LUIGI_CONFIG_PATH"]["value"])}
     luigid = subprocess.Popen(
-        [BIN / container["command"][0], *args, "--address", "127.0.0.1"],
+        [BIN / container["command"][0], *container["command"][1:], *args, "--address", "127.0.0.1"],
         cwd=app,
         env=environment,
         stdout=subprocess.DEVNULL,
@@ -392,7 +396,7 @@ def test_the_compose_stacks_luigid_reads_the_same_caps():
     dockerfile = (ROOT / "Dockerfile").read_text().splitlines()
     workdir = [line.split()[1] for line in dockerfile if line.startswith("WORKDIR ")][-1]
 
-    assert luigid["entrypoint"] == ["luigid"] and "working_dir" not in luigid
+    assert luigid["entrypoint"] == ["python", "-m", "pipeline.luigid"] and "working_dir" not in luigid
     assert workdir == str(APP) and "COPY luigi.cfg ./" in dockerfile
     assert dockerfile.index("COPY luigi.cfg ./") > max(i for i, line in enumerate(dockerfile) if line.startswith("WORKDIR "))
     assert (

@@ -130,3 +130,19 @@ def test_this_month_is_the_month_the_task_is_made_in_not_the_import(monkeypatch)
 
     assert (january.until, february.until) == (datetime.date(2031, 1, 1), datetime.date(2031, 2, 1))
     assert pipeline.IngestRecent(until=datetime.date(2020, 5, 1)).until == datetime.date(2020, 5, 1)
+
+
+def test_luigids_state_saved_between_stops_is_what_luigid_loads(tmp_path):
+    """pipeline.luigid saves the scheduler's state as luigid's clean stop does: a luigid started
+    on the file knows the tasks (and no temporary file is left beside it)."""
+    import luigi.scheduler
+
+    path = tmp_path / "state.pickle"
+    scheduler = luigi.scheduler.Scheduler(state_path=str(path))
+    scheduler.add_task(worker="host-a", task_id="LakeFile_green_2019_01", status="PENDING")
+    assert luigi_internals.save_state(scheduler) == str(path)
+
+    again = luigi.scheduler.Scheduler(state_path=str(path))
+    again.load()
+    assert list(again.task_list("PENDING", "")) == ["LakeFile_green_2019_01"]
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pickle"]
