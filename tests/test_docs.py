@@ -71,7 +71,8 @@ GCP = [
     "LUIGI_CONFIG_PATH=config/gcp.cfg luigi --module pipeline IngestMonth --service yellow --month 2021-01 --local-scheduler",
 ]
 LUIGID = [
-    "mkdir -p data/luigid && LUIGI_CONFIG_PATH=config/luigid.cfg python -m pipeline.luigid --address 127.0.0.1 --port 8082 --logdir data/luigid",
+    "mkdir -p data/luigid && LUIGI_CONFIG_PATH=config/luigid.cfg python -m pipeline.luigid "
+    "--address 127.0.0.1 --port 8082 --logdir data/luigid",
     "luigi --module pipeline IngestMonth --service yellow --month 2021-01 --scheduler-host localhost",
     "cd $REPO && mkdir -p data/logs && LUIGI_CONFIG_PATH=config/cron.cfg .venv/bin/luigi --module pipeline IngestRecent "
     '>> data/logs/cron.log 2>&1 || echo "nyc-tlc-luigi: IngestRecent exited $?"',
