@@ -245,26 +245,8 @@ def _if_unchanged() -> Any:
     return MatchConditions.IfNotModified
 
 
-class AzureTarget(luigi.target.FileSystemTarget):
+class AzureTarget(bucket_url.BucketTarget):
     """A blob in Azure Blob Storage. Written only whole (see AzureFileSystem.upload)."""
 
     fs = AzureFileSystem()
-
-    def __init__(self, path: str):
-        split(path)
-        super().__init__(path)
-
-    def open(self, mode: str = "r"):
-        raise ValueError(f"{self.path}: AzureTarget is not opened; write with upload(), read with download()")
-
-    @classmethod
-    def bulk_exists(cls, targets: list[AzureTarget]) -> list[bool]:
-        """One listing for all the blobs (see pipeline/completion.py)."""
-        found = cls.fs.existing(t.path for t in targets)
-        return [t.path in found for t in targets]
-
-    def upload(self, local_path: str, metadata: dict[str, str]) -> None:
-        self.fs.upload(local_path, self.path, metadata)
-
-    def download(self, local_path: str) -> None:
-        self.fs.download(self.path, local_path)
+    scheme = SCHEME

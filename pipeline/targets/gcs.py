@@ -228,14 +228,11 @@ class GCSFileSystem(luigi.target.FileSystem):
             self._blob(url).download_to_filename(local_path, checksum="crc32c", **bounded())
 
 
-class GCSTarget(luigi.target.FileSystemTarget):
+class GCSTarget(bucket_url.BucketTarget):
     """An object in GCS. Written only whole (see GCSFileSystem.upload), read as bytes."""
 
     fs = GCSFileSystem()
-
-    def __init__(self, path: str):
-        split(path)
-        super().__init__(path)
+    scheme = SCHEME
 
     def open(self, mode: str = "r") -> io.IOBase:
         if mode not in ("r", "rb"):
@@ -243,14 +240,5 @@ class GCSTarget(luigi.target.FileSystemTarget):
         with _named(self.path, "reading"):
             return self.fs._blob(self.path).open("rb")
 
-    @classmethod
-    def bulk_exists(cls, targets: list["GCSTarget"]) -> list[bool]:
-        """One listing for all the objects (see pipeline/completion.py)."""
-        found = cls.fs.existing(t.path for t in targets)
-        return [t.path in found for t in targets]
-
     def upload(self, local_path: str, metadata: Optional[dict[str, str]] = None) -> storage.Blob:
         return self.fs.upload(local_path, self.path, metadata or {})
-
-    def download(self, local_path: str) -> None:
-        self.fs.download(self.path, local_path)

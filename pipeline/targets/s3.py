@@ -246,26 +246,8 @@ class S3FileSystem(luigi.target.FileSystem):
             )
 
 
-class S3Target(luigi.target.FileSystemTarget):
+class S3Target(bucket_url.BucketTarget):
     """An object in S3. Written only whole (see S3FileSystem.upload)."""
 
     fs = S3FileSystem()
-
-    def __init__(self, path: str):
-        split(path)
-        super().__init__(path)
-
-    def open(self, mode: str = "r"):
-        raise ValueError(f"{self.path}: S3Target is not opened; write with upload(), read with download()")
-
-    @classmethod
-    def bulk_exists(cls, targets: list[S3Target]) -> list[bool]:
-        """One listing for all the objects (see pipeline/completion.py)."""
-        found = cls.fs.existing(t.path for t in targets)
-        return [t.path in found for t in targets]
-
-    def upload(self, local_path: str, metadata: dict[str, str]) -> None:
-        self.fs.upload(local_path, self.path, metadata)
-
-    def download(self, local_path: str) -> None:
-        self.fs.download(self.path, local_path)
+    scheme = SCHEME
