@@ -4,6 +4,7 @@ and the helpers that run the pipeline in-process and on the command line."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -151,8 +152,13 @@ def s3_server(tmp_path_factory):
 
 
 def bucket_name_for(request, prefix: str = "t-") -> str:
-    """A bucket name of the test's own (S3's rules: lower case, digits, hyphens, at most 63)."""
-    return (prefix + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()))[:60].strip("-")
+    """A bucket (or container) name of the test's own (S3's and Azure's rules: lower case, digits,
+    hyphens, at most 63). A long name is cut and ends in a hash of the whole test id, so the
+    parametrized cases of one long test name still get one bucket each."""
+    name = (prefix + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())).strip("-")
+    if len(name) <= 60:
+        return name
+    return name[:51].strip("-") + "-" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:8]
 
 
 @pytest.fixture
@@ -172,6 +178,55 @@ def aws(workspace, s3_server, monkeypatch):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(workspace / "no-aws-credentials"))
     with configured({("s3", "part_size_mib"): "5", ("s3", "attempts"): "2", ("s3", "timeout"): "5"}):
         yield boto3.session.Session().client("s3")
+
+
+@pytest.fixture
+def s3(workspace, s3_server, aws, request):
+    """The lake in a bucket of this test's own, credentials only in the SDK's chain (aws); yields
+    the test's view of it (tests/stores.py)."""
+    from stores import S3Lake
+
+    name = bucket_name_for(request)
+    aws.create_bucket(Bucket=name)
+    with configured({("lake", "root"): f"s3://{name}/lake", ("ingest", "sinks"): "none"}):
+        yield S3Lake(name, s3_server, aws)
+    s3_server["proxy"].reset(cut_after=None)
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    """Azurite for the session, behind a proxy that can cut and garble uploads; DuckDB's azure
+    extension installed from its wheel (offline)."""
+    from duckdb_extensions import import_extension
+
+    import_extension("azure")
+    with servers.azurite_server(tmp_path_factory.mktemp("azurite")) as server:
+        yield server
+
+
+@pytest.fixture
+def az(workspace, azurite, request, monkeypatch):
+    """The lake in a container of this test's own; credentials only in the SDK's chain (the
+    connection string variable), no other AZURE_* variable in the way; yields the test's view of
+    it (tests/stores.py)."""
+    from stores import AzureLake
+
+    for name in [k for k in os.environ if k.startswith("AZURE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite["connection_string"])
+    container = AzureLake(bucket_name_for(request), azurite)  # a container's rules are a bucket's
+    container.client.create_container()
+    with configured(
+        {
+            ("lake", "root"): container.lake,
+            ("azure", "block_size_mib"): "1",
+            ("azure", "attempts"): "2",
+            ("azure", "timeout"): "5",
+            ("ingest", "sinks"): "none",
+        }
+    ):
+        yield container
+    azurite["proxy"].reset(cut_after=None)
 
 
 def s3_calls(into: list):
