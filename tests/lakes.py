@@ -1,5 +1,5 @@
-"""What the object-store lakes' tests (test_s3.py, test_azure.py) share: the months they ingest and
-where each lands under the lake's prefix."""
+"""What the object-store lakes' tests (test_object_lakes.py, test_s3.py, test_azure.py) share: the
+months they ingest and where each lands under the lake's prefix."""
 
 from __future__ import annotations
 
