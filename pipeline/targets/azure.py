@@ -32,7 +32,6 @@ import functools
 import hashlib
 import logging
 import os
-import posixpath
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NoReturn
 
@@ -167,20 +166,13 @@ class AzureFileSystem(luigi.target.FileSystem):
             return self._blob(path).exists()  # False for no such blob (a missing container says so when uploading)
 
     def existing(self, paths: Iterable[str]) -> set[str]:
-        """Which of ``paths`` exist, from one listing of their common prefix (not one request per
-        path): what a backfill asking about hundreds of months needs."""
-        by_container: dict[str, list[str]] = {}
-        for path in paths:
-            container, name = split(path)
-            by_container.setdefault(container, []).append(name)
-        found: set[str] = set()
-        for container, names in by_container.items():
-            prefix = posixpath.commonprefix(names)
-            url = f"{SCHEME}{container}/{prefix}"
-            with _named(url, "listing"):
-                listed = {blob.name for blob in client(url).get_container_client(container).list_blobs(name_starts_with=prefix)}
-            found.update(f"{SCHEME}{container}/{name}" for name in listed.intersection(names))
-        return found
+        """Which of ``paths`` exist, from one listing per container (bucket.existing)."""
+        return bucket_url.existing(paths, SCHEME, self._names_under)
+
+    def _names_under(self, container: str, prefix: str) -> set[str]:
+        url = f"{SCHEME}{container}/{prefix}"
+        with _named(url, "listing"):
+            return {blob.name for blob in client(url).get_container_client(container).list_blobs(name_starts_with=prefix)}
 
     def remove(self, path: str, recursive: bool = False, skip_trash: bool = True) -> None:
         """The blob at ``path`` (never a prefix's blobs: nothing here removes more than one)."""

@@ -1,9 +1,10 @@
-"""What the object-store lakes (gs://, s3://, az://) share: their URLs, and the shape of their
-luigi target."""
+"""What the object-store lakes (gs://, s3://, az://) share: their URLs, the completeness of many
+objects by one listing, and the shape of their luigi target."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import posixpath
+from typing import Any, Callable, ClassVar, Iterable
 
 import luigi.target
 
@@ -17,6 +18,21 @@ def split(url: str, scheme: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError(f"{url}: no bucket name")
     return bucket, key
+
+
+def existing(paths: Iterable[str], scheme: str, names_under: Callable[[str, str], set[str]]) -> set[str]:
+    """Which of ``paths`` (URLs of ``scheme``) exist, from one listing of their common prefix per
+    bucket (not one request per path): what a backfill asking about hundreds of months needs.
+    ``names_under(bucket, prefix)`` is the store's listing: the names of the objects under it."""
+    by_bucket: dict[str, list[str]] = {}
+    for path in paths:
+        bucket, name = split(path, scheme)
+        by_bucket.setdefault(bucket, []).append(name)
+    found: set[str] = set()
+    for bucket, names in by_bucket.items():
+        listed = names_under(bucket, posixpath.commonprefix(names))
+        found.update(f"{scheme}{bucket}/{name}" for name in listed.intersection(names))
+    return found
 
 
 class BucketTarget(luigi.target.FileSystemTarget):

@@ -24,7 +24,6 @@ import functools
 import io
 import logging
 import os
-import posixpath
 from typing import TYPE_CHECKING, Iterable, Iterator, NoReturn, Optional
 
 import google_crc32c
@@ -152,19 +151,12 @@ class GCSFileSystem(luigi.target.FileSystem):
             return self._blob(path).exists(**bounded())
 
     def existing(self, paths: Iterable[str]) -> set[str]:
-        """Which of ``paths`` exist, from one listing of their common prefix (not one request
-        per path): what a backfill asking about hundreds of months needs."""
-        by_bucket: dict[str, list[str]] = {}
-        for path in paths:
-            bucket, name = split(path)
-            by_bucket.setdefault(bucket, []).append(name)
-        found: set[str] = set()
-        for bucket, names in by_bucket.items():
-            prefix = posixpath.commonprefix(names)
-            with _named(f"{SCHEME}{bucket}/{prefix}", "listing"):
-                listed = {blob.name for blob in client().list_blobs(bucket, prefix=prefix, **bounded())}
-            found.update(f"{SCHEME}{bucket}/{name}" for name in listed.intersection(names))
-        return found
+        """Which of ``paths`` exist, from one listing per bucket (bucket.existing)."""
+        return bucket_url.existing(paths, SCHEME, self._names_under)
+
+    def _names_under(self, bucket: str, prefix: str) -> set[str]:
+        with _named(f"{SCHEME}{bucket}/{prefix}", "listing"):
+            return {blob.name for blob in client().list_blobs(bucket, prefix=prefix, **bounded())}
 
     def listdir(self, path: str) -> Iterator[str]:
         bucket, name = split(path.rstrip("/") + "/")

@@ -29,7 +29,6 @@ import contextlib
 import functools
 import logging
 import os
-import posixpath
 import urllib.parse
 import zlib
 from typing import TYPE_CHECKING, Iterable, Iterator, NoReturn
@@ -173,21 +172,15 @@ class S3FileSystem(luigi.target.FileSystem):
         return True
 
     def existing(self, paths: Iterable[str]) -> set[str]:
-        """Which of ``paths`` exist, from one listing of their common prefix (not one request per
-        path): what a backfill asking about hundreds of months needs."""
-        by_bucket: dict[str, list[str]] = {}
-        for path in paths:
-            bucket, key = split(path)
-            by_bucket.setdefault(bucket, []).append(key)
-        found: set[str] = set()
-        for bucket, keys in by_bucket.items():
-            prefix = posixpath.commonprefix(keys)
-            listed: set[str] = set()
-            with _named(f"{SCHEME}{bucket}/{prefix}", "listing"):
-                for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                    listed.update(item["Key"] for item in page.get("Contents", []))
-            found.update(f"{SCHEME}{bucket}/{key}" for key in listed.intersection(keys))
-        return found
+        """Which of ``paths`` exist, from one listing per bucket (bucket.existing)."""
+        return bucket_url.existing(paths, SCHEME, self._names_under)
+
+    def _names_under(self, bucket: str, prefix: str) -> set[str]:
+        listed: set[str] = set()
+        with _named(f"{SCHEME}{bucket}/{prefix}", "listing"):
+            for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                listed.update(item["Key"] for item in page.get("Contents", []))
+        return listed
 
     def remove(self, path: str, recursive: bool = False, skip_trash: bool = True) -> None:
         """The object at ``path`` (never a prefix's objects: nothing here removes more than one)."""
