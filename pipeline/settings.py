@@ -107,10 +107,12 @@ class LakeRoot(params._Checked, luigi.Parameter):
             raise argparse.ArgumentTypeError(f"{text!r}: {why}")
         return text
 
+    setting = "root"  # its key in [lake], for the message
+
     def normalize(self, x):
         why = lake_root_problem(x)
         if why:
-            raise LakeRootError(x, why)
+            raise LakeRootError(x, why, self.setting)
         return x
 
 
@@ -230,6 +232,8 @@ class source(luigi.Config):
 class LakeRoots(LakeRoot):
     """`[lake] replicas`: lake roots separated by commas, each checked as `[lake] root` is."""
 
+    setting = "replicas"
+
     def check(self, text: str) -> str:
         for root in split_roots(text):
             super().check(root)
@@ -237,9 +241,7 @@ class LakeRoots(LakeRoot):
 
     def normalize(self, x):
         for root in split_roots(x):
-            why = lake_root_problem(root)
-            if why:
-                raise LakeRootError(root, why, "replicas")
+            super().normalize(root)
         return x
 
 
