@@ -37,7 +37,7 @@ from pipeline.backfill import months_between
 from pipeline.convert import ToParquet
 from pipeline.download import Download, DownloadRecord
 from pipeline.flows import SINKS
-from pipeline.lake import lake_path, lake_target, parquet_record
+from pipeline.lake import LakeRecord, lake_path, lake_target, parquet_record
 from pipeline.params import Month, Services, UsageError
 
 
@@ -107,10 +107,10 @@ def places(verify: bool) -> list[str]:
     return ["staged", "lake", *replicas(), *settings.ingest().sink_names(), *(f"{sink} counted" for sink in counted_sinks(verify))]
 
 
-def lake_rows(path: str, root: Optional[str] = None) -> Optional[int]:
-    """The rows the lake file at ``path`` records, or None when it is not there."""
+def lake_record(path: str, root: Optional[str] = None) -> Optional[LakeRecord]:
+    """The record of the lake file at ``path`` (in the lake at ``root``), or None when it is not there."""
     target = lake_target(path, root)
-    return target.record().rows if target.exists() else None
+    return target.record() if target.exists() else None
 
 
 def staged_rows(download: Download) -> Optional[int]:
@@ -138,19 +138,20 @@ def report(services: list[str], months: list, verify: bool) -> list[Line]:
         sink: {service: type(markers[sink]).counted_rows(markers[sink].where(), service) for service in services}
         for sink in counted_sinks(verify)
     }
+    copies = replicas()
     lines = []
     for service in services:
         svc = catalog.SERVICES[service]
         for month in months if svc.monthly else [None]:
             download = Download(service=service, month=month)
             key = catalog.month_key(month)
-            target = lake_target(lake_path(svc, month))
-            lake = target.record() if target.exists() else None
+            lake = lake_record(lake_path(svc, month))
             line = Line(service, key, recorded_size(download, lake))
             line.counts["staged"] = staged_rows(download)
             line.counts["lake"] = lake.rows if lake else None
-            for place, root in replicas().items():
-                line.counts[place] = lake_rows(lake_path(svc, month, root), root)
+            for place, root in copies.items():
+                copy = lake_record(lake_path(svc, month, root), root)
+                line.counts[place] = copy.rows if copy else None
             for sink in sinks:
                 line.counts[sink] = marked[sink].get((service, key))
             for sink, by_service in counted.items():
