@@ -118,20 +118,20 @@ def inputs_here(task: luigi.Task, label: str) -> None:
         raise UnfulfilledInput(label, missing)
 
 
-class Flow:
-    """A flow over steps (mixin, before luigi's WrapperTask): it ends done only when every step it
-    requires is complete (inputs_here), never because its own run() did nothing."""
-
-    def run(self) -> None:
-        inputs_here(self, getattr(self, "label", None) or repr(self))  # type: ignore[arg-type]
-
-
-# What SourcePin is mixed into, for the type checker: it uses luigi.Task's methods (at run time a
-# plain mixin, so that luigi registers no task of its own for it).
+# What Flow and SourcePin are mixed into, for the type checker: they use luigi.Task's methods (at
+# run time plain mixins, so that luigi registers no task of its own for them).
 if TYPE_CHECKING:
     _Task = luigi.Task
 else:
     _Task = object
+
+
+class Flow(_Task):
+    """A flow over steps (mixin, before luigi's WrapperTask): it ends done only when every step it
+    requires is complete (inputs_here), never because its own run() did nothing."""
+
+    def run(self) -> None:
+        inputs_here(self, repr(self))
 
 
 class SourcePin(_Task):
