@@ -4,13 +4,14 @@ and the helpers that run the pipeline in-process and on the command line."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import luigi
 import luigi.configuration
@@ -64,6 +65,22 @@ def http_server(mirror):
 def configured(values: dict[tuple[str, str], str]):
     """Set luigi configuration values (as luigi.cfg would) for the block, then restore them."""
     return pipeline_settings.overridden(values)
+
+
+@contextlib.contextmanager
+def own_workspace(work: Path, base_url: str) -> Iterator[None]:
+    """A lake and staging area of their own under ``work``, the source at ``base_url``, no
+    warehouse: for a module's fixture (the workspace fixture is made for each test)."""
+    values = {
+        ("core", "no_configure_logging"): "true",
+        ("source", "base_url"): base_url,
+        ("lake", "root"): str(work / "lake"),
+        ("ingest", "staging"): str(work / "staging"),
+        ("ingest", "sinks"): "none",
+    }
+    with configured(values):
+        luigi.task_register.Register.clear_instance_cache()
+        yield
 
 
 @pytest.fixture

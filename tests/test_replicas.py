@@ -21,7 +21,7 @@ from pipeline import IngestRange, Reingest, catalog, report
 from pipeline.lake import lake_path, lake_target
 
 import servers
-from conftest import bucket_name_for, configured
+from conftest import bucket_name_for, configured, own_workspace
 from mirror import RANGE_MONTHS, data_rows, month
 
 SERVICES = ("yellow", "green")
@@ -54,16 +54,7 @@ def steps_started(started: list[str]) -> list[str]:
 def lake(tmp_path_factory, http_server):
     """A local lake holding every month of PAIRS (made once for the module): its root."""
     work = tmp_path_factory.mktemp("lake")
-    with configured(
-        {
-            ("core", "no_configure_logging"): "true",
-            ("source", "base_url"): f"{http_server}/range",
-            ("lake", "root"): str(work / "lake"),
-            ("ingest", "staging"): str(work / "staging"),
-            ("ingest", "sinks"): "none",
-        }
-    ):
-        luigi.task_register.Register.clear_instance_cache()
+    with own_workspace(work, f"{http_server}/range"):
         assert luigi.build([backfill()], local_scheduler=True, log_level="WARNING")
     return work
 

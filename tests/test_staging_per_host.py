@@ -32,7 +32,7 @@ from pipeline import IngestMonth, IngestRange, IngestZones, LakeFile, ToParquet,
 from pipeline.lake import lake_path
 from pipeline.warehouses.duckdb_views import ExposeDuckDB
 
-from conftest import LUIGI, ROOT, configured, workspace_flags
+from conftest import LUIGI, ROOT, configured, own_workspace, workspace_flags
 from mirror import month
 from servers import MirrorHandler, _ThreadingServer
 
@@ -67,16 +67,7 @@ def staging_files(staging: Path) -> dict[str, float]:
 def other_host(tmp_path_factory, http_server):
     """The staging area another host left: every month of MONTHS downloaded and converted."""
     work = tmp_path_factory.mktemp("other-host")
-    with configured(
-        {
-            ("core", "no_configure_logging"): "true",
-            ("source", "base_url"): f"{http_server}/releases",
-            ("lake", "root"): str(work / "lake"),
-            ("ingest", "staging"): str(work / "staging"),
-            ("ingest", "sinks"): "none",
-        }
-    ):
-        luigi.task_register.Register.clear_instance_cache()
+    with own_workspace(work, f"{http_server}/releases"):
         tasks = [ToParquet(service=s, month=month(m)) for s, m in MONTHS]
         assert luigi.build(tasks, local_scheduler=True, log_level="WARNING")
         rows = {key: pq.ParquetFile(t.output().path).metadata.num_rows for key, t in zip(MONTHS, tasks)}
