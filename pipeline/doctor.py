@@ -239,16 +239,31 @@ def probe_local(folder: Path) -> None:
                 probe.unlink()
 
 
-def probe_gcs(root: str) -> None:
-    bucket, prefix = gcs.split(root)
-    blob = gcs.client().bucket(bucket).blob(f"{prefix.strip('/')}/{TEMP_AREA}/doctor.{os.getpid()}-{secrets.token_hex(4)}".lstrip("/"))
-    timeout = settings.gcs().timeout
-    blob.upload_from_string(PROBE, timeout=timeout, **retry.once())
+def probe_name(prefix: str) -> str:
+    """A probe object's name under ``prefix``, in the lake's temp area (as probe_local's file)."""
+    return f"{prefix.strip('/')}/{TEMP_AREA}/doctor.{os.getpid()}-{secrets.token_hex(4)}".lstrip("/")
+
+
+def round_trip(root: str, put: Callable[[bytes], object], get: Callable[[], bytes], delete: Callable[[], object]) -> None:
+    """PROBE put, read back and compared, then deleted whatever happened: the object-store probes."""
+    put(PROBE)
     try:
-        if blob.download_as_bytes(timeout=timeout, **retry.once()) != PROBE:
+        if get() != PROBE:
             raise OSError(0, "what was read back is not what was written", root)
     finally:
-        blob.delete(timeout=timeout, **retry.once())
+        delete()
+
+
+def probe_gcs(root: str) -> None:
+    bucket, prefix = gcs.split(root)
+    blob = gcs.client().bucket(bucket).blob(probe_name(prefix))
+    timeout = settings.gcs().timeout
+    round_trip(
+        root,
+        lambda data: blob.upload_from_string(data, timeout=timeout, **retry.once()),
+        lambda: blob.download_as_bytes(timeout=timeout, **retry.once()),
+        lambda: blob.delete(timeout=timeout, **retry.once()),
+    )
 
 
 def probe_s3(root: str) -> None:
@@ -256,32 +271,26 @@ def probe_s3(root: str) -> None:
     import botocore.config
 
     bucket, prefix = s3.split(root)
-    key = f"{prefix.strip('/')}/{TEMP_AREA}/doctor.{os.getpid()}-{secrets.token_hex(4)}".lstrip("/")
+    key = probe_name(prefix)
     timeout = settings.s3().timeout
     once = botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=timeout, read_timeout=timeout)
     client = boto3.session.Session().client("s3", config=once)
-    client.put_object(Bucket=bucket, Key=key, Body=PROBE)
-    try:
-        if client.get_object(Bucket=bucket, Key=key)["Body"].read() != PROBE:
-            raise OSError(0, "what was read back is not what was written", root)
-    finally:
-        client.delete_object(Bucket=bucket, Key=key)
+    round_trip(
+        root,
+        lambda data: client.put_object(Bucket=bucket, Key=key, Body=data),
+        lambda: client.get_object(Bucket=bucket, Key=key)["Body"].read(),
+        lambda: client.delete_object(Bucket=bucket, Key=key),
+    )
 
 
 def probe_azure(root: str) -> None:
     from azure.storage.blob import BlobClient
 
     container, prefix = azure.split(root)
-    name = f"{prefix.strip('/')}/{TEMP_AREA}/doctor.{os.getpid()}-{secrets.token_hex(4)}".lstrip("/")
-    made = azure.client(root).get_blob_client(container, name)
+    made = azure.client(root).get_blob_client(container, probe_name(prefix))
     # Asked once, no retry (the doctor says what fails; a run is what waits for it to heal).
     blob = BlobClient.from_blob_url(made.url, credential=made.credential, retry_total=0, connection_timeout=settings.azure().timeout)
-    blob.upload_blob(PROBE)
-    try:
-        if blob.download_blob().readall() != PROBE:
-            raise OSError(0, "what was read back is not what was written", root)
-    finally:
-        blob.delete_blob()
+    round_trip(root, blob.upload_blob, lambda: blob.download_blob().readall(), blob.delete_blob)
 
 
 def check_lake(root: str, name: str = "lake") -> Check:
