@@ -476,16 +476,17 @@ def _s3_answers(url: str, where: str) -> Iterator[None]:
 
     from pipeline.targets import s3
 
+    bucket = s3.split(url)[0]
     try:
         yield
     except ClientError as e:
         if e.response.get("Error", {}).get("Code") == "NoSuchKey":
             raise MonthNotPublished(f"{where}: not published (HTTP 404)") from None
-        raise S3SourceError(where, s3.split(url)[0], s3.reason(e, s3.split(url)[0])) from None
+        raise S3SourceError(where, bucket, s3.reason(e, bucket)) from None
     except (ReadTimeoutError, ResponseStreamingError) as e:
         raise _Retryable(f"{where}: {type(e).__name__}: {e}") from None
     except BotoCoreError as e:
-        raise S3SourceError(where, s3.split(url)[0], s3.reason(e, s3.split(url)[0])) from None
+        raise S3SourceError(where, bucket, s3.reason(e, bucket)) from None
 
 
 def _s3_headers(response: dict) -> Mapping[str, str]:
